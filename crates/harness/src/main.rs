@@ -1,0 +1,119 @@
+//! `harness`: reproduce "Variational Dropout Sparsifies Deep Neural Networks" from experiment
+//! files. `harness experiments/lenet300.toml` trains every variant and writes `results/`.
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use clap::{Parser, Subcommand, ValueEnum};
+use runner::spec::LoadedExperiment;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the variants of an experiment file and write their results (the default).
+    Run(RunArgs),
+    /// Validate an experiment file without training.
+    Check {
+        experiment: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Experiment file, e.g. experiments/lenet300.toml.
+    experiment: Option<PathBuf>,
+    /// Backend to compute on.
+    #[arg(long, value_enum, default_value_t = Backend::Flex)]
+    device: Backend,
+    /// Data cache folder [default: $HARNESS_DATA_DIR, else data/ at the repository root].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Results root; each experiment writes <results-dir>/<name>/<variant>/.
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Run only this variant (repeatable).
+    #[arg(long = "variant")]
+    variants: Vec<String>,
+    /// Retrain variants whose results already exist.
+    #[arg(long)]
+    force: bool,
+    /// Train this many epochs instead of the file's (the results are labelled as shortened).
+    #[arg(long)]
+    epochs: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// burn's pure-Rust CPU backend.
+    Flex,
+}
+
+impl Backend {
+    fn device(self) -> Device {
+        match self {
+            Backend::Flex => Device::flex().autodiff(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Check { experiment }) => {
+            let exp = LoadedExperiment::load(&experiment)?;
+            println!(
+                "{}: ok ({} variants: {})",
+                experiment.display(),
+                exp.spec.variants.len(),
+                exp.spec.variants.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        None => run(cli.run),
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let path = args
+        .experiment
+        .context("no experiment file given; try `harness experiments/lenet300.toml`")?;
+    let exp = LoadedExperiment::load(&path)?;
+    let options = runner::RunOptions {
+        device: args.device.device(),
+        backend: args.device.name().to_string(),
+        data_dir: datasets::data_dir(args.data_dir),
+        results_dir: args.results_dir,
+        only_variants: args.variants,
+        force: args.force,
+        epochs: args.epochs,
+    };
+    let summaries = runner::run_experiment(&exp, &options)?;
+    let dir = runner::experiment_dir(&exp, &options);
+    for s in &summaries {
+        println!(
+            "{:<12} test error {:.2}%  compression {:.1}×  ({} epochs{})",
+            s.variant,
+            s.test_error_pct,
+            s.compression,
+            s.epochs,
+            if s.shortened { ", shortened" } else { "" }
+        );
+    }
+    println!("results in {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Runs experiments: reads an experiment file, trains each variant, writes its results.
+
+pub mod output;
+pub mod progress;
+pub mod provenance;
+pub mod reference;
+pub mod rng;
+pub mod schedule;
+pub mod spec;
+pub mod train;
+
+use burn::tensor::Device;
+use datasets::Mnist;
+use output::Summary;
+use provenance::Provenance;
+use reference::{PAPER_REFERENCE_FILE, PaperReference};
+use sparsevd::{MlpConfig, Network};
+use spec::{Dataset, LayerKind, LoadedExperiment, Net, Variant};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Data(#[from] datasets::DataError),
+    #[error("variant {variant}: {source}")]
+    Train {
+        variant: String,
+        source: train::TrainError,
+    },
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error("{0}")]
+    Reference(String),
+    #[error("--variant {0}: no such variant in the experiment file (it has: {1})")]
+    UnknownVariant(String, String),
+}
+
+/// How to run, beyond what the experiment file says.
+pub struct RunOptions {
+    pub device: Device,
+    /// Backend name for provenance, e.g. "flex".
+    pub backend: String,
+    pub data_dir: PathBuf,
+    /// Results go to `<results_dir>/<experiment name>/<variant>/`.
+    pub results_dir: PathBuf,
+    /// Run only these variants (all when empty).
+    pub only_variants: Vec<String>,
+    /// Retrain a variant whose results already exist.
+    pub force: bool,
+    /// Train for this many epochs instead of the protocol's (a shortened run, labelled so).
+    pub epochs: Option<usize>,
+}
+
+/// The paper's numbers shipped with the project, found beside the experiment file.
+pub fn paper_reference_for(experiment: &Path) -> Result<PaperReference, RunError> {
+    let beside = experiment.parent().unwrap_or(Path::new(".")).join("paper_reference.toml");
+    let path = if beside.is_file() { beside } else { PathBuf::from(PAPER_REFERENCE_FILE) };
+    PaperReference::load(&path).map_err(RunError::Reference)
+}
+
+pub fn experiment_dir(exp: &LoadedExperiment, options: &RunOptions) -> PathBuf {
+    options.results_dir.join(&exp.spec.name)
+}
+
+/// Train every selected variant of the experiment and write its results, then the comparison.
+pub fn run_experiment(exp: &LoadedExperiment, options: &RunOptions) -> Result<Vec<Summary>, RunError> {
+    let spec = &exp.spec;
+    let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
+    if let Some(bad) = options.only_variants.iter().find(|v| !names.contains(&v.as_str())) {
+        return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
+    }
+    let paper = paper_reference_for(&exp.path)?;
+    let Dataset::Mnist = spec.dataset;
+    let mut data = Mnist::load(&options.data_dir)?;
+    if let Some(n) = spec.protocol.train_subset {
+        data.train = data.train.truncated(n);
+    }
+    if let Some(n) = spec.protocol.test_subset {
+        data.test = data.test.truncated(n);
+    }
+    let mut protocol = spec.protocol.clone();
+    if let Some(epochs) = options.epochs {
+        protocol.epochs = epochs;
+    }
+    let dir = experiment_dir(exp, options);
+    // Taken before training: the tree may change while a long run goes on.
+    let commit = provenance::git_commit(exp.path.parent().unwrap_or(Path::new(".")));
+    for variant in &spec.variants {
+        if !options.only_variants.is_empty() && !options.only_variants.contains(&variant.name) {
+            continue;
+        }
+        let variant_dir = dir.join(&variant.name);
+        if variant_dir.join(output::SUMMARY_CSV).is_file() && !options.force {
+            eprintln!(
+                "{}: finished results exist in {}; not retraining (use --force to overwrite)",
+                variant.name,
+                variant_dir.display()
+            );
+            continue;
+        }
+        eprintln!("== {} / {} ==", spec.name, variant.name);
+        run_variant(exp, variant, &protocol, &data, &variant_dir, &paper, &commit, options)?;
+    }
+    write_comparison(exp, &dir, &paper)
+}
+
+fn run_variant(
+    exp: &LoadedExperiment,
+    variant: &Variant,
+    protocol: &spec::Protocol,
+    data: &Mnist,
+    dir: &Path,
+    paper: &PaperReference,
+    commit: &str,
+    options: &RunOptions,
+) -> Result<(), RunError> {
+    let spec = &exp.spec;
+    let device = &options.device;
+    let started = provenance::now_rfc3339();
+    let clock = std::time::Instant::now();
+    device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
+    let Net::Lenet300 = spec.net;
+    let log_sigma2 = (variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
+    let model = MlpConfig::lenet300(log_sigma2)
+        .with_init_std(protocol.init.theta_std)
+        .init(device);
+    let layer_names: Vec<String> = model.weight_layers().into_iter().map(|l| l.name).collect();
+    let mut records = Vec::new();
+    let settings = train::TrainSettings { protocol, device, start_epoch: 0 };
+    let model = train::train(model, &data.train, &data.test, &settings, |record, _model| {
+        records.push(record.clone());
+        output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())
+    })
+    .map_err(|source| RunError::Train { variant: variant.name.clone(), source })?;
+
+    let last = records.last().expect("at least one epoch is validated");
+    let wall = clock.elapsed().as_secs_f64();
+    let mut shortened_how = Vec::new();
+    if protocol.epochs < spec.protocol.epochs {
+        shortened_how.push(format!("{} of {} epochs", protocol.epochs, spec.protocol.epochs));
+    }
+    if let Some(n) = protocol.train_subset {
+        shortened_how.push(format!("first {n} training images"));
+    }
+    if let Some(n) = protocol.test_subset {
+        shortened_how.push(format!("first {n} test images"));
+    }
+    let reference = paper.find(&variant.paper.net, &variant.paper.method);
+    let summary = Summary {
+        experiment: spec.name.clone(),
+        variant: variant.name.clone(),
+        net: spec.net.key().to_string(),
+        dataset: "mnist".to_string(),
+        epochs: last.epoch,
+        shortened: !shortened_how.is_empty(),
+        test_error_pct: last.test_error_pct,
+        compression: last.compression,
+        removed_pct_per_layer: last
+            .removed_pct_per_layer
+            .iter()
+            .map(|p| format!("{p:.2}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+        paper_error_pct: reference.map(|r| r.error_pct),
+        paper_compression: reference.and_then(|r| r.compression),
+        wall_time_s: wall,
+    };
+    let provenance = Provenance {
+        experiment_file: exp.path.display().to_string(),
+        experiment_sha256: exp.sha256(),
+        variant: variant.name.clone(),
+        commit: commit.to_string(),
+        backend: options.backend.clone(),
+        device: format!("{:?} ({})", device, provenance::cpu_model()),
+        threads: provenance::threads(),
+        seed: protocol.seed,
+        epochs_planned: spec.protocol.epochs,
+        epochs_completed: last.epoch,
+        shortened: summary.shortened,
+        shortened_how: shortened_how.join(", "),
+        train_examples: data.train.len(),
+        test_examples: data.test.len(),
+        wall_time_s: wall,
+        mean_epoch_s: records.iter().map(|r| r.seconds).sum::<f64>() / records.len() as f64,
+        started,
+        finished: provenance::now_rfc3339(),
+        harness_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let description = format!(
+        "experiment={}; variant={}; net={}; threshold={}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias",
+        spec.name,
+        variant.name,
+        spec.net.key(),
+        protocol.threshold
+    );
+    let metadata = [("harness", description)];
+    output::write_model(dir, &model.weight_layers(), &metadata)?;
+    output::write_provenance(dir, &provenance)?;
+    // The summary is written last: its presence marks a finished run.
+    output::write_summary(dir, &summary)?;
+    Ok(())
+}
+
+/// Rewrite the experiment's comparison table from the finished variants on disk.
+fn write_comparison(exp: &LoadedExperiment, dir: &Path, paper: &PaperReference) -> Result<Vec<Summary>, RunError> {
+    let mut rows = Vec::new();
+    for variant in &exp.spec.variants {
+        let variant_dir = dir.join(&variant.name);
+        if !variant_dir.join(output::SUMMARY_CSV).is_file() {
+            continue;
+        }
+        let summary = output::read_summary(&variant_dir)?;
+        rows.push((summary, paper.find(&variant.paper.net, &variant.paper.method).cloned()));
+    }
+    if !rows.is_empty() {
+        output::write_comparison(dir, &exp.spec.name, &rows)?;
+    }
+    Ok(rows.into_iter().map(|(s, _)| s).collect())
+}

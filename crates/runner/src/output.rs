@@ -1,0 +1,186 @@
+//! The files a run writes. Every file is written atomically (temporary file, then rename), so a
+//! crash never leaves a half-written result.
+
+use crate::provenance::Provenance;
+use crate::reference::PaperResult;
+use crate::train::EpochRecord;
+use serde::{Deserialize, Serialize};
+use sparsevd::WeightLayerView;
+use std::path::{Path, PathBuf};
+
+pub const EPOCHS_CSV: &str = "epochs.csv";
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const PROVENANCE_TOML: &str = "provenance.toml";
+pub const MODEL_SAFETENSORS: &str = "model.safetensors";
+pub const COMPARISON_MD: &str = "comparison.md";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Read { path: PathBuf, message: String },
+}
+
+fn write_err(path: &Path, e: impl std::fmt::Display) -> OutputError {
+    OutputError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Write `bytes` to `path` via a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| write_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| write_err(path, e))
+}
+
+fn csv_bytes(header: &[String], rows: &[Vec<String>]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for row in rows {
+        w.write_record(row)?;
+    }
+    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
+/// `epochs.csv`: one row per completed epoch, rewritten whole after each epoch.
+pub fn write_epochs(dir: &Path, layer_names: &[String], records: &[EpochRecord]) -> Result<(), OutputError> {
+    let mut header: Vec<String> = ["epoch", "lr", "beta", "train_loss", "data_term", "kl", "test_error_pct", "compression"]
+        .map(String::from)
+        .to_vec();
+    header.extend(layer_names.iter().map(|n| format!("removed_pct_{n}")));
+    header.push("seconds".into());
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.epoch.to_string(),
+                format!("{:e}", r.lr),
+                format!("{:.6}", r.beta),
+                format!("{:.6}", r.train_loss),
+                format!("{:.6}", r.data_term),
+                format!("{:.3}", r.kl),
+                format!("{:.2}", r.test_error_pct),
+                format!("{:.3}", r.compression),
+            ];
+            row.extend(r.removed_pct_per_layer.iter().map(|p| format!("{p:.3}")));
+            row.push(format!("{:.2}", r.seconds));
+            row
+        })
+        .collect();
+    let path = dir.join(EPOCHS_CSV);
+    let bytes = csv_bytes(&header, &rows).map_err(|e| write_err(&path, e))?;
+    write_atomic(&path, &bytes)
+}
+
+/// One finished run, as in `summary.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub experiment: String,
+    pub variant: String,
+    pub net: String,
+    pub dataset: String,
+    pub epochs: usize,
+    pub shortened: bool,
+    pub test_error_pct: f64,
+    pub compression: f64,
+    /// Per-layer % removed, input to output, separated by ';'.
+    pub removed_pct_per_layer: String,
+    pub paper_error_pct: Option<f64>,
+    pub paper_compression: Option<f64>,
+    pub wall_time_s: f64,
+}
+
+pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), OutputError> {
+    let path = dir.join(SUMMARY_CSV);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.serialize(summary).map_err(|e| write_err(&path, e))?;
+    let bytes = w.into_inner().map_err(|e| write_err(&path, e.into_error()))?;
+    write_atomic(&path, &bytes)
+}
+
+pub fn read_summary(dir: &Path) -> Result<Summary, OutputError> {
+    let path = dir.join(SUMMARY_CSV);
+    let read_err = |m: String| OutputError::Read { path: path.clone(), message: m };
+    let mut r = csv::Reader::from_path(&path).map_err(|e| read_err(e.to_string()))?;
+    r.deserialize()
+        .next()
+        .ok_or_else(|| read_err("no data row".into()))?
+        .map_err(|e| read_err(e.to_string()))
+}
+
+pub fn write_provenance(dir: &Path, provenance: &Provenance) -> Result<(), OutputError> {
+    let path = dir.join(PROVENANCE_TOML);
+    let text = toml::to_string(provenance).map_err(|e| write_err(&path, e))?;
+    write_atomic(&path, text.as_bytes())
+}
+
+pub fn read_provenance(dir: &Path) -> Result<Provenance, OutputError> {
+    let path = dir.join(PROVENANCE_TOML);
+    let text = std::fs::read_to_string(&path).map_err(|e| OutputError::Read { path: path.clone(), message: e.to_string() })?;
+    toml::from_str(&text).map_err(|e| OutputError::Read { path, message: e.to_string() })
+}
+
+/// `model.safetensors`: per layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only) and
+/// `<name>.bias`, float32, θ and log σ² shaped `[d_in, d_out]` for dense layers.
+pub fn write_model(dir: &Path, layers: &[WeightLayerView], metadata: &[(&str, String)]) -> Result<(), OutputError> {
+    let path = dir.join(MODEL_SAFETENSORS);
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for l in layers {
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        named.push((format!("{}.theta", l.name), l.shape.clone(), bytes(&l.theta)));
+        if let Some(s) = &l.log_sigma2 {
+            named.push((format!("{}.log_sigma2", l.name), l.shape.clone(), bytes(s)));
+        }
+        named.push((format!("{}.bias", l.name), vec![l.bias.len()], bytes(&l.bias)));
+    }
+    let views = named
+        .iter()
+        .map(|(name, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| write_err(&path, e))?;
+    let meta = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| write_err(&path, e))?;
+    write_atomic(&path, &bytes)
+}
+
+/// `comparison.md`: every finished variant of an experiment beside the paper's row.
+pub fn write_comparison(
+    experiment_dir: &Path,
+    title: &str,
+    rows: &[(Summary, Option<PaperResult>)],
+) -> Result<(), OutputError> {
+    let mut md = format!("# {title}: ours beside the paper\n\n");
+    md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers.\n\n");
+    md.push_str("| variant | epochs | ours: error % | paper: error % | ours: compression | paper: compression | ours: % removed per layer | paper: % removed per layer |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    for (s, paper) in rows {
+        let epochs = if s.shortened { format!("{} (shortened run)", s.epochs) } else { s.epochs.to_string() };
+        let error = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        let times = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}×"));
+        let paper_layers = paper
+            .as_ref()
+            .and_then(|p| p.removed_pct_per_layer.as_ref())
+            .map_or("–".to_string(), |v| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(" / "));
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
+            s.variant,
+            epochs,
+            s.test_error_pct,
+            error(paper.as_ref().map(|p| p.error_pct)),
+            times(Some(s.compression)),
+            times(paper.as_ref().and_then(|p| p.compression)),
+            s.removed_pct_per_layer.replace(';', " / "),
+            paper_layers,
+        ));
+    }
+    write_atomic(&experiment_dir.join(COMPARISON_MD), md.as_bytes())
+}

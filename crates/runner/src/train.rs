@@ -1,0 +1,207 @@
+//! The training loop: minibatch Adam on (N/M)·Σ CE + β·Σ KL, with evaluation after every epoch.
+
+use crate::rng::{derive_seed, permutation};
+use crate::schedule::{kl_weight, learning_rate};
+use crate::spec::{Optimizer, Protocol};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData, activation::log_softmax};
+use datasets::MnistSplit;
+use metrics::LayerCount;
+use sparsevd::{ForwardMode, Network};
+
+/// Seeds of independent random streams, derived from the experiment's seed.
+pub(crate) const STREAM_INIT: u64 = 1;
+const STREAM_SHUFFLE: u64 = 2;
+const STREAM_NOISE: u64 = 3;
+
+/// Test images per evaluation batch (memory, not results, depends on it).
+const EVAL_BATCH: usize = 1000;
+
+/// What one epoch did, as written to the per-epoch CSV.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochRecord {
+    /// 1-based: the number of epochs completed.
+    pub epoch: usize,
+    pub lr: f64,
+    pub beta: f64,
+    /// Mean over the epoch's steps of the objective divided by N: mean CE + β·Σ KL / N.
+    pub train_loss: f64,
+    /// Mean cross-entropy per training example.
+    pub data_term: f64,
+    /// Σ KL over all weights at the epoch's last step (0 for plain nets).
+    pub kl: f64,
+    pub test_error_pct: f64,
+    pub compression: f64,
+    /// % of weights removed per weight layer, input to output.
+    #[serde(skip)]
+    pub removed_pct_per_layer: Vec<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(
+        "non-finite {what} at epoch {epoch}, step {step}: the run is stopped and no summary is written"
+    )]
+    NonFinite {
+        what: String,
+        epoch: usize,
+        step: usize,
+    },
+    #[error("training stopped by the epoch callback: {0}")]
+    Callback(String),
+}
+
+/// Evaluation of a model on a test split: error and per-layer surviving weights.
+pub struct Evaluation {
+    pub error_pct: f64,
+    pub layers: Vec<LayerCount>,
+}
+
+/// Deterministic evaluation with masked mean weights, in batches.
+pub fn evaluate<N: Network>(model: &N, test: &MnistSplit, threshold: f64, device: &Device) -> Evaluation {
+    let model = model.valid();
+    let pixels = test.images.len() / test.len().max(1);
+    let mut predictions = Vec::with_capacity(test.len());
+    for start in (0..test.len()).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(test.len());
+        let x = Tensor::<2>::from_data(
+            TensorData::new(test.images[start * pixels..end * pixels].to_vec(), [end - start, pixels]),
+            device,
+        );
+        let logits = model.forward(x, ForwardMode::Eval { threshold }).logits;
+        let classes: Vec<i64> = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("converted to i64 just above");
+        predictions.extend(classes.into_iter().map(|c| c as u8));
+    }
+    let layers = model
+        .weight_layers()
+        .iter()
+        .map(|l| LayerCount::from_mask(&l.kept(threshold)))
+        .collect();
+    Evaluation {
+        error_pct: metrics::error_pct(&predictions, &test.labels),
+        layers,
+    }
+}
+
+/// Everything the loop needs besides the model and the data.
+pub struct TrainSettings<'a> {
+    pub protocol: &'a Protocol,
+    pub device: &'a Device,
+    /// Epochs already done (a resumed run starts after them).
+    pub start_epoch: usize,
+}
+
+/// Train `model` for the protocol's epochs, calling `on_epoch` with each epoch's record and the
+/// model after it (to write results and checkpoints as the run goes).
+pub fn train<N: Network>(
+    mut model: N,
+    train: &MnistSplit,
+    test: &MnistSplit,
+    settings: &TrainSettings<'_>,
+    mut on_epoch: impl FnMut(&EpochRecord, &N) -> Result<(), String>,
+) -> Result<N, TrainError> {
+    let p = settings.protocol;
+    let device = settings.device;
+    let Optimizer::Adam {
+        lr: base_lr,
+        beta1,
+        beta2,
+        epsilon,
+    } = p.optimizer;
+    let mut optimizer = AdamConfig::new()
+        .with_beta_1(beta1 as f32)
+        .with_beta_2(beta2 as f32)
+        .with_epsilon(epsilon as f32)
+        .init();
+    let n = train.len();
+    let pixels = train.images.len() / n;
+    let m = p.batch_size;
+    let steps = n / m; // the last partial batch is dropped, as in the paper's code
+    let mask_threshold = p.train_clip.then_some(p.threshold);
+    let progress = crate::progress::EpochBar::new(p.epochs, steps);
+
+    for epoch in settings.start_epoch..p.epochs {
+        let started = std::time::Instant::now();
+        let lr = learning_rate(&p.lr_schedule, base_lr, epoch, p.epochs);
+        let beta = kl_weight(&p.kl_warmup, epoch);
+        let order = permutation(n, derive_seed(p.seed, STREAM_SHUFFLE, epoch as u64));
+        let (mut loss_sum, mut data_sum, mut last_kl) = (0.0, 0.0, 0.0);
+        progress.start_epoch(epoch);
+        for step in 0..steps {
+            let idx = &order[step * m..(step + 1) * m];
+            let mut batch = Vec::with_capacity(m * pixels);
+            for &i in idx {
+                batch.extend_from_slice(&train.images[i * pixels..(i + 1) * pixels]);
+            }
+            let labels: Vec<i64> = idx.iter().map(|&i| train.labels[i] as i64).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(batch, [m, pixels]), device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [m]), device);
+
+            let global_step = (epoch * steps + step) as u64;
+            device.seed(derive_seed(p.seed, STREAM_NOISE, global_step));
+            let out = model.forward(x, ForwardMode::Train { mask_threshold });
+            let ce = log_softmax(out.logits, 1)
+                .gather(1, y.reshape([m, 1]))
+                .mean()
+                .neg();
+            let mut loss = ce.clone() * n as f64;
+            if let Some(kl) = out.kl.clone() {
+                loss = loss + kl * beta;
+            }
+            let ce_value: f64 = ce.into_scalar::<f32>() as f64;
+            let kl_value: f64 = out.kl.map_or(0.0, |kl| kl.into_scalar::<f32>() as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let objective = ce_value + beta * kl_value / n as f64;
+            if !objective.is_finite() {
+                return Err(TrainError::NonFinite {
+                    what: format!("loss (CE {ce_value}, KL {kl_value})"),
+                    epoch: epoch + 1,
+                    step: step + 1,
+                });
+            }
+            model = optimizer.step(lr, model, grads);
+            loss_sum += objective;
+            data_sum += ce_value;
+            last_kl = kl_value;
+            progress.step(objective);
+        }
+        if let Some(layer) = first_non_finite_layer(&model) {
+            return Err(TrainError::NonFinite {
+                what: format!("parameter in layer {layer}"),
+                epoch: epoch + 1,
+                step: steps,
+            });
+        }
+        let eval = evaluate(&model, test, p.threshold, device);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            beta,
+            train_loss: loss_sum / steps as f64,
+            data_term: data_sum / steps as f64,
+            kl: last_kl,
+            test_error_pct: eval.error_pct,
+            compression: metrics::compression_ratio(&eval.layers),
+            removed_pct_per_layer: eval.layers.iter().map(LayerCount::removed_pct).collect(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress.finish_epoch(&record);
+        on_epoch(&record, &model).map_err(TrainError::Callback)?;
+    }
+    progress.finish();
+    Ok(model)
+}
+
+fn first_non_finite_layer<N: Network>(model: &N) -> Option<String> {
+    model.weight_layers().into_iter().find_map(|l| {
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        let ok = finite(&l.theta) && finite(&l.bias) && l.log_sigma2.as_deref().is_none_or(finite);
+        (!ok).then_some(l.name)
+    })
+}

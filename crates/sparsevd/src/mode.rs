@@ -1,0 +1,52 @@
+//! What every network of this crate shares: how a forward pass is run, what it returns, and how
+//! its weight layers are shown to the rest of the harness.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+/// How a forward pass treats the variational weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ForwardMode {
+    /// Stochastic pass with the local reparameterization trick. With `mask_threshold = Some(t)`
+    /// weights with log α ≥ t are zeroed in the mean path ("train clip" of the authors' code).
+    Train { mask_threshold: Option<f64> },
+    /// Deterministic pass with the mean weights θ, every weight with log α ≥ `threshold` zeroed.
+    Eval { threshold: f64 },
+}
+
+/// Logits, and Σ KL over the Sparse VD layers (`None` for a net without any, and in evaluation).
+pub struct NetOutput {
+    pub logits: Tensor<2>,
+    pub kl: Option<Tensor<1>>,
+}
+
+/// A weight layer copied to the host, for counting, saving and plotting.
+#[derive(Debug, Clone)]
+pub struct WeightLayerView {
+    /// Stable name, also the prefix of its tensors in saved models (e.g. `dense1`).
+    pub name: String,
+    /// Shape of θ and log σ²: `[d_in, d_out]` for dense, `[out, in, kh, kw]` for conv.
+    pub shape: Vec<usize>,
+    pub theta: Vec<f32>,
+    /// `None` for a plain (non-variational) layer.
+    pub log_sigma2: Option<Vec<f32>>,
+    /// Clipped log α, computed on the device exactly as the forward pass does.
+    pub log_alpha: Option<Vec<f32>>,
+    pub bias: Vec<f32>,
+}
+
+impl WeightLayerView {
+    /// Whether each weight survives evaluation at `threshold` (true = kept).
+    pub fn kept(&self, threshold: f64) -> Vec<bool> {
+        match &self.log_alpha {
+            Some(log_alpha) => log_alpha.iter().map(|&a| (a as f64) < threshold).collect(),
+            None => self.theta.iter().map(|&t| t != 0.0).collect(),
+        }
+    }
+}
+
+/// A classifier the runner can train and evaluate. Input is a batch of flattened images.
+pub trait Network: Module + Clone {
+    fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
+    fn weight_layers(&self) -> Vec<WeightLayerView>;
+}
