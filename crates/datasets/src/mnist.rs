@@ -1,8 +1,8 @@
 //! MNIST: 60,000 training and 10,000 test images of 28×28 handwritten digits.
 
+use crate::DataError;
 use crate::fetch::{self, CachedFile, Sources};
 use crate::idx::parse_idx;
-use crate::DataError;
 use std::path::Path;
 
 pub const IMAGE_SIDE: usize = 28;

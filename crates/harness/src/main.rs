@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use runner::spec::LoadedExperiment;
 use std::path::PathBuf;
 
+mod figures;
+
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -21,8 +23,14 @@ enum Command {
     /// Train the variants of an experiment file and write their results (the default).
     Run(RunArgs),
     /// Validate an experiment file without training.
-    Check {
+    Check { experiment: PathBuf },
+    /// Redraw an experiment's figures from its results on disk.
+    Figures {
         experiment: PathBuf,
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+        #[arg(long, default_value = "figures")]
+        figures_dir: PathBuf,
     },
 }
 
@@ -48,6 +56,9 @@ struct RunArgs {
     /// Train this many epochs instead of the file's (the results are labelled as shortened).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Where figures are written after the run.
+    #[arg(long, default_value = "figures")]
+    figures_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,12 +91,36 @@ fn main() -> Result<()> {
                 "{}: ok ({} variants: {})",
                 experiment.display(),
                 exp.spec.variants.len(),
-                exp.spec.variants.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                exp.spec
+                    .variants
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(())
         }
+        Some(Command::Figures {
+            experiment,
+            results_dir,
+            figures_dir,
+        }) => {
+            let exp = LoadedExperiment::load(&experiment)?;
+            draw_figures(&exp, &results_dir, &figures_dir)
+        }
         None => run(cli.run),
     }
+}
+
+fn draw_figures(
+    exp: &LoadedExperiment,
+    results_dir: &std::path::Path,
+    figures_dir: &std::path::Path,
+) -> Result<()> {
+    for path in figures::training_curves(exp, results_dir, figures_dir)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -103,6 +138,7 @@ fn run(args: RunArgs) -> Result<()> {
         epochs: args.epochs,
     };
     let summaries = runner::run_experiment(&exp, &options)?;
+    draw_figures(&exp, &options.results_dir, &args.figures_dir)?;
     let dir = runner::experiment_dir(&exp, &options);
     for s in &summaries {
         println!(

@@ -50,7 +50,11 @@ pub fn error_pct(predictions: &[u8], labels: &[u8]) -> f64 {
     if labels.is_empty() {
         return 0.0;
     }
-    let wrong = predictions.iter().zip(labels).filter(|(p, l)| p != l).count();
+    let wrong = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p != l)
+        .count();
     100.0 * wrong as f64 / labels.len() as f64
 }
 
@@ -70,7 +74,10 @@ mod tests {
     fn compression_over_layers_of_different_sizes() {
         // 100 + 10 weights, 5 + 5 kept: 110 / 10 = 11×, while the per-layer ratios are 20× and 2×.
         let layers = [
-            LayerCount { total: 100, kept: 5 },
+            LayerCount {
+                total: 100,
+                kept: 5,
+            },
             LayerCount { total: 10, kept: 5 },
         ];
         assert!((compression_ratio(&layers) - 11.0).abs() < 1e-12);

@@ -55,8 +55,15 @@ pub struct RunOptions {
 
 /// The paper's numbers shipped with the project, found beside the experiment file.
 pub fn paper_reference_for(experiment: &Path) -> Result<PaperReference, RunError> {
-    let beside = experiment.parent().unwrap_or(Path::new(".")).join("paper_reference.toml");
-    let path = if beside.is_file() { beside } else { PathBuf::from(PAPER_REFERENCE_FILE) };
+    let beside = experiment
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("paper_reference.toml");
+    let path = if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from(PAPER_REFERENCE_FILE)
+    };
     PaperReference::load(&path).map_err(RunError::Reference)
 }
 
@@ -65,10 +72,17 @@ pub fn experiment_dir(exp: &LoadedExperiment, options: &RunOptions) -> PathBuf {
 }
 
 /// Train every selected variant of the experiment and write its results, then the comparison.
-pub fn run_experiment(exp: &LoadedExperiment, options: &RunOptions) -> Result<Vec<Summary>, RunError> {
+pub fn run_experiment(
+    exp: &LoadedExperiment,
+    options: &RunOptions,
+) -> Result<Vec<Summary>, RunError> {
     let spec = &exp.spec;
     let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
-    if let Some(bad) = options.only_variants.iter().find(|v| !names.contains(&v.as_str())) {
+    if let Some(bad) = options
+        .only_variants
+        .iter()
+        .find(|v| !names.contains(&v.as_str()))
+    {
         return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
     }
     let paper = paper_reference_for(&exp.path)?;
@@ -101,21 +115,44 @@ pub fn run_experiment(exp: &LoadedExperiment, options: &RunOptions) -> Result<Ve
             continue;
         }
         eprintln!("== {} / {} ==", spec.name, variant.name);
-        run_variant(exp, variant, &protocol, &data, &variant_dir, &paper, &commit, options)?;
+        run_variant(&VariantJob {
+            exp,
+            variant,
+            protocol: &protocol,
+            data: &data,
+            dir: &variant_dir,
+            paper: &paper,
+            commit: &commit,
+            options,
+        })?;
     }
     write_comparison(exp, &dir, &paper)
 }
 
-fn run_variant(
-    exp: &LoadedExperiment,
-    variant: &Variant,
-    protocol: &spec::Protocol,
-    data: &Mnist,
-    dir: &Path,
-    paper: &PaperReference,
-    commit: &str,
-    options: &RunOptions,
-) -> Result<(), RunError> {
+/// One variant to train, with everything it is trained and recorded with.
+struct VariantJob<'a> {
+    exp: &'a LoadedExperiment,
+    variant: &'a Variant,
+    /// The file's protocol with command-line overrides applied.
+    protocol: &'a spec::Protocol,
+    data: &'a Mnist,
+    dir: &'a Path,
+    paper: &'a PaperReference,
+    commit: &'a str,
+    options: &'a RunOptions,
+}
+
+fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
+    let VariantJob {
+        exp,
+        variant,
+        protocol,
+        data,
+        dir,
+        paper,
+        commit,
+        options,
+    } = *job;
     let spec = &exp.spec;
     let device = &options.device;
     let started = provenance::now_rfc3339();
@@ -128,18 +165,34 @@ fn run_variant(
         .init(device);
     let layer_names: Vec<String> = model.weight_layers().into_iter().map(|l| l.name).collect();
     let mut records = Vec::new();
-    let settings = train::TrainSettings { protocol, device, start_epoch: 0 };
-    let model = train::train(model, &data.train, &data.test, &settings, |record, _model| {
-        records.push(record.clone());
-        output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())
-    })
-    .map_err(|source| RunError::Train { variant: variant.name.clone(), source })?;
+    let settings = train::TrainSettings {
+        protocol,
+        device,
+        start_epoch: 0,
+    };
+    let model = train::train(
+        model,
+        &data.train,
+        &data.test,
+        &settings,
+        |record, _model| {
+            records.push(record.clone());
+            output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())
+        },
+    )
+    .map_err(|source| RunError::Train {
+        variant: variant.name.clone(),
+        source,
+    })?;
 
     let last = records.last().expect("at least one epoch is validated");
     let wall = clock.elapsed().as_secs_f64();
     let mut shortened_how = Vec::new();
     if protocol.epochs < spec.protocol.epochs {
-        shortened_how.push(format!("{} of {} epochs", protocol.epochs, spec.protocol.epochs));
+        shortened_how.push(format!(
+            "{} of {} epochs",
+            protocol.epochs, spec.protocol.epochs
+        ));
     }
     if let Some(n) = protocol.train_subset {
         shortened_how.push(format!("first {n} training images"));
@@ -204,7 +257,11 @@ fn run_variant(
 }
 
 /// Rewrite the experiment's comparison table from the finished variants on disk.
-fn write_comparison(exp: &LoadedExperiment, dir: &Path, paper: &PaperReference) -> Result<Vec<Summary>, RunError> {
+fn write_comparison(
+    exp: &LoadedExperiment,
+    dir: &Path,
+    paper: &PaperReference,
+) -> Result<Vec<Summary>, RunError> {
     let mut rows = Vec::new();
     for variant in &exp.spec.variants {
         let variant_dir = dir.join(&variant.name);
@@ -212,7 +269,12 @@ fn write_comparison(exp: &LoadedExperiment, dir: &Path, paper: &PaperReference) 
             continue;
         }
         let summary = output::read_summary(&variant_dir)?;
-        rows.push((summary, paper.find(&variant.paper.net, &variant.paper.method).cloned()));
+        rows.push((
+            summary,
+            paper
+                .find(&variant.paper.net, &variant.paper.method)
+                .cloned(),
+        ));
     }
     if !rows.is_empty() {
         output::write_comparison(dir, &exp.spec.name, &rows)?;

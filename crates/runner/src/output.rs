@@ -33,7 +33,10 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> OutputError {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| write_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| write_err(path, e))
@@ -49,10 +52,23 @@ fn csv_bytes(header: &[String], rows: &[Vec<String>]) -> Result<Vec<u8>, csv::Er
 }
 
 /// `epochs.csv`: one row per completed epoch, rewritten whole after each epoch.
-pub fn write_epochs(dir: &Path, layer_names: &[String], records: &[EpochRecord]) -> Result<(), OutputError> {
-    let mut header: Vec<String> = ["epoch", "lr", "beta", "train_loss", "data_term", "kl", "test_error_pct", "compression"]
-        .map(String::from)
-        .to_vec();
+pub fn write_epochs(
+    dir: &Path,
+    layer_names: &[String],
+    records: &[EpochRecord],
+) -> Result<(), OutputError> {
+    let mut header: Vec<String> = [
+        "epoch",
+        "lr",
+        "beta",
+        "train_loss",
+        "data_term",
+        "kl",
+        "test_error_pct",
+        "compression",
+    ]
+    .map(String::from)
+    .to_vec();
     header.extend(layer_names.iter().map(|n| format!("removed_pct_{n}")));
     header.push("seconds".into());
     let rows: Vec<Vec<String>> = records
@@ -100,13 +116,18 @@ pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), OutputError> {
     let path = dir.join(SUMMARY_CSV);
     let mut w = csv::Writer::from_writer(Vec::new());
     w.serialize(summary).map_err(|e| write_err(&path, e))?;
-    let bytes = w.into_inner().map_err(|e| write_err(&path, e.into_error()))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| write_err(&path, e.into_error()))?;
     write_atomic(&path, &bytes)
 }
 
 pub fn read_summary(dir: &Path) -> Result<Summary, OutputError> {
     let path = dir.join(SUMMARY_CSV);
-    let read_err = |m: String| OutputError::Read { path: path.clone(), message: m };
+    let read_err = |m: String| OutputError::Read {
+        path: path.clone(),
+        message: m,
+    };
     let mut r = csv::Reader::from_path(&path).map_err(|e| read_err(e.to_string()))?;
     r.deserialize()
         .next()
@@ -122,22 +143,40 @@ pub fn write_provenance(dir: &Path, provenance: &Provenance) -> Result<(), Outpu
 
 pub fn read_provenance(dir: &Path) -> Result<Provenance, OutputError> {
     let path = dir.join(PROVENANCE_TOML);
-    let text = std::fs::read_to_string(&path).map_err(|e| OutputError::Read { path: path.clone(), message: e.to_string() })?;
-    toml::from_str(&text).map_err(|e| OutputError::Read { path, message: e.to_string() })
+    let text = std::fs::read_to_string(&path).map_err(|e| OutputError::Read {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| OutputError::Read {
+        path,
+        message: e.to_string(),
+    })
 }
 
 /// `model.safetensors`: per layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only) and
 /// `<name>.bias`, float32, θ and log σ² shaped `[d_in, d_out]` for dense layers.
-pub fn write_model(dir: &Path, layers: &[WeightLayerView], metadata: &[(&str, String)]) -> Result<(), OutputError> {
+pub fn write_model(
+    dir: &Path,
+    layers: &[WeightLayerView],
+    metadata: &[(&str, String)],
+) -> Result<(), OutputError> {
     let path = dir.join(MODEL_SAFETENSORS);
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for l in layers {
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        named.push((format!("{}.theta", l.name), l.shape.clone(), bytes(&l.theta)));
+        named.push((
+            format!("{}.theta", l.name),
+            l.shape.clone(),
+            bytes(&l.theta),
+        ));
         if let Some(s) = &l.log_sigma2 {
             named.push((format!("{}.log_sigma2", l.name), l.shape.clone(), bytes(s)));
         }
-        named.push((format!("{}.bias", l.name), vec![l.bias.len()], bytes(&l.bias)));
+        named.push((
+            format!("{}.bias", l.name),
+            vec![l.bias.len()],
+            bytes(&l.bias),
+        ));
     }
     let views = named
         .iter()
@@ -147,8 +186,12 @@ pub fn write_model(dir: &Path, layers: &[WeightLayerView], metadata: &[(&str, St
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| write_err(&path, e))?;
-    let meta = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| write_err(&path, e))?;
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let bytes =
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| write_err(&path, e))?;
     write_atomic(&path, &bytes)
 }
 
@@ -163,13 +206,22 @@ pub fn write_comparison(
     md.push_str("| variant | epochs | ours: error % | paper: error % | ours: compression | paper: compression | ours: % removed per layer | paper: % removed per layer |\n");
     md.push_str("|---|---|---|---|---|---|---|---|\n");
     for (s, paper) in rows {
-        let epochs = if s.shortened { format!("{} (shortened run)", s.epochs) } else { s.epochs.to_string() };
+        let epochs = if s.shortened {
+            format!("{} (shortened run)", s.epochs)
+        } else {
+            s.epochs.to_string()
+        };
         let error = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
         let times = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}×"));
         let paper_layers = paper
             .as_ref()
             .and_then(|p| p.removed_pct_per_layer.as_ref())
-            .map_or("–".to_string(), |v| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(" / "));
+            .map_or("–".to_string(), |v| {
+                v.iter()
+                    .map(|x| format!("{x}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            });
         md.push_str(&format!(
             "| {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             s.variant,
@@ -183,4 +235,45 @@ pub fn write_comparison(
         ));
     }
     write_atomic(&experiment_dir.join(COMPARISON_MD), md.as_bytes())
+}
+
+/// `epochs.csv` read back: its header and numeric rows.
+#[derive(Debug, Clone)]
+pub struct EpochTable {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<f64>>,
+}
+
+impl EpochTable {
+    /// One column by name (`None` if the file has no such column).
+    pub fn column(&self, name: &str) -> Option<Vec<f64>> {
+        let i = self.header.iter().position(|h| h == name)?;
+        Some(self.rows.iter().map(|r| r[i]).collect())
+    }
+}
+
+pub fn read_epochs(dir: &Path) -> Result<EpochTable, OutputError> {
+    let path = dir.join(EPOCHS_CSV);
+    let read_err = |m: String| OutputError::Read {
+        path: path.clone(),
+        message: m,
+    };
+    let mut r = csv::Reader::from_path(&path).map_err(|e| read_err(e.to_string()))?;
+    let header: Vec<String> = r
+        .headers()
+        .map_err(|e| read_err(e.to_string()))?
+        .iter()
+        .map(String::from)
+        .collect();
+    let mut rows = Vec::new();
+    for (line, record) in r.records().enumerate() {
+        let record = record.map_err(|e| read_err(e.to_string()))?;
+        let row = record
+            .iter()
+            .map(|v| v.parse::<f64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_err(format!("row {}: {e}", line + 2)))?;
+        rows.push(row);
+    }
+    Ok(EpochTable { header, rows })
 }

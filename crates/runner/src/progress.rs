@@ -12,30 +12,46 @@ pub struct EpochBar {
 impl EpochBar {
     pub fn new(epochs: usize, steps_per_epoch: usize) -> Self {
         let bar = ProgressBar::new(steps_per_epoch as u64).with_style(
-            ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{prefix} {bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Self { bar, epochs }
     }
 
     pub fn start_epoch(&self, epoch: usize) {
         self.bar.reset();
-        self.bar.set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
+        self.bar
+            .set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
     }
 
     pub fn step(&self, loss: f64) {
         self.bar.inc(1);
-        if self.bar.position() % 20 == 0 {
+        if self.bar.position().is_multiple_of(20) {
             self.bar.set_message(format!("loss {loss:.4}"));
         }
     }
 
     pub fn finish_epoch(&self, r: &EpochRecord) {
-        let layers: Vec<String> = r.removed_pct_per_layer.iter().map(|p| format!("{p:.1}")).collect();
+        let layers: Vec<String> = r
+            .removed_pct_per_layer
+            .iter()
+            .map(|p| format!("{p:.1}"))
+            .collect();
         let line = format!(
             "epoch {:>3}/{}  lr {:.2e}  β {:.3}  loss {:.4}  CE {:.4}  KL {:.1}  test error {:.2}%  compression {:.1}×  removed % [{}]  {:.1}s",
-            r.epoch, self.epochs, r.lr, r.beta, r.train_loss, r.data_term, r.kl, r.test_error_pct,
-            r.compression, layers.join(", "), r.seconds
+            r.epoch,
+            self.epochs,
+            r.lr,
+            r.beta,
+            r.train_loss,
+            r.data_term,
+            r.kl,
+            r.test_error_pct,
+            r.compression,
+            layers.join(", "),
+            r.seconds
         );
         // A hidden bar (output is not a terminal, e.g. a log file) drops println: print directly.
         if self.bar.is_hidden() {

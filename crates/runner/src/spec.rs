@@ -167,11 +167,12 @@ impl LoadedExperiment {
             path: path.to_path_buf(),
             message,
         })?;
-        spec.validate().map_err(|(field, message)| SpecError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        })?;
+        spec.validate()
+            .map_err(|(field, message)| SpecError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             text,
@@ -205,34 +206,63 @@ impl Experiment {
         if !(p.threshold > -clip && p.threshold < clip) {
             return fail(
                 "protocol.threshold",
-                format!("expected a log α inside the clip range (−{clip}, {clip}), got {}", p.threshold),
+                format!(
+                    "expected a log α inside the clip range (−{clip}, {clip}), got {}",
+                    p.threshold
+                ),
             );
         }
-        let Optimizer::Adam { lr, beta1, beta2, epsilon } = p.optimizer;
-        if !(lr > 0.0 && lr.is_finite()) {
-            return fail("protocol.optimizer.lr", format!("expected a positive number, got {lr}"));
+        let Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+        } = p.optimizer;
+        if !is_positive(lr) {
+            return fail(
+                "protocol.optimizer.lr",
+                format!("expected a positive number, got {lr}"),
+            );
         }
         for (field, b) in [("beta1", beta1), ("beta2", beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return fail(&format!("protocol.optimizer.{field}"), format!("expected a value in [0, 1), got {b}"));
+                return fail(
+                    &format!("protocol.optimizer.{field}"),
+                    format!("expected a value in [0, 1), got {b}"),
+                );
             }
         }
-        if !(epsilon > 0.0) {
-            return fail("protocol.optimizer.epsilon", format!("expected a positive number, got {epsilon}"));
+        if !is_positive(epsilon) {
+            return fail(
+                "protocol.optimizer.epsilon",
+                format!("expected a positive number, got {epsilon}"),
+            );
         }
         let LrSchedule::ConstantThenLinear { decay_start_epoch } = p.lr_schedule;
         if decay_start_epoch > p.epochs {
             return fail(
                 "protocol.lr_schedule.decay_start_epoch",
-                format!("expected at most epochs = {}, got {decay_start_epoch}", p.epochs),
+                format!(
+                    "expected at most epochs = {}, got {decay_start_epoch}",
+                    p.epochs
+                ),
             );
         }
-        if !(p.init.theta_std > 0.0) {
-            return fail("protocol.init.theta_std", format!("expected a positive number, got {}", p.init.theta_std));
+        if !is_positive(p.init.theta_std) {
+            return fail(
+                "protocol.init.theta_std",
+                format!("expected a positive number, got {}", p.init.theta_std),
+            );
         }
-        for (field, n) in [("train_subset", p.train_subset), ("test_subset", p.test_subset)] {
+        for (field, n) in [
+            ("train_subset", p.train_subset),
+            ("test_subset", p.test_subset),
+        ] {
             if n == Some(0) {
-                return fail(&format!("protocol.{field}"), "expected at least 1 example".into());
+                return fail(
+                    &format!("protocol.{field}"),
+                    "expected at least 1 example".into(),
+                );
             }
         }
         if self.variants.is_empty() {
@@ -240,10 +270,16 @@ impl Experiment {
         }
         for (i, v) in self.variants.iter().enumerate() {
             if v.name.is_empty() || v.name.contains(['/', '\\']) || v.name.starts_with('.') {
-                return fail(&format!("variant[{i}].name"), format!("expected a plain folder name, got {:?}", v.name));
+                return fail(
+                    &format!("variant[{i}].name"),
+                    format!("expected a plain folder name, got {:?}", v.name),
+                );
             }
             if self.variants[..i].iter().any(|w| w.name == v.name) {
-                return fail(&format!("variant[{i}].name"), format!("duplicate variant name {:?}", v.name));
+                return fail(
+                    &format!("variant[{i}].name"),
+                    format!("duplicate variant name {:?}", v.name),
+                );
             }
         }
         Ok(())
@@ -254,4 +290,8 @@ impl Experiment {
     pub fn uses_subset(&self) -> bool {
         self.protocol.train_subset.is_some() || self.protocol.test_subset.is_some()
     }
+}
+
+fn is_positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
 }

@@ -59,14 +59,22 @@ pub struct Evaluation {
 }
 
 /// Deterministic evaluation with masked mean weights, in batches.
-pub fn evaluate<N: Network>(model: &N, test: &MnistSplit, threshold: f64, device: &Device) -> Evaluation {
+pub fn evaluate<N: Network>(
+    model: &N,
+    test: &MnistSplit,
+    threshold: f64,
+    device: &Device,
+) -> Evaluation {
     let model = model.valid();
     let pixels = test.images.len() / test.len().max(1);
     let mut predictions = Vec::with_capacity(test.len());
     for start in (0..test.len()).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(test.len());
         let x = Tensor::<2>::from_data(
-            TensorData::new(test.images[start * pixels..end * pixels].to_vec(), [end - start, pixels]),
+            TensorData::new(
+                test.images[start * pixels..end * pixels].to_vec(),
+                [end - start, pixels],
+            ),
             device,
         );
         let logits = model.forward(x, ForwardMode::Eval { threshold }).logits;

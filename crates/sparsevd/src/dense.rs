@@ -99,3 +99,130 @@ pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
         .try_to_vec::<f32>()
         .expect("converted to f32 just above")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor2(values: &[f32], shape: [usize; 2], device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+    }
+
+    /// θ, log σ² and bias of a 3 → 2 layer chosen by hand, with log α inside the clip range.
+    fn hand_made_layer(device: &Device) -> Dense {
+        let theta = [0.5f32, -1.0, 0.25, 2.0, -0.75, 0.1];
+        let log_sigma2 = [-1.0f32, -2.0, -3.0, -0.5, -1.5, -4.0];
+        Dense {
+            theta: Param::from_tensor(tensor2(&theta, [3, 2], device)),
+            log_sigma2: Some(Param::from_tensor(tensor2(&log_sigma2, [3, 2], device))),
+            bias: Param::from_tensor(Tensor::from_data(TensorData::from([0.3f32, -0.2]), device)),
+        }
+    }
+
+    #[test]
+    fn lrt_samples_have_the_right_mean_and_variance() {
+        let device = Device::flex();
+        device.seed(7);
+        let layer = hand_made_layer(&device);
+        let x = [1.0f32, -2.0, 0.5];
+        let samples = 40_000;
+        let batch: Vec<f32> = x.iter().copied().cycle().take(3 * samples).collect();
+        let (out, kl) = layer.forward(
+            tensor2(&batch, [samples, 3], &device),
+            ForwardMode::Train {
+                mask_threshold: None,
+            },
+        );
+        assert!(kl.is_some());
+        let out: Vec<f32> = host_vec(out.into_data());
+
+        let theta = [[0.5f64, -1.0], [0.25, 2.0], [-0.75, 0.1]];
+        let sigma2 = [[-1.0f64, -2.0], [-3.0, -0.5], [-1.5, -4.0]].map(|r| r.map(f64::exp));
+        let bias = [0.3, -0.2];
+        for j in 0..2 {
+            let gamma: f64 = (0..3).map(|i| x[i] as f64 * theta[i][j]).sum::<f64>() + bias[j];
+            let delta: f64 = (0..3)
+                .map(|i| (x[i] as f64).powi(2) * sigma2[i][j])
+                .sum::<f64>()
+                + 1e-8;
+            let column: Vec<f64> = out.iter().skip(j).step_by(2).map(|&v| v as f64).collect();
+            let mean = column.iter().sum::<f64>() / samples as f64;
+            let var = column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (samples - 1) as f64;
+            // Standard errors: √(δ/n) for the mean, δ·√(2/n) for the variance; allow 4 of them.
+            let mean_tol = 4.0 * (delta / samples as f64).sqrt();
+            let var_tol = 4.0 * delta * (2.0 / samples as f64).sqrt();
+            assert!(
+                (mean - gamma).abs() < mean_tol,
+                "unit {j}: mean {mean} vs γ {gamma}"
+            );
+            assert!(
+                (var - delta).abs() < var_tol,
+                "unit {j}: variance {var} vs δ {delta}"
+            );
+        }
+    }
+
+    #[test]
+    fn evaluation_is_deterministic_and_masks_high_log_alpha() {
+        let device = Device::flex();
+        let layer = hand_made_layer(&device);
+        // log α = log σ² − log θ²: entry (2, 1) has θ = 0.1, log σ² = −4 → log α ≈ 0.61;
+        // a threshold of 0.5 removes it and only it.
+        let view = layer.view("d");
+        let kept = view.kept(0.5);
+        assert_eq!(kept, vec![true, true, true, true, true, false]);
+        let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
+        let (out, kl) = layer.forward(x, ForwardMode::Eval { threshold: 0.5 });
+        assert!(kl.is_none());
+        let out = host_vec(out.into_data());
+        // Unit 1 without the removed weight: 1·(−1) + (−2)·2 + 0.5·0 − 0.2 = −5.2.
+        assert!((out[0] - (0.5 - 0.5 - 0.375 + 0.3)).abs() < 1e-6, "{out:?}");
+        assert!((out[1] + 5.2).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
+    fn train_clip_zeroes_masked_weights_in_the_mean_path_only() {
+        let device = Device::flex();
+        let layer = hand_made_layer(&device);
+        let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
+        // Same noise ζ for both passes; threshold 0.5 masks θ₃₂ = 0.1 (log α ≈ 0.61) only.
+        let run = |mask_threshold| {
+            device.seed(11);
+            host_vec(
+                layer
+                    .forward(x.clone(), ForwardMode::Train { mask_threshold })
+                    .0
+                    .into_data(),
+            )
+        };
+        let (unmasked, masked) = (run(None), run(Some(0.5)));
+        assert!((unmasked[0] - masked[0]).abs() < 1e-6);
+        // The mean path loses x₃·θ₃₂ = 0.05; the variance path is unchanged.
+        assert!(
+            (unmasked[1] - masked[1] - 0.05).abs() < 1e-5,
+            "{unmasked:?} {masked:?}"
+        );
+    }
+
+    #[test]
+    fn plain_layer_has_no_kl_and_no_noise() {
+        let device = Device::flex();
+        let mut layer = hand_made_layer(&device);
+        layer.log_sigma2 = None;
+        let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
+        let (a, kl) = layer.forward(
+            x.clone(),
+            ForwardMode::Train {
+                mask_threshold: Some(3.0),
+            },
+        );
+        let (b, _) = layer.forward(
+            x,
+            ForwardMode::Train {
+                mask_threshold: Some(3.0),
+            },
+        );
+        assert!(kl.is_none());
+        assert_eq!(host_vec(a.into_data()), host_vec(b.into_data()));
+    }
+}

@@ -1,0 +1,169 @@
+//! Regression tests: the committed results under `results/` hold against the paper's numbers
+//! within the tolerances their experiment files declare, carry provenance, and were produced
+//! from the experiment file now in the tree (same sha256), so they cannot silently go stale.
+
+use runner::output;
+use runner::spec::LoadedExperiment;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every experiment file of the project (the paper's reference file is not one).
+fn experiments() -> Vec<LoadedExperiment> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("experiments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper_reference.toml")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| LoadedExperiment::load(p).unwrap())
+        .collect()
+}
+
+fn variant_dir(exp: &LoadedExperiment, variant: &str) -> PathBuf {
+    repo().join("results").join(&exp.spec.name).join(variant)
+}
+
+/// Check one committed variant; returns what is wrong, if anything.
+fn check_variant(
+    exp: &LoadedExperiment,
+    variant: &runner::spec::Variant,
+    dir: &Path,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let summary = match output::read_summary(dir) {
+        Ok(s) => s,
+        Err(e) => return vec![e.to_string()],
+    };
+    match output::read_provenance(dir) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(p) => {
+            if p.experiment_sha256 != exp.sha256() {
+                problems.push(format!(
+                    "{}: results were produced from a different version of {} (sha256 {} vs {} in the tree); rerun the experiment",
+                    dir.display(),
+                    exp.path.display(),
+                    p.experiment_sha256,
+                    exp.sha256()
+                ));
+            }
+            if p.commit.is_empty()
+                || p.backend.is_empty()
+                || p.device.is_empty()
+                || p.finished.is_empty()
+            {
+                problems.push(format!("{}: provenance is incomplete", dir.display()));
+            }
+            if p.epochs_completed != summary.epochs {
+                problems.push(format!(
+                    "{}: provenance and summary disagree on epochs",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    let Some(tolerance) = variant.tolerance else {
+        return problems;
+    };
+    if summary.shortened {
+        problems.push(format!(
+            "{}: a shortened run cannot stand for the paper protocol",
+            dir.display()
+        ));
+    }
+    if let Some(paper_error) = summary.paper_error_pct
+        && summary.test_error_pct > paper_error + tolerance.error_pp
+    {
+        problems.push(format!(
+            "{}: test error {:.2}% exceeds the paper's {:.2}% + {} pp",
+            dir.display(),
+            summary.test_error_pct,
+            paper_error,
+            tolerance.error_pp
+        ));
+    }
+    if let Some(paper_compression) = summary.paper_compression
+        && summary.compression < tolerance.compression_fraction * paper_compression
+    {
+        problems.push(format!(
+            "{}: compression {:.1}× is below {} × the paper's {:.0}×",
+            dir.display(),
+            summary.compression,
+            tolerance.compression_fraction,
+            paper_compression
+        ));
+    }
+    problems
+}
+
+#[test]
+fn committed_results_hold_against_the_paper() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for exp in experiments() {
+        for variant in &exp.spec.variants {
+            let dir = variant_dir(&exp, &variant.name);
+            let committed = dir.join(output::SUMMARY_CSV).is_file();
+            if !committed {
+                if variant.tolerance.is_some() {
+                    problems.push(format!(
+                        "{}: no committed result for a variant with a tolerance",
+                        dir.display()
+                    ));
+                }
+                continue;
+            }
+            checked += 1;
+            problems.extend(check_variant(&exp, variant, &dir));
+        }
+    }
+    assert!(checked > 0, "no committed results found under results/");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn an_edited_worse_result_fails_the_check() {
+    // Copy a committed Sparse VD result, make its error worse, and check it is caught.
+    let exp = experiments()
+        .into_iter()
+        .find(|e| {
+            e.spec.variants.iter().any(|v| {
+                v.tolerance.is_some() && variant_dir(e, &v.name).join(output::SUMMARY_CSV).is_file()
+            })
+        })
+        .expect("a committed result with a tolerance");
+    let variant = exp
+        .spec
+        .variants
+        .iter()
+        .find(|v| v.tolerance.is_some())
+        .unwrap();
+    let tmp = std::env::temp_dir().join(format!("regression-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let src = variant_dir(&exp, &variant.name);
+    for f in [output::SUMMARY_CSV, output::PROVENANCE_TOML] {
+        std::fs::copy(src.join(f), tmp.join(f)).unwrap();
+    }
+    assert!(check_variant(&exp, variant, &tmp).is_empty());
+    let mut summary = output::read_summary(&tmp).unwrap();
+    summary.test_error_pct += 1.0;
+    output::write_summary(&tmp, &summary).unwrap();
+    assert!(
+        !check_variant(&exp, variant, &tmp).is_empty(),
+        "a 1 pp worse error must fail"
+    );
+    summary.test_error_pct -= 1.0;
+    summary.compression /= 10.0;
+    output::write_summary(&tmp, &summary).unwrap();
+    assert!(
+        !check_variant(&exp, variant, &tmp).is_empty(),
+        "10× less compression must fail"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
