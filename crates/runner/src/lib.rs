@@ -1,5 +1,6 @@
 //! Runs experiments: reads an experiment file, trains each variant, writes its results.
 
+pub mod cpu;
 pub mod output;
 pub mod progress;
 pub mod provenance;
@@ -86,6 +87,7 @@ pub fn run_experiment(
         return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
     }
     let paper = paper_reference_for(&exp.path)?;
+    cpu::flush_subnormals();
     let Dataset::Mnist = spec.dataset;
     let mut data = Mnist::load(&options.data_dir)?;
     if let Some(n) = spec.protocol.train_subset {
