@@ -2,7 +2,7 @@
 //! clone can redraw every figure from the committed files.
 
 use anyhow::{Context, Result};
-use plotting::{LineFigure, Panel, Series};
+use plotting::{Corner, LineFigure, Panel, Series};
 use runner::output;
 use runner::spec::LoadedExperiment;
 use std::path::{Path, PathBuf};
@@ -60,20 +60,165 @@ pub fn training_curves(
                 y_label: "test error (%)".into(),
                 log_y: true,
                 series: error,
+                legend: Corner::UpperRight,
             },
             Panel {
                 y_label: "compression |W| / |W≠0| (×)".into(),
                 log_y: true,
                 series: compression,
+                legend: Corner::LowerRight,
             },
             Panel {
                 y_label: "KL weight β".into(),
                 log_y: false,
                 series: beta,
+                legend: Corner::LowerRight,
             },
         ],
     };
     let stem = figures_dir.join(format!("{}_training", exp.spec.name));
     plotting::render(&figure, &stem)?;
     Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+}
+
+/// The paper's KL figure: −KL from the sigmoid approximation, from Kingma et al.'s cubic
+/// (for α ≤ 1), and estimated by Monte Carlo, over log α ∈ [−8, 8].
+pub fn kl_approximation(figures_dir: &Path) -> Result<Vec<PathBuf>> {
+    let normals = sparsevd::normal_lattice(1_000_000);
+    let grid: Vec<f64> = (0..=160).map(|i| -8.0 + 0.1 * i as f64).collect();
+    let series = |label: &str, f: &dyn Fn(f64) -> f64, max_log_alpha: f64| Series {
+        label: label.into(),
+        points: grid
+            .iter()
+            .filter(|&&a| a <= max_log_alpha)
+            .map(|&a| (a, f(a)))
+            .collect(),
+    };
+    let figure = LineFigure {
+        title: "Approximations of −KL(q ‖ log-uniform prior)".into(),
+        x_label: "log α".into(),
+        panels: vec![Panel {
+            y_label: "−KL (nats per weight)".into(),
+            log_y: false,
+            series: vec![
+                series(
+                    "Monte Carlo estimate (10⁶ samples)",
+                    &|a| sparsevd::neg_kl_monte_carlo(a, &normals),
+                    8.0,
+                ),
+                series(
+                    "sigmoid approximation (Molchanov et al.)",
+                    &|a| -sparsevd::kl_approx_value(a),
+                    8.0,
+                ),
+                series(
+                    "cubic approximation (Kingma et al.), α ≤ 1",
+                    &sparsevd::neg_kl_kingma,
+                    0.0,
+                ),
+            ],
+            legend: Corner::LowerRight,
+        }],
+    };
+    let stem = figures_dir.join("kl_approximation");
+    plotting::render(&figure, &stem)?;
+    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+}
+
+/// First-layer masks of every finished Sparse VD variant: for LeNet-300-100 how many of each
+/// input pixel's 300 outgoing weights survive (a 28×28 image); for LeNet-5 each 5×5 filter of
+/// the first convolution with its removed weights shown as 0.
+pub fn first_layer_masks(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+    figures_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for variant in exp
+        .spec
+        .variants
+        .iter()
+        .filter(|v| v.layer == runner::spec::LayerKind::SparseVd)
+    {
+        let dir = results_dir.join(&exp.spec.name).join(&variant.name);
+        if !dir.join(output::SUMMARY_CSV).is_file() {
+            continue;
+        }
+        let layers = output::read_model(&dir)?;
+        let first = layers.first().context("model has no layers")?;
+        let kept = first.kept(exp.spec.protocol.threshold);
+        let figure = match first.shape.as_slice() {
+            &[inputs, outputs] if inputs == 28 * 28 => {
+                let counts: Vec<f64> = (0..inputs)
+                    .map(|i| {
+                        kept[i * outputs..(i + 1) * outputs]
+                            .iter()
+                            .filter(|&&k| k)
+                            .count() as f64
+                    })
+                    .collect();
+                let used = counts.iter().filter(|&&c| c > 0.0).count();
+                plotting::GridFigure {
+                    title: format!(
+                        "{} / {}: first-layer weights kept per input pixel",
+                        exp.spec.name, variant.name
+                    ),
+                    grids: vec![plotting::Grid {
+                        title: format!("{used} of 784 pixels keep at least one weight"),
+                        rows: 28,
+                        cols: 28,
+                        values: counts.clone(),
+                    }],
+                    columns: 1,
+                    min: 0.0,
+                    max: counts.iter().copied().fold(1.0, f64::max),
+                    value_label: format!("kept of {outputs}"),
+                    grid_px: 520,
+                }
+            }
+            &[filters, 1, kh, kw] => {
+                let grids: Vec<plotting::Grid> = (0..filters)
+                    .map(|f| {
+                        let range = f * kh * kw..(f + 1) * kh * kw;
+                        let values = first.theta[range.clone()]
+                            .iter()
+                            .zip(&kept[range])
+                            .map(|(&t, &k)| if k { t.abs() as f64 } else { f64::NAN })
+                            .collect::<Vec<_>>();
+                        let n = values.iter().filter(|v| !v.is_nan()).count();
+                        plotting::Grid {
+                            title: format!("filter {} ({n} kept)", f + 1),
+                            rows: kh,
+                            cols: kw,
+                            values,
+                        }
+                    })
+                    .collect();
+                let max = grids
+                    .iter()
+                    .flat_map(|g| g.values.iter().copied())
+                    .fold(1e-6, f64::max);
+                plotting::GridFigure {
+                    title: format!(
+                        "{} / {}: first-layer 5×5 filters, |θ| of kept weights",
+                        exp.spec.name, variant.name
+                    ),
+                    grids,
+                    columns: 5,
+                    min: 0.0,
+                    max,
+                    value_label: "|θ|".into(),
+                    grid_px: 190,
+                }
+            }
+            other => anyhow::bail!(
+                "{}: no mask figure for a first layer of shape {other:?}",
+                dir.display()
+            ),
+        };
+        let stem = figures_dir.join(format!("{}_{}_first_layer", exp.spec.name, variant.name));
+        plotting::render(&figure, &stem)?;
+        written.extend([stem.with_extension("svg"), stem.with_extension("png")]);
+    }
+    Ok(written)
 }

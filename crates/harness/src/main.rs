@@ -81,8 +81,18 @@ impl Backend {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line and no backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Run(args)) => run(args),
         Some(Command::Check { experiment }) => {
@@ -117,7 +127,12 @@ fn draw_figures(
     results_dir: &std::path::Path,
     figures_dir: &std::path::Path,
 ) -> Result<()> {
-    for path in figures::training_curves(exp, results_dir, figures_dir)? {
+    let written = [
+        figures::training_curves(exp, results_dir, figures_dir)?,
+        figures::first_layer_masks(exp, results_dir, figures_dir)?,
+        figures::kl_approximation(figures_dir)?,
+    ];
+    for path in written.iter().flatten() {
         println!("wrote {}", path.display());
     }
     Ok(())

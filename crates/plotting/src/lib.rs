@@ -32,6 +32,16 @@ pub struct Panel {
     /// Plot y on a log₁₀ scale (non-positive values are left out).
     pub log_y: bool,
     pub series: Vec<Series>,
+    /// Where the legend goes (pick the corner the lines leave empty).
+    pub legend: Corner,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Corner {
+    UpperLeft,
+    UpperRight,
+    LowerLeft,
+    LowerRight,
 }
 
 /// Panels stacked vertically under one title.
@@ -184,9 +194,149 @@ fn draw_panel<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font((FONT_FAMILY, 14))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(match panel.legend {
+            Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
+            Corner::UpperRight => SeriesLabelPosition::UpperRight,
+            Corner::LowerLeft => SeriesLabelPosition::LowerLeft,
+            Corner::LowerRight => SeriesLabelPosition::LowerRight,
+        })
         .draw()?;
     Ok(())
+}
+
+/// One grid of values drawn as coloured cells (row 0 at the top).
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub title: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Row-major, `rows × cols` values.
+    pub values: Vec<f64>,
+}
+
+/// Grids side by side, all on one colour scale from `min` (white) to `max` (dark blue),
+/// with a labelled colour bar. NaN cells mean "removed" and are drawn in orange.
+#[derive(Debug, Clone)]
+pub struct GridFigure {
+    pub title: String,
+    pub grids: Vec<Grid>,
+    /// Grids per row of the figure.
+    pub columns: usize,
+    pub min: f64,
+    pub max: f64,
+    /// What a cell's value means, with unit (shown beside the colour bar).
+    pub value_label: String,
+    /// Width and height of one grid in pixels.
+    pub grid_px: u32,
+}
+
+const REMOVED: RGBColor = RGBColor(244, 165, 96);
+const COLOUR_BAR: u32 = 120;
+
+fn colour(value: f64, min: f64, max: f64) -> RGBColor {
+    if value.is_nan() {
+        return REMOVED;
+    }
+    let t = if max > min {
+        ((value - min) / (max - min)).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let mix = |from: f64, to: f64| (from + (to - from) * t).round() as u8;
+    RGBColor(mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0))
+}
+
+impl Figure for GridFigure {
+    fn size(&self) -> (u32, u32) {
+        let columns = self.columns.max(1);
+        let rows = self.grids.len().div_ceil(columns).max(1);
+        (
+            self.grid_px * columns as u32 + COLOUR_BAR,
+            self.grid_px * rows as u32 + 50,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let root = root
+            .titled(&self.title, (FONT_FAMILY, 20))
+            .map_err(|x| e(&x))?;
+        let (width, _) = root.dim_in_pixel();
+        let (grids_area, bar_area) = root.split_horizontally(width.saturating_sub(COLOUR_BAR));
+        let columns = self.columns.max(1);
+        let rows = self.grids.len().div_ceil(columns).max(1);
+        for (area, grid) in grids_area
+            .split_evenly((rows, columns))
+            .iter()
+            .zip(&self.grids)
+        {
+            let area = area
+                .titled(&grid.title, (FONT_FAMILY, 14))
+                .map_err(|x| e(&x))?;
+            let (w, h) = area.dim_in_pixel();
+            let cell =
+                (w.min(h).saturating_sub(10) as f64 / grid.rows.max(grid.cols) as f64).max(1.0);
+            for r in 0..grid.rows {
+                for c in 0..grid.cols {
+                    let v = grid.values[r * grid.cols + c];
+                    let x0 = 5 + (c as f64 * cell) as i32;
+                    let y0 = (r as f64 * cell) as i32;
+                    let x1 = 5 + ((c + 1) as f64 * cell) as i32;
+                    let y1 = ((r + 1) as f64 * cell) as i32;
+                    area.draw(&Rectangle::new(
+                        [(x0, y0), (x1, y1)],
+                        colour(v, self.min, self.max).filled(),
+                    ))
+                    .map_err(|x| e(&x))?;
+                }
+            }
+        }
+        // Colour bar: max at the top, min at the bottom, with the label beside it.
+        let (_, bar_h) = bar_area.dim_in_pixel();
+        let steps = 50;
+        let top = 20;
+        let height = bar_h.saturating_sub(90) as i32;
+        for i in 0..steps {
+            let v = self.max - (self.max - self.min) * i as f64 / (steps - 1) as f64;
+            let y0 = top + height * i / steps;
+            let y1 = top + height * (i + 1) / steps;
+            bar_area
+                .draw(&Rectangle::new(
+                    [(10, y0), (30, y1)],
+                    colour(v, self.min, self.max).filled(),
+                ))
+                .map_err(|x| e(&x))?;
+        }
+        let text = |s: String, y: i32| Text::new(s, (34, y), (FONT_FAMILY, 13));
+        bar_area
+            .draw(&text(format!("{:.3}", self.max), top))
+            .map_err(|x| e(&x))?;
+        bar_area
+            .draw(&text(format!("{:.3}", self.min), top + height - 12))
+            .map_err(|x| e(&x))?;
+        bar_area
+            .draw(&Text::new(
+                self.value_label.clone(),
+                (4, top + height + 14),
+                (FONT_FAMILY, 12),
+            ))
+            .map_err(|x| e(&x))?;
+        if self
+            .grids
+            .iter()
+            .any(|g| g.values.iter().any(|v| v.is_nan()))
+        {
+            let y = top + height + 34;
+            bar_area
+                .draw(&Rectangle::new([(10, y), (30, y + 12)], REMOVED.filled()))
+                .map_err(|x| e(&x))?;
+            bar_area
+                .draw(&Text::new("removed", (34, y), (FONT_FAMILY, 12)))
+                .map_err(|x| e(&x))?;
+        }
+        root.present().map_err(|x| e(&x))
+    }
 }
 
 /// Smallest and largest value, widened to a non-empty range.
@@ -223,6 +373,7 @@ mod tests {
                         label: "a".into(),
                         points: vec![(1.0, 3.0), (2.0, 2.0), (3.0, 1.5)],
                     }],
+                    legend: Corner::UpperRight,
                 },
                 Panel {
                     y_label: "compression (×)".into(),
@@ -231,10 +382,31 @@ mod tests {
                         label: "b".into(),
                         points: vec![(1.0, 1.0), (2.0, 10.0), (3.0, f64::INFINITY)],
                     }],
+                    legend: Corner::LowerRight,
                 },
             ],
         };
         render(&figure, &stem).unwrap();
+        let grid = GridFigure {
+            title: "Grid".into(),
+            grids: vec![Grid {
+                title: "g".into(),
+                rows: 2,
+                cols: 2,
+                values: vec![0.0, 1.0, 2.0, 3.0],
+            }],
+            columns: 1,
+            min: 0.0,
+            max: 3.0,
+            value_label: "kept".into(),
+            grid_px: 100,
+        };
+        render(&grid, &dir.join("grid")).unwrap();
+        assert!(
+            std::fs::read_to_string(dir.join("grid.svg"))
+                .unwrap()
+                .contains("<rect")
+        );
         let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
         assert!(svg.contains("Test figure") && svg.contains("compression"));
         let png = std::fs::read(stem.with_extension("png")).unwrap();

@@ -15,7 +15,7 @@ use datasets::Mnist;
 use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
-use sparsevd::{MlpConfig, Network};
+use sparsevd::{LeNet5Config, MlpConfig, Network};
 use spec::{Dataset, LayerKind, LoadedExperiment, Net, Variant};
 use std::path::{Path, PathBuf};
 
@@ -145,6 +145,28 @@ struct VariantJob<'a> {
 }
 
 fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
+    let (protocol, device) = (job.protocol, &job.options.device);
+    device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
+    let log_sigma2 = (job.variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
+    match job.exp.spec.net {
+        Net::Lenet300 => train_and_record(
+            job,
+            MlpConfig::lenet300(log_sigma2)
+                .with_init_std(protocol.init.theta_std)
+                .init(device),
+        ),
+        Net::Lenet5 => train_and_record(
+            job,
+            LeNet5Config::new()
+                .with_dense_init_std(protocol.init.theta_std)
+                .with_log_sigma2_init(log_sigma2)
+                .init(device),
+        ),
+    }
+}
+
+/// Train `model` as the job says and write every result file.
+fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), RunError> {
     let VariantJob {
         exp,
         variant,
@@ -159,12 +181,6 @@ fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
     let device = &options.device;
     let started = provenance::now_rfc3339();
     let clock = std::time::Instant::now();
-    device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
-    let Net::Lenet300 = spec.net;
-    let log_sigma2 = (variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
-    let model = MlpConfig::lenet300(log_sigma2)
-        .with_init_std(protocol.init.theta_std)
-        .init(device);
     let layer_names: Vec<String> = model.weight_layers().into_iter().map(|l| l.name).collect();
     let mut records = Vec::new();
     let settings = train::TrainSettings {
@@ -244,7 +260,7 @@ fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let description = format!(
-        "experiment={}; variant={}; net={}; threshold={}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias",
+        "experiment={}; variant={}; net={}; threshold={}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias; conv theta and log_sigma2 are [out, in, kh, kw]",
         spec.name,
         variant.name,
         spec.net.key(),

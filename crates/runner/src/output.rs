@@ -277,3 +277,76 @@ pub fn read_epochs(dir: &Path) -> Result<EpochTable, OutputError> {
     }
     Ok(EpochTable { header, rows })
 }
+
+/// A tensor's shape and its values.
+type ShapedFloats = (Vec<usize>, Vec<f32>);
+
+/// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
+/// output (convolutions before dense layers, then by number). log α is recomputed on the host
+/// with the formula of the forward pass.
+pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
+    let path = dir.join(MODEL_SAFETENSORS);
+    let read_err = |m: String| OutputError::Read {
+        path: path.clone(),
+        message: m,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| read_err(e.to_string()))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
+    let floats = |name: &str| -> Result<Option<ShapedFloats>, OutputError> {
+        let Ok(view) = tensors.tensor(name) else {
+            return Ok(None);
+        };
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(read_err(format!(
+                "{name}: expected float32, found {:?}",
+                view.dtype()
+            )));
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some((view.shape().to_vec(), values)))
+    };
+    let mut names: Vec<String> = tensors
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".theta").map(String::from))
+        .collect();
+    let order = |n: &String| {
+        (
+            !n.starts_with("conv"),
+            n.trim_start_matches(|c: char| c.is_alphabetic())
+                .parse::<u32>()
+                .unwrap_or(0),
+        )
+    };
+    names.sort_by_key(order);
+    names
+        .into_iter()
+        .map(|name| {
+            let (shape, theta) = floats(&format!("{name}.theta"))?.expect("listed above");
+            let log_sigma2 = floats(&format!("{name}.log_sigma2"))?.map(|(_, v)| v);
+            let bias = floats(&format!("{name}.bias"))?
+                .ok_or_else(|| read_err(format!("{name}.bias missing")))?
+                .1;
+            let clip = sparsevd::LOG_ALPHA_CLIP as f32;
+            let log_alpha = log_sigma2.as_ref().map(|s| {
+                s.iter()
+                    .zip(&theta)
+                    .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
+                    .collect()
+            });
+            Ok(WeightLayerView {
+                name,
+                shape,
+                theta,
+                log_sigma2,
+                log_alpha,
+                bias,
+            })
+        })
+        .collect()
+}

@@ -27,12 +27,15 @@ pub enum Dataset {
 pub enum Net {
     /// 784 → 300 → 100 → 10, ReLU.
     Lenet300,
+    /// LeNet-5-Caffe: conv 20@5×5, maxpool, conv 50@5×5, maxpool, dense 800 → 500 → 10.
+    Lenet5,
 }
 
 impl Net {
     pub fn key(self) -> &'static str {
         match self {
             Net::Lenet300 => "lenet300",
+            Net::Lenet5 => "lenet5",
         }
     }
 }
@@ -89,7 +92,7 @@ pub struct KlWarmup {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Init {
-    /// θ ~ N(0, theta_std²) for dense layers.
+    /// θ ~ N(0, theta_std²) for dense layers (convolutions start Glorot-uniform).
     pub theta_std: f64,
     /// Initial log σ² of every Sparse VD weight.
     pub log_sigma2: f64,

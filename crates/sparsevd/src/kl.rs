@@ -33,6 +33,44 @@ pub fn kl_approx_value(log_alpha: f64) -> f64 {
     K1 - K1 * sig + 0.5 * softplus
 }
 
+/// −E[log|ξ|] for ξ ~ N(0, 1) = (γ_Euler + ln 2) / 2: the constant that makes −KL → 0 as α → ∞.
+const NEG_KL_LIMIT: f64 = 0.635_181_422_730_739;
+
+/// −KL up to the constant fixed by −KL → 0 as α → ∞, estimated from standard normal samples ξ:
+/// −KL = 0.5·log α − E[log|1 + √α·ξ|] − (γ + ln 2)/2 (the expectation is over ε = 1 + √α·ξ ~ N(1, α)).
+pub fn neg_kl_monte_carlo(log_alpha: f64, normals: &[f64]) -> f64 {
+    let sqrt_alpha = (0.5 * log_alpha).exp();
+    let mean_log = normals
+        .iter()
+        .map(|xi| (1.0 + sqrt_alpha * xi).abs().ln())
+        .sum::<f64>()
+        / normals.len() as f64;
+    0.5 * log_alpha - mean_log - NEG_KL_LIMIT
+}
+
+/// Kingma et al. (2015)'s cubic approximation of −KL, valid for α ≤ 1, with the same constant:
+/// 0.5·log α + 1.16145124·α − 1.50204118·α² + 0.58629921·α³ − (γ + ln 2)/2.
+pub fn neg_kl_kingma(log_alpha: f64) -> f64 {
+    let a = log_alpha.exp();
+    0.5 * log_alpha + 1.161_451_24 * a - 1.502_041_18 * a * a + 0.586_299_21 * a * a * a
+        - NEG_KL_LIMIT
+}
+
+/// About `n` standard normal values from a regular lattice of (u1, u2) pairs through
+/// Box–Muller: deterministic, and smoother than random draws for Monte Carlo estimates.
+pub fn normal_lattice(n: usize) -> Vec<f64> {
+    let side = (n as f64).sqrt().ceil() as usize;
+    let mut v = Vec::with_capacity(side * side);
+    for i in 0..side {
+        for j in 0..side {
+            let u1 = (i as f64 + 0.5) / side as f64;
+            let u2 = (j as f64 + 0.5) / side as f64;
+            v.push((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +105,22 @@ mod tests {
     }
 
     #[test]
+    fn sigmoid_approximation_matches_monte_carlo() {
+        let normals = normal_lattice(250_000);
+        for log_alpha in [-6.0, -2.0, 0.0, 2.0, 6.0] {
+            let mc = neg_kl_monte_carlo(log_alpha, &normals);
+            let approx = -kl_approx_value(log_alpha);
+            assert!(
+                (mc - approx).abs() < 0.02,
+                "log α = {log_alpha}: MC {mc} vs approx {approx}"
+            );
+        }
+        // Kingma's cubic agrees for small α.
+        let mc = neg_kl_monte_carlo(-4.0, &normals);
+        assert!((neg_kl_kingma(-4.0) - mc).abs() < 0.02);
+    }
+
+    #[test]
     fn kl_is_stable_at_extreme_log_alpha() {
         assert!(kl_approx_value(-1e4).is_finite());
         assert!(kl_approx_value(1e4).abs() < 1e-6);
@@ -77,7 +131,7 @@ mod tests {
         let device = Device::flex();
         let theta = Tensor::<1>::from_data(TensorData::from([1.0f32, 1e-3, 10.0]), &device);
         let log_sigma2 = Tensor::<1>::from_data(TensorData::from([0.5f32, 0.0, -20.0]), &device);
-        let got = crate::dense::host_vec(log_alpha(theta, log_sigma2).into_data());
+        let got = crate::weights::host_vec(log_alpha(theta, log_sigma2).into_data());
         assert!((got[0] - 0.5).abs() < 1e-6);
         assert_eq!(got[1], 8.0);
         assert_eq!(got[2], -8.0);

@@ -1,12 +1,20 @@
 //! The method: Sparse Variational Dropout layers, the KL approximation, and the networks of the
 //! paper built from them. Formulas and symbol names follow `shared/paper/sparse-vd.md`.
 
+pub mod conv;
 pub mod dense;
 pub mod kl;
+pub mod lenet5;
 pub mod mlp;
 pub mod mode;
+pub mod weights;
 
+pub use conv::{Conv2d, Conv2dConfig};
 pub use dense::{Dense, DenseConfig};
-pub use kl::{LOG_ALPHA_CLIP, kl_approx, kl_approx_value, log_alpha};
+pub use kl::{
+    LOG_ALPHA_CLIP, kl_approx, kl_approx_value, log_alpha, neg_kl_kingma, neg_kl_monte_carlo,
+    normal_lattice,
+};
+pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
 pub use mode::{ForwardMode, NetOutput, Network, WeightLayerView};

@@ -1,7 +1,7 @@
 //! Fully connected classifier; LeNet-300-100 is `widths = [784, 300, 100, 10]`.
 
 use crate::dense::{Dense, DenseConfig};
-use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView};
+use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, activation::relu};
@@ -49,10 +49,7 @@ impl Network for Mlp {
         let mut kl: Option<Tensor<1>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let (out, layer_kl) = layer.forward(x, mode);
-            kl = match (kl, layer_kl) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
+            kl = add_kl(kl, layer_kl);
             x = if i == last { out } else { relu(out) };
         }
         NetOutput { logits: x, kl }

@@ -50,3 +50,11 @@ pub trait Network: Module + Clone {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
     fn weight_layers(&self) -> Vec<WeightLayerView>;
 }
+
+/// Σ KL of two parts of a network, either of which may have none.
+pub(crate) fn add_kl(a: Option<Tensor<1>>, b: Option<Tensor<1>>) -> Option<Tensor<1>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}

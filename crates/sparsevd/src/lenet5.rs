@@ -1,0 +1,97 @@
+//! LeNet-5-Caffe: conv 20@5×5 → ReLU → maxpool 2 → conv 50@5×5 → ReLU → maxpool 2 →
+//! dense 800 → 500 → ReLU → dense 500 → 10 (430,500 weights).
+
+use crate::conv::{Conv2d, Conv2dConfig};
+use crate::dense::{Dense, DenseConfig};
+use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor, activation::relu};
+
+#[derive(Config, Debug)]
+pub struct LeNet5Config {
+    /// Standard deviation of the N(0, std²) initialisation of the dense layers' θ.
+    #[config(default = 0.01)]
+    pub dense_init_std: f64,
+    /// Initial log σ² of every weight; `None` makes the plain ("original") network.
+    pub log_sigma2_init: Option<f64>,
+}
+
+#[derive(Module, Debug)]
+pub struct LeNet5 {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub dense1: Dense,
+    pub dense2: Dense,
+}
+
+impl LeNet5Config {
+    pub fn init(&self, device: &Device) -> LeNet5 {
+        let s = self.log_sigma2_init;
+        let dense = |i, o| {
+            DenseConfig::new(i, o)
+                .with_init_std(self.dense_init_std)
+                .with_log_sigma2_init(s)
+                .init(device)
+        };
+        LeNet5 {
+            conv1: Conv2dConfig::new(1, 20, 5)
+                .with_log_sigma2_init(s)
+                .init(device),
+            conv2: Conv2dConfig::new(20, 50, 5)
+                .with_log_sigma2_init(s)
+                .init(device),
+            dense1: dense(800, 500),
+            dense2: dense(500, 10),
+        }
+    }
+}
+
+impl Network for LeNet5 {
+    fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput {
+        let batch = input.dims()[0];
+        let pool = |x| max_pool2d(x, MaxPoolOptions::new([2, 2]));
+        let x = input.reshape([batch, 1, 28, 28]);
+        let (x, kl1) = self.conv1.forward(x, mode);
+        let (x, kl2) = self.conv2.forward(pool(relu(x)), mode);
+        let x = pool(relu(x)).reshape([batch, 800]);
+        let (x, kl3) = self.dense1.forward(x, mode);
+        let (logits, kl4) = self.dense2.forward(relu(x), mode);
+        let kl = [kl2, kl3, kl4].into_iter().fold(kl1, add_kl);
+        NetOutput { logits, kl }
+    }
+
+    fn weight_layers(&self) -> Vec<WeightLayerView> {
+        vec![
+            self.conv1.view("conv1"),
+            self.conv2.view("conv2"),
+            self.dense1.view("dense1"),
+            self.dense2.view("dense2"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_the_paper_weight_count_and_output_shape() {
+        let device = Device::flex();
+        let net = LeNet5Config::new()
+            .with_log_sigma2_init(Some(-10.0))
+            .init(&device);
+        let weights: usize = net.weight_layers().iter().map(|l| l.theta.len()).sum();
+        assert_eq!(weights, 430_500);
+        let out = net.forward(
+            Tensor::zeros([3, 784], &device),
+            ForwardMode::Train {
+                mask_threshold: Some(3.0),
+            },
+        );
+        assert_eq!(out.logits.dims(), [3, 10]);
+        assert!(out.kl.is_some());
+    }
+}

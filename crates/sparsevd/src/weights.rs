@@ -1,0 +1,97 @@
+//! The weights of one layer — θ, optional log σ², bias — and the Sparse VD forward pass that
+//! dense and convolutional layers share; they differ only in the linear map applied.
+
+use crate::kl::{kl_approx, log_alpha};
+use crate::mode::{ForwardMode, WeightLayerView};
+use burn::module::{Module, Param};
+use burn::tensor::{Distribution, Tensor, TensorData};
+
+/// Added under the square root of the LRT variance so that its gradient stays finite.
+const VARIANCE_EPS: f64 = 1e-8;
+
+/// θ (any shape whose leading or trailing axis is the output unit), log σ² of the same shape
+/// (absent for a plain layer), and one bias per output unit.
+///
+/// With log σ² present this is the Sparse VD posterior q(w_ij) = N(θ_ij, σ²_ij),
+/// α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8]. For a linear map `A` (matmul or convolution):
+/// - training (local reparameterization): γ = A(x, θ) + b, δ = A(x ⊙ x, σ²),
+///   output γ + √(δ + 1e-8) ⊙ ζ, ζ ~ N(0, 1) per output element; the bias never enters δ;
+/// - evaluation: A(x, θ ⊙ [log α < threshold]) + b, deterministic.
+#[derive(Module, Debug)]
+pub struct VariationalWeights<const D: usize> {
+    pub theta: Param<Tensor<D>>,
+    pub log_sigma2: Option<Param<Tensor<D>>>,
+    pub bias: Param<Tensor<1>>,
+}
+
+impl<const D: usize> VariationalWeights<D> {
+    /// Weights with initial θ, zero bias for `units` outputs, and log σ² = `log_sigma2_init`
+    /// everywhere (or none).
+    pub fn new(theta: Tensor<D>, units: usize, log_sigma2_init: Option<f64>) -> Self {
+        let device = theta.device();
+        Self {
+            log_sigma2: log_sigma2_init
+                .map(|v| Param::from_tensor(Tensor::full(theta.shape(), v, &device))),
+            bias: Param::from_tensor(Tensor::zeros([units], &device)),
+            theta: Param::from_tensor(theta),
+        }
+    }
+
+    /// Apply the layer whose linear map is `map` (without bias); returns the output and this
+    /// layer's Σ KL (`None` for a plain layer and in evaluation). Output axis 1 is the unit axis.
+    pub fn forward<const E: usize>(
+        &self,
+        x: Tensor<E>,
+        mode: ForwardMode,
+        map: impl Fn(Tensor<E>, Tensor<D>) -> Tensor<E>,
+    ) -> (Tensor<E>, Option<Tensor<1>>) {
+        let theta = self.theta.val();
+        let mut bias_shape = [1; E];
+        bias_shape[1] = self.bias.dims()[0];
+        let bias = self.bias.val().reshape(bias_shape);
+        let Some(log_sigma2) = self.log_sigma2.as_ref().map(Param::val) else {
+            return (map(x, theta) + bias, None);
+        };
+        let log_alpha = log_alpha(theta.clone(), log_sigma2.clone());
+        match mode {
+            ForwardMode::Eval { threshold } => {
+                let mean = theta.mask_fill(log_alpha.greater_equal_elem(threshold), 0.0);
+                (map(x, mean) + bias, None)
+            }
+            ForwardMode::Train { mask_threshold } => {
+                let mean = match mask_threshold {
+                    Some(t) => theta.mask_fill(log_alpha.clone().greater_equal_elem(t), 0.0),
+                    None => theta,
+                };
+                let gamma = map(x.clone(), mean) + bias;
+                let delta = map(x.square(), log_sigma2.exp());
+                let zeta = gamma.random_like(Distribution::Normal(0.0, 1.0));
+                let out = gamma + (delta + VARIANCE_EPS).sqrt() * zeta;
+                (out, Some(kl_approx(log_alpha)))
+            }
+        }
+    }
+
+    /// Copy to the host for counting, saving and plotting.
+    pub fn view(&self, name: &str) -> WeightLayerView {
+        let theta = self.theta.val();
+        let log_sigma2 = self.log_sigma2.as_ref().map(Param::val);
+        WeightLayerView {
+            name: name.to_string(),
+            shape: theta.dims().to_vec(),
+            log_alpha: log_sigma2
+                .clone()
+                .map(|s| host_vec(log_alpha(theta.clone(), s).into_data())),
+            log_sigma2: log_sigma2.map(|s| host_vec(s.into_data())),
+            theta: host_vec(theta.into_data()),
+            bias: host_vec(self.bias.val().into_data()),
+        }
+    }
+}
+
+/// Copy device data to a host vector of f32, whatever the backend's float type.
+pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("converted to f32 just above")
+}
