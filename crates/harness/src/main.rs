@@ -85,8 +85,8 @@ fn main() -> std::process::ExitCode {
     match dispatch(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` prints the whole cause chain on one line and no backtrace.
-            eprintln!("error: {e:#}");
+            // The project's error messages already include their causes; no backtrace.
+            eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,6 +1,8 @@
 //! Runs experiments: reads an experiment file, trains each variant, writes its results.
 
+pub mod checkpoint;
 pub mod cpu;
+pub mod lock;
 pub mod output;
 pub mod progress;
 pub mod provenance;
@@ -36,6 +38,12 @@ pub enum RunError {
     Reference(String),
     #[error("--variant {0}: no such variant in the experiment file (it has: {1})")]
     UnknownVariant(String, String),
+    #[error(
+        "{0}: the checkpoint there was written for another protocol (experiment file, epochs or seed changed); use --force to start over"
+    )]
+    StaleCheckpoint(PathBuf),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
 }
 
 /// How to run, beyond what the experiment file says.
@@ -108,7 +116,10 @@ pub fn run_experiment(
             continue;
         }
         let variant_dir = dir.join(&variant.name);
-        if variant_dir.join(output::SUMMARY_CSV).is_file() && !options.force {
+        let _lock = lock::VariantLock::acquire(&variant_dir)?;
+        if options.force {
+            output::clear_variant(&variant_dir)?;
+        } else if variant_dir.join(output::SUMMARY_CSV).is_file() {
             eprintln!(
                 "{}: finished results exist in {}; not retraining (use --force to overwrite)",
                 variant.name,
@@ -180,22 +191,48 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     let spec = &exp.spec;
     let device = &options.device;
     let started = provenance::now_rfc3339();
-    let clock = std::time::Instant::now();
     let layer_names: Vec<String> = model.weight_layers().into_iter().map(|l| l.name).collect();
+    let mut state = checkpoint::CheckpointState {
+        epochs_completed: 0,
+        epochs_planned: protocol.epochs,
+        experiment_sha256: exp.sha256(),
+        seed: protocol.seed,
+    };
+    let (mut model, mut optimizer) = (model, train::optimizer(&protocol.optimizer));
     let mut records = Vec::new();
+    if let Some(saved) = checkpoint::read_state(dir)? {
+        if (saved.epochs_planned, &saved.experiment_sha256, saved.seed)
+            != (state.epochs_planned, &state.experiment_sha256, state.seed)
+        {
+            return Err(RunError::StaleCheckpoint(dir.to_path_buf()));
+        }
+        (model, optimizer) = checkpoint::load(dir, &saved, model, optimizer)?;
+        records = output::read_epoch_records(dir)?;
+        records.truncate(saved.epochs_completed);
+        eprintln!(
+            "resuming from the checkpoint after epoch {} in {}",
+            saved.epochs_completed,
+            dir.display()
+        );
+        state = saved;
+    }
+    let resumed_after_epoch = state.epochs_completed;
     let settings = train::TrainSettings {
         protocol,
         device,
-        start_epoch: 0,
+        start_epoch: state.epochs_completed,
     };
     let model = train::train(
         model,
+        optimizer,
         &data.train,
         &data.test,
         &settings,
-        |record, _model| {
+        |record, model, optimizer| {
             records.push(record.clone());
-            output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())
+            output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())?;
+            state.epochs_completed = record.epoch;
+            checkpoint::save(dir, model, optimizer, &state).map_err(|e| e.to_string())
         },
     )
     .map_err(|source| RunError::Train {
@@ -204,7 +241,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     })?;
 
     let last = records.last().expect("at least one epoch is validated");
-    let wall = clock.elapsed().as_secs_f64();
+    // Σ epoch times (training and evaluation) over every segment of a resumed run.
+    let wall: f64 = records.iter().map(|r| r.seconds).sum();
     let mut shortened_how = Vec::new();
     if protocol.epochs < spec.protocol.epochs {
         shortened_how.push(format!(
@@ -254,7 +292,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         train_examples: data.train.len(),
         test_examples: data.test.len(),
         wall_time_s: wall,
-        mean_epoch_s: records.iter().map(|r| r.seconds).sum::<f64>() / records.len() as f64,
+        mean_epoch_s: wall / records.len() as f64,
+        resumed_after_epoch,
         started,
         finished: provenance::now_rfc3339(),
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -271,6 +310,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     output::write_provenance(dir, &provenance)?;
     // The summary is written last: its presence marks a finished run.
     output::write_summary(dir, &summary)?;
+    checkpoint::remove(dir);
     Ok(())
 }
 

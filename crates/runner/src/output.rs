@@ -237,6 +237,58 @@ pub fn write_comparison(
     write_atomic(&experiment_dir.join(COMPARISON_MD), md.as_bytes())
 }
 
+/// Delete a variant's results and checkpoint (for `--force`).
+pub fn clear_variant(dir: &Path) -> Result<(), OutputError> {
+    for name in [EPOCHS_CSV, SUMMARY_CSV, PROVENANCE_TOML, MODEL_SAFETENSORS] {
+        let path = dir.join(name);
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| write_err(&path, e))?;
+        }
+    }
+    crate::checkpoint::remove(dir);
+    Ok(())
+}
+
+/// The per-epoch records of `epochs.csv`, for a resumed run.
+pub fn read_epoch_records(dir: &Path) -> Result<Vec<EpochRecord>, OutputError> {
+    let table = read_epochs(dir)?;
+    let path = dir.join(EPOCHS_CSV);
+    let column = |name: &str| {
+        table.column(name).ok_or_else(|| OutputError::Read {
+            path: path.clone(),
+            message: format!("no column {name}"),
+        })
+    };
+    let removed: Vec<usize> = (0..table.header.len())
+        .filter(|&i| table.header[i].starts_with("removed_pct_"))
+        .collect();
+    let (epoch, lr, beta, loss, data, kl, error, compression, seconds) = (
+        column("epoch")?,
+        column("lr")?,
+        column("beta")?,
+        column("train_loss")?,
+        column("data_term")?,
+        column("kl")?,
+        column("test_error_pct")?,
+        column("compression")?,
+        column("seconds")?,
+    );
+    Ok((0..table.rows.len())
+        .map(|i| EpochRecord {
+            epoch: epoch[i] as usize,
+            lr: lr[i],
+            beta: beta[i],
+            train_loss: loss[i],
+            data_term: data[i],
+            kl: kl[i],
+            test_error_pct: error[i],
+            compression: compression[i],
+            removed_pct_per_layer: removed.iter().map(|&c| table.rows[i][c]).collect(),
+            seconds: seconds[i],
+        })
+        .collect())
+}
+
 /// `epochs.csv` read back: its header and numeric rows.
 #[derive(Debug, Clone)]
 pub struct EpochTable {

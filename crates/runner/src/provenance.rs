@@ -25,8 +25,11 @@ pub struct Provenance {
     pub shortened_how: String,
     pub train_examples: usize,
     pub test_examples: usize,
+    /// Σ of the epochs' wall times (training and evaluation), over all segments of a resumed run.
     pub wall_time_s: f64,
     pub mean_epoch_s: f64,
+    /// The epoch after which this run was last resumed from a checkpoint (0: never interrupted).
+    pub resumed_after_epoch: usize,
     pub started: String,
     pub finished: String,
     pub harness_version: String,

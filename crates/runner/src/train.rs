@@ -3,7 +3,7 @@
 use crate::rng::{derive_seed, permutation};
 use crate::schedule::{kl_weight, learning_rate};
 use crate::spec::{Optimizer, Protocol};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::log_softmax};
 use datasets::MnistSplit;
 use metrics::LayerCount;
@@ -97,6 +97,92 @@ pub fn evaluate<N: Network>(
     }
 }
 
+/// Adam as the experiment file configures it.
+pub fn optimizer(config: &Optimizer) -> ModuleOptimizer {
+    let Optimizer::Adam {
+        beta1,
+        beta2,
+        epsilon,
+        ..
+    } = *config;
+    AdamConfig::new()
+        .with_beta_1(beta1 as f32)
+        .with_beta_2(beta2 as f32)
+        .with_epsilon(epsilon as f32)
+        .init()
+}
+
+/// A minibatch on the device: flattened images `[m, pixels]` and labels `[m]`.
+pub struct Batch {
+    pub x: Tensor<2>,
+    pub y: Tensor<1, Int>,
+}
+
+impl Batch {
+    /// Gather the examples `indices` of `split` into one batch.
+    pub fn gather(split: &MnistSplit, indices: &[usize], device: &Device) -> Self {
+        let pixels = split.images.len() / split.len();
+        let mut images = Vec::with_capacity(indices.len() * pixels);
+        for &i in indices {
+            images.extend_from_slice(&split.images[i * pixels..(i + 1) * pixels]);
+        }
+        let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
+        Self {
+            x: Tensor::from_data(TensorData::new(images, [indices.len(), pixels]), device),
+            y: Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
+        }
+    }
+}
+
+/// The scalars of one optimisation step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    /// N, the training-set size: the data term is (N/M)·Σ CE = N · mean CE.
+    pub train_size: usize,
+    /// KL weight β.
+    pub beta: f64,
+    pub lr: f64,
+    /// Zero weights with log α ≥ this in the mean path ("train clip").
+    pub mask_threshold: Option<f64>,
+}
+
+/// Mean cross-entropy and Σ KL of a step, read before the update.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLosses {
+    pub ce: f64,
+    pub kl: f64,
+}
+
+/// One Adam step on N·mean CE + β·Σ KL for `batch`.
+pub fn train_step<N: Network>(
+    model: N,
+    optimizer: &mut ModuleOptimizer,
+    batch: Batch,
+    s: &StepSettings,
+) -> (N, StepLosses) {
+    let m = batch.y.dims()[0];
+    let out = model.forward(
+        batch.x,
+        ForwardMode::Train {
+            mask_threshold: s.mask_threshold,
+        },
+    );
+    let ce = log_softmax(out.logits, 1)
+        .gather(1, batch.y.reshape([m, 1]))
+        .mean()
+        .neg();
+    let mut loss = ce.clone() * s.train_size as f64;
+    if let Some(kl) = out.kl.clone() {
+        loss = loss + kl * s.beta;
+    }
+    let losses = StepLosses {
+        ce: ce.into_scalar::<f32>() as f64,
+        kl: out.kl.map_or(0.0, |kl| kl.into_scalar::<f32>() as f64),
+    };
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optimizer.step(s.lr, model, grads), losses)
+}
+
 /// Everything the loop needs besides the model and the data.
 pub struct TrainSettings<'a> {
     pub protocol: &'a Protocol,
@@ -105,30 +191,21 @@ pub struct TrainSettings<'a> {
     pub start_epoch: usize,
 }
 
-/// Train `model` for the protocol's epochs, calling `on_epoch` with each epoch's record and the
-/// model after it (to write results and checkpoints as the run goes).
+/// Train `model` with `optimizer` from `settings.start_epoch` to the protocol's last epoch,
+/// calling `on_epoch` with each epoch's record, the model and the optimizer after it (to write
+/// results and checkpoints as the run goes).
 pub fn train<N: Network>(
     mut model: N,
+    mut optimizer: ModuleOptimizer,
     train: &MnistSplit,
     test: &MnistSplit,
     settings: &TrainSettings<'_>,
-    mut on_epoch: impl FnMut(&EpochRecord, &N) -> Result<(), String>,
+    mut on_epoch: impl FnMut(&EpochRecord, &N, &ModuleOptimizer) -> Result<(), String>,
 ) -> Result<N, TrainError> {
     let p = settings.protocol;
     let device = settings.device;
-    let Optimizer::Adam {
-        lr: base_lr,
-        beta1,
-        beta2,
-        epsilon,
-    } = p.optimizer;
-    let mut optimizer = AdamConfig::new()
-        .with_beta_1(beta1 as f32)
-        .with_beta_2(beta2 as f32)
-        .with_epsilon(epsilon as f32)
-        .init();
+    let Optimizer::Adam { lr: base_lr, .. } = p.optimizer;
     let n = train.len();
-    let pixels = train.images.len() / n;
     let m = p.batch_size;
     let steps = n / m; // the last partial batch is dropped, as in the paper's code
     let mask_threshold = p.train_clip.then_some(p.threshold);
@@ -141,42 +218,32 @@ pub fn train<N: Network>(
         let order = permutation(n, derive_seed(p.seed, STREAM_SHUFFLE, epoch as u64));
         let (mut loss_sum, mut data_sum, mut last_kl) = (0.0, 0.0, 0.0);
         progress.start_epoch(epoch);
+        let settings = StepSettings {
+            train_size: n,
+            beta,
+            lr,
+            mask_threshold,
+        };
         for step in 0..steps {
-            let idx = &order[step * m..(step + 1) * m];
-            let mut batch = Vec::with_capacity(m * pixels);
-            for &i in idx {
-                batch.extend_from_slice(&train.images[i * pixels..(i + 1) * pixels]);
-            }
-            let labels: Vec<i64> = idx.iter().map(|&i| train.labels[i] as i64).collect();
-            let x = Tensor::<2>::from_data(TensorData::new(batch, [m, pixels]), device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [m]), device);
-
+            let batch = Batch::gather(train, &order[step * m..(step + 1) * m], device);
             let global_step = (epoch * steps + step) as u64;
             device.seed(derive_seed(p.seed, STREAM_NOISE, global_step));
-            let out = model.forward(x, ForwardMode::Train { mask_threshold });
-            let ce = log_softmax(out.logits, 1)
-                .gather(1, y.reshape([m, 1]))
-                .mean()
-                .neg();
-            let mut loss = ce.clone() * n as f64;
-            if let Some(kl) = out.kl.clone() {
-                loss = loss + kl * beta;
-            }
-            let ce_value: f64 = ce.into_scalar::<f32>() as f64;
-            let kl_value: f64 = out.kl.map_or(0.0, |kl| kl.into_scalar::<f32>() as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let objective = ce_value + beta * kl_value / n as f64;
+            let (next, losses) = train_step(model, &mut optimizer, batch, &settings);
+            model = next;
+            let objective = losses.ce + beta * losses.kl / n as f64;
             if !objective.is_finite() {
+                let layer = first_non_finite_layer(&model).map_or(String::new(), |l| {
+                    format!("; first non-finite parameter in layer {l}")
+                });
                 return Err(TrainError::NonFinite {
-                    what: format!("loss (CE {ce_value}, KL {kl_value})"),
+                    what: format!("loss (CE {}, KL {}){layer}", losses.ce, losses.kl),
                     epoch: epoch + 1,
                     step: step + 1,
                 });
             }
-            model = optimizer.step(lr, model, grads);
             loss_sum += objective;
-            data_sum += ce_value;
-            last_kl = kl_value;
+            data_sum += losses.ce;
+            last_kl = losses.kl;
             progress.step(objective);
         }
         if let Some(layer) = first_non_finite_layer(&model) {
@@ -200,7 +267,7 @@ pub fn train<N: Network>(
             seconds: started.elapsed().as_secs_f64(),
         };
         progress.finish_epoch(&record);
-        on_epoch(&record, &model).map_err(TrainError::Callback)?;
+        on_epoch(&record, &model, &optimizer).map_err(TrainError::Callback)?;
     }
     progress.finish();
     Ok(model)

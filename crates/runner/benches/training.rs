@@ -1,0 +1,124 @@
+//! Criterion benches: Sparse VD layers (forward + backward), one full training step of each
+//! LeNet at batch 100, the evaluation pass over the 10,000 test images, and the data pipeline.
+//!
+//! Run with `cargo bench -p runner` (2 threads: `RAYON_NUM_THREADS=2`). The layer and step
+//! benches use synthetic inputs; the evaluation and data benches use real MNIST (fetched on
+//! first use, see README "Data").
+
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+use datasets::Mnist;
+use runner::spec::Optimizer;
+use runner::train::{Batch, StepSettings, evaluate, optimizer, train_step};
+use sparsevd::{Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network};
+use std::hint::black_box;
+
+const BATCH: usize = 100;
+const TRAIN: ForwardMode = ForwardMode::Train {
+    mask_threshold: Some(3.0),
+};
+
+fn device() -> Device {
+    runner::cpu::flush_subnormals();
+    Device::flex().autodiff()
+}
+
+fn adam() -> Optimizer {
+    Optimizer::Adam {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-8,
+    }
+}
+
+fn synthetic_batch(device: &Device) -> Batch {
+    Batch {
+        x: Tensor::random([BATCH, 784], Distribution::Normal(0.0, 0.3), device),
+        y: Tensor::<1, Int>::random([BATCH], Distribution::Uniform(0.0, 10.0), device),
+    }
+}
+
+fn layers(c: &mut Criterion) {
+    let device = device();
+    let dense = DenseConfig::new(784, 300)
+        .with_log_sigma2_init(Some(-10.0))
+        .init(&device);
+    let x = Tensor::<2>::random([BATCH, 784], Distribution::Normal(0.0, 0.3), &device);
+    c.bench_function("dense_svd_784x300_fwd_bwd", |b| {
+        b.iter(|| {
+            let (out, kl) = dense.forward(x.clone(), TRAIN);
+            black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
+        })
+    });
+    let conv = Conv2dConfig::new(20, 50, 5)
+        .with_log_sigma2_init(Some(-10.0))
+        .init(&device);
+    let x = Tensor::<4>::random([BATCH, 20, 12, 12], Distribution::Normal(0.0, 0.3), &device);
+    c.bench_function("conv_svd_20to50_5x5_fwd_bwd", |b| {
+        b.iter(|| {
+            let (out, kl) = conv.forward(x.clone(), TRAIN);
+            black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
+        })
+    });
+}
+
+fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Device) {
+    let mut optim = optimizer(&adam());
+    let settings = StepSettings {
+        train_size: 60_000,
+        beta: 1.0,
+        lr: 1e-3,
+        mask_threshold: Some(3.0),
+    };
+    let mut model = Some(model);
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            let batch = synthetic_batch(device);
+            let (next, losses) =
+                train_step(model.take().expect("model"), &mut optim, batch, &settings);
+            model = Some(next);
+            black_box(losses);
+        })
+    });
+}
+
+fn steps(c: &mut Criterion) {
+    let device = device();
+    let lenet300 = MlpConfig::lenet300(Some(-10.0)).init(&device);
+    bench_step(c, "step_lenet300_sparse_vd", lenet300, &device);
+    let lenet5 = LeNet5Config::new()
+        .with_log_sigma2_init(Some(-10.0))
+        .init(&device);
+    bench_step(c, "step_lenet5_sparse_vd", lenet5, &device);
+}
+
+fn evaluation_and_data(c: &mut Criterion) {
+    let device = device();
+    let mnist = Mnist::load(&datasets::data_dir(None)).expect("MNIST (see README, Data)");
+    let lenet300 = MlpConfig::lenet300(Some(-10.0)).init(&device);
+    c.bench_function("eval_lenet300_10000_test_images", |b| {
+        b.iter(|| black_box(evaluate(&lenet300, &mnist.test, 3.0, &device).error_pct))
+    });
+    let lenet5 = LeNet5Config::new()
+        .with_log_sigma2_init(Some(-10.0))
+        .init(&device);
+    c.bench_function("eval_lenet5_10000_test_images", |b| {
+        b.iter(|| black_box(evaluate(&lenet5, &mnist.test, 3.0, &device).error_pct))
+    });
+    let order = runner::rng::permutation(mnist.train.len(), 1);
+    c.bench_function("data_one_epoch_of_batches", |b| {
+        b.iter(|| {
+            for chunk in order.chunks_exact(BATCH) {
+                black_box(Batch::gather(&mnist.train, chunk, &device));
+            }
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = layers, steps, evaluation_and_data
+}
+criterion_main!(benches);
