@@ -47,6 +47,7 @@ fn non_finite_loss_stops_the_run_without_writing_results() {
     let options = RunOptions {
         device: burn::tensor::Device::flex().autodiff(),
         backend: "flex".into(),
+        device_description: "CPU (test)".into(),
         data_dir: datasets::data_dir(None),
         results_dir: work.join("results"),
         only_variants: vec![],

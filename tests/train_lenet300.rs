@@ -47,6 +47,7 @@ fn sparse_vd_learns_and_sparsifies_on_real_mnist() {
     let options = RunOptions {
         device: burn::tensor::Device::flex().autodiff(),
         backend: "flex".into(),
+        device_description: "CPU (test)".into(),
         data_dir: datasets::data_dir(None),
         results_dir: work.join("results"),
         only_variants: vec![],

@@ -8,6 +8,7 @@ use runner::spec::LoadedExperiment;
 use std::path::PathBuf;
 
 mod figures;
+mod table1;
 
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -24,6 +25,13 @@ enum Command {
     Run(RunArgs),
     /// Validate an experiment file without training.
     Check { experiment: PathBuf },
+    /// Regenerate results/table1.{md,csv} and every experiment's figures from the results on disk.
+    Report {
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+        #[arg(long, default_value = "figures")]
+        figures_dir: PathBuf,
+    },
     /// Redraw an experiment's figures from its results on disk.
     Figures {
         experiment: PathBuf,
@@ -74,6 +82,13 @@ impl Backend {
         }
     }
 
+    /// What the results' provenance records as the device.
+    fn description(self) -> String {
+        match self {
+            Backend::Flex => format!("CPU: {}", runner::provenance::cpu_model()),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Backend::Flex => "flex",
@@ -118,6 +133,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             let exp = LoadedExperiment::load(&experiment)?;
             draw_figures(&exp, &results_dir, &figures_dir)
         }
+        Some(Command::Report {
+            results_dir,
+            figures_dir,
+        }) => report(&results_dir, &figures_dir),
         None => run(cli.run),
     }
 }
@@ -130,11 +149,33 @@ fn draw_figures(
     let written = [
         figures::training_curves(exp, results_dir, figures_dir)?,
         figures::first_layer_masks(exp, results_dir, figures_dir)?,
-        figures::kl_approximation(figures_dir)?,
     ];
-    for path in written.iter().flatten() {
+    print_written(written.iter().flatten());
+    Ok(())
+}
+
+fn print_written<'a>(paths: impl Iterator<Item = &'a PathBuf>) {
+    for path in paths {
         println!("wrote {}", path.display());
     }
+}
+
+/// Table 1 and the figures of every experiment file under experiments/, from results on disk.
+fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Result<()> {
+    let repo = std::path::Path::new(".");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo.join("experiments"))
+        .context("run `harness report` from the repository root (no experiments/ here)")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml") && !p.ends_with("paper_reference.toml")
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        draw_figures(&LoadedExperiment::load(&file)?, results_dir, figures_dir)?;
+    }
+    print_written(figures::kl_approximation(figures_dir)?.iter());
+    print_written(table1::write(repo, results_dir)?.iter());
     Ok(())
 }
 
@@ -146,6 +187,7 @@ fn run(args: RunArgs) -> Result<()> {
     let options = runner::RunOptions {
         device: args.device.device(),
         backend: args.device.name().to_string(),
+        device_description: args.device.description(),
         data_dir: datasets::data_dir(args.data_dir),
         results_dir: args.results_dir,
         only_variants: args.variants,

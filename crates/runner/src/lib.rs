@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Backend name for provenance, e.g. "flex".
     pub backend: String,
+    /// The device in words for provenance, e.g. "CPU: <model>" or a GPU's name.
+    pub device_description: String,
     pub data_dir: PathBuf,
     /// Results go to `<results_dir>/<experiment name>/<variant>/`.
     pub results_dir: PathBuf,
@@ -282,7 +284,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         variant: variant.name.clone(),
         commit: commit.to_string(),
         backend: options.backend.clone(),
-        device: format!("{:?} ({})", device, provenance::cpu_model()),
+        device: options.device_description.clone(),
         threads: provenance::threads(),
         seed: protocol.seed,
         epochs_planned: spec.protocol.epochs,

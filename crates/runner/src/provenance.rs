@@ -28,7 +28,9 @@ pub struct Provenance {
     /// Σ of the epochs' wall times (training and evaluation), over all segments of a resumed run.
     pub wall_time_s: f64,
     pub mean_epoch_s: f64,
-    /// The epoch after which this run was last resumed from a checkpoint (0: never interrupted).
+    /// The epoch after which this run was last resumed from a checkpoint (0: never interrupted;
+    /// absent in files written before checkpoints existed).
+    #[serde(default)]
     pub resumed_after_epoch: usize,
     pub started: String,
     pub finished: String,

@@ -1,0 +1,183 @@
+//! `results/table1.md` and `results/table1.csv`: every row of the paper's Table 1 with ours
+//! beside the rows we reproduce, regenerated from the committed results.
+
+use anyhow::{Context, Result};
+use runner::output::{self, write_atomic};
+use runner::reference::PaperReference;
+use runner::spec::LoadedExperiment;
+use std::path::Path;
+
+/// Table 1's nets in the paper's order, with the experiment file that reproduces each.
+const NETS: [(&str, &str, &str); 2] = [
+    ("lenet300", "LeNet-300-100", "experiments/lenet300.toml"),
+    ("lenet5", "LeNet-5-Caffe", "experiments/lenet5.toml"),
+];
+const METHODS: [(&str, &str); 5] = [
+    ("original", "Original"),
+    ("pruning", "Pruning (Han et al.)"),
+    ("dns", "DNS (Guo et al.)"),
+    ("sws", "SWS (Ullrich et al.)"),
+    ("sparse_vd", "Sparse VD"),
+];
+
+struct Row {
+    net: String,
+    method: String,
+    source: String,
+    error_pct: f64,
+    removed: String,
+    compression: Option<f64>,
+    note: String,
+}
+
+pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let paper = PaperReference::load(&repo.join(runner::reference::PAPER_REFERENCE_FILE))
+        .map_err(anyhow::Error::msg)?;
+    let mut rows = Vec::new();
+    for (net, net_name, file) in NETS {
+        let exp = LoadedExperiment::load(&repo.join(file))?;
+        for (method, method_name) in METHODS {
+            if let Some(p) = paper.find(net, method) {
+                rows.push(Row {
+                    net: net_name.into(),
+                    method: method_name.into(),
+                    source: format!("paper ({})", p.source),
+                    error_pct: p.error_pct,
+                    removed: p.removed_pct_per_layer.as_ref().map_or("–".into(), |v| {
+                        v.iter()
+                            .map(|x| format!("{x}"))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    }),
+                    compression: p.compression,
+                    note: String::new(),
+                });
+            }
+            for variant in exp
+                .spec
+                .variants
+                .iter()
+                .filter(|v| v.paper.method == method)
+            {
+                let dir = results_dir.join(&exp.spec.name).join(&variant.name);
+                let source = "ours".to_string();
+                let row = if dir.join(output::SUMMARY_CSV).is_file() {
+                    let s = output::read_summary(&dir)?;
+                    let p =
+                        output::read_provenance(&dir).with_context(|| dir.display().to_string())?;
+                    let note = if s.shortened {
+                        format!("SHORTENED run: {}", p.shortened_how)
+                    } else {
+                        format!(
+                            "{} epochs, {} on {}, seed {}, {:.0} s",
+                            s.epochs, p.backend, p.device, p.seed, p.wall_time_s
+                        )
+                    };
+                    Row {
+                        net: net_name.into(),
+                        method: method_name.into(),
+                        source,
+                        error_pct: s.test_error_pct,
+                        removed: s
+                            .removed_pct_per_layer
+                            .split(';')
+                            .collect::<Vec<_>>()
+                            .join(" / "),
+                        compression: Some(s.compression),
+                        note,
+                    }
+                } else {
+                    Row {
+                        net: net_name.into(),
+                        method: method_name.into(),
+                        source,
+                        error_pct: f64::NAN,
+                        removed: "–".into(),
+                        compression: None,
+                        note: format!("not run yet (`cargo run --release -p harness -- {file}`)"),
+                    }
+                };
+                rows.push(row);
+            }
+        }
+    }
+    let md_path = results_dir.join("table1.md");
+    let csv_path = results_dir.join("table1.csv");
+    write_atomic(&md_path, markdown(&rows).as_bytes())?;
+    write_atomic(&csv_path, &csv(&rows)?)?;
+    Ok(vec![md_path, csv_path])
+}
+
+fn fmt_error(e: f64) -> String {
+    if e.is_nan() {
+        "–".into()
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+fn fmt_compression(c: Option<f64>) -> String {
+    c.map_or("–".into(), |c| format!("{c:.1}"))
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut md = String::from(
+        "# Table 1: LeNet-300-100 and LeNet-5-Caffe on MNIST\n\n\
+         Written by `harness report` from `experiments/paper_reference.toml` (the paper's numbers) and the committed \
+         runs under `results/` (ours). Error is test error in %; compression is |W| / |W ≠ 0| over weight layers; \
+         % removed is per weight layer, input to output. Rows marked SHORTENED did not follow the full protocol.\n\n\
+         | net | method | source | error % | % removed per layer | compression (×) | notes |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let bold = |s: String| {
+            if r.source == "ours" {
+                format!("**{s}**")
+            } else {
+                s
+            }
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.net,
+            r.method,
+            r.source,
+            bold(fmt_error(r.error_pct)),
+            r.removed,
+            bold(fmt_compression(r.compression)),
+            r.note
+        ));
+    }
+    md
+}
+
+fn csv(rows: &[Row]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "net",
+        "method",
+        "source",
+        "error_pct",
+        "removed_pct_per_layer",
+        "compression",
+        "notes",
+    ])?;
+    for r in rows {
+        let error = if r.error_pct.is_nan() {
+            String::new()
+        } else {
+            format!("{:.2}", r.error_pct)
+        };
+        let compression = r.compression.map_or(String::new(), |c| format!("{c:.3}"));
+        w.write_record([
+            &r.net,
+            &r.method,
+            &r.source,
+            &error,
+            &r.removed,
+            &compression,
+            &r.note,
+        ])?;
+    }
+    w.into_inner().map_err(|e| anyhow::anyhow!("{}", e.error()))
+}
