@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use runner::spec::LoadedExperiment;
 use std::path::PathBuf;
 
+mod eval;
 mod figures;
 mod table1;
 
@@ -27,6 +28,25 @@ enum Command {
     Check { experiment: PathBuf },
     /// Regenerate results/table1.{md,csv} and every experiment's figures from the results on disk.
     Report {
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+        #[arg(long, default_value = "figures")]
+        figures_dir: PathBuf,
+    },
+    /// Re-evaluate a saved model: error and compression at a threshold, or a threshold sweep.
+    Eval {
+        experiment: PathBuf,
+        /// The variant whose saved model to load.
+        #[arg(long)]
+        variant: String,
+        /// log α threshold [default: the experiment's].
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Sweep thresholds from −2 to 7.5; writes threshold_sweep.csv beside the model and a figure.
+        #[arg(long)]
+        sweep: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         #[arg(long, default_value = "results")]
         results_dir: PathBuf,
         #[arg(long, default_value = "figures")]
@@ -137,6 +157,19 @@ fn dispatch(cli: Cli) -> Result<()> {
             results_dir,
             figures_dir,
         }) => report(&results_dir, &figures_dir),
+        Some(Command::Eval {
+            experiment,
+            variant,
+            threshold,
+            sweep,
+            data_dir,
+            results_dir,
+            figures_dir,
+        }) => {
+            let exp = LoadedExperiment::load(&experiment)?;
+            let options = run_options(Backend::Flex, data_dir, results_dir, vec![], false, None);
+            eval::run(&exp, &variant, threshold, sweep, &options, &figures_dir)
+        }
         None => run(cli.run),
     }
 }
@@ -179,21 +212,39 @@ fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Resul
     Ok(())
 }
 
+fn run_options(
+    backend: Backend,
+    data_dir: Option<PathBuf>,
+    results_dir: PathBuf,
+    only_variants: Vec<String>,
+    force: bool,
+    epochs: Option<usize>,
+) -> runner::RunOptions {
+    runner::RunOptions {
+        device: backend.device(),
+        backend: backend.name().to_string(),
+        device_description: backend.description(),
+        data_dir: datasets::data_dir(data_dir),
+        results_dir,
+        only_variants,
+        force,
+        epochs,
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let path = args
         .experiment
         .context("no experiment file given; try `harness experiments/lenet300.toml`")?;
     let exp = LoadedExperiment::load(&path)?;
-    let options = runner::RunOptions {
-        device: args.device.device(),
-        backend: args.device.name().to_string(),
-        device_description: args.device.description(),
-        data_dir: datasets::data_dir(args.data_dir),
-        results_dir: args.results_dir,
-        only_variants: args.variants,
-        force: args.force,
-        epochs: args.epochs,
-    };
+    let options = run_options(
+        args.device,
+        args.data_dir,
+        args.results_dir,
+        args.variants,
+        args.force,
+        args.epochs,
+    );
     let summaries = runner::run_experiment(&exp, &options)?;
     draw_figures(&exp, &options.results_dir, &args.figures_dir)?;
     let dir = runner::experiment_dir(&exp, &options);

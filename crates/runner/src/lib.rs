@@ -157,25 +157,102 @@ struct VariantJob<'a> {
     options: &'a RunOptions,
 }
 
-fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
-    let (protocol, device) = (job.protocol, &job.options.device);
+/// Work to do with a freshly initialised network, whichever net the experiment names.
+pub trait WithNetwork {
+    type Output;
+    fn run<N: Network>(self, model: N) -> Self::Output;
+}
+
+/// Initialise the experiment's net (seeded, with the variant's layers) and hand it to `job`.
+pub fn with_network<J: WithNetwork>(
+    net: Net,
+    layer: LayerKind,
+    protocol: &spec::Protocol,
+    device: &Device,
+    job: J,
+) -> J::Output {
     device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
-    let log_sigma2 = (job.variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
-    match job.exp.spec.net {
-        Net::Lenet300 => train_and_record(
-            job,
+    let log_sigma2 = (layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
+    match net {
+        Net::Lenet300 => job.run(
             MlpConfig::lenet300(log_sigma2)
                 .with_init_std(protocol.init.theta_std)
                 .init(device),
         ),
-        Net::Lenet5 => train_and_record(
-            job,
+        Net::Lenet5 => job.run(
             LeNet5Config::new()
                 .with_dense_init_std(protocol.init.theta_std)
                 .with_log_sigma2_init(log_sigma2)
                 .init(device),
         ),
     }
+}
+
+impl WithNetwork for &VariantJob<'_> {
+    type Output = Result<(), RunError>;
+    fn run<N: Network>(self, model: N) -> Self::Output {
+        train_and_record(self, model)
+    }
+}
+
+fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
+    with_network(
+        job.exp.spec.net,
+        job.variant.layer,
+        job.protocol,
+        &job.options.device,
+        job,
+    )
+}
+
+/// Error and compression of a saved model at each threshold, on the full test set.
+pub fn evaluate_saved(
+    exp: &LoadedExperiment,
+    variant: &Variant,
+    options: &RunOptions,
+    thresholds: &[f64],
+) -> Result<Vec<(f64, train::Evaluation)>, RunError> {
+    struct Eval<'a> {
+        layers: Vec<sparsevd::WeightLayerView>,
+        test: &'a datasets::MnistSplit,
+        thresholds: &'a [f64],
+        device: &'a Device,
+        dir: PathBuf,
+    }
+    impl WithNetwork for Eval<'_> {
+        type Output = Result<Vec<(f64, train::Evaluation)>, RunError>;
+        fn run<N: Network>(self, model: N) -> Self::Output {
+            let model = model.with_weight_layers(&self.layers).map_err(|m| {
+                RunError::Output(output::OutputError::Read {
+                    path: self.dir.join(output::MODEL_SAFETENSORS),
+                    message: m,
+                })
+            })?;
+            Ok(self
+                .thresholds
+                .iter()
+                .map(|&t| (t, train::evaluate(&model, self.test, t, self.device)))
+                .collect())
+        }
+    }
+    let dir = experiment_dir(exp, options).join(&variant.name);
+    let layers = output::read_model(&dir)?;
+    let Dataset::Mnist = exp.spec.dataset;
+    let data = Mnist::load(&options.data_dir)?;
+    let eval = Eval {
+        layers,
+        test: &data.test,
+        thresholds,
+        device: &options.device,
+        dir,
+    };
+    with_network(
+        exp.spec.net,
+        variant.layer,
+        &exp.spec.protocol,
+        &options.device,
+        eval,
+    )
 }
 
 /// Train `model` as the job says and write every result file.

@@ -3,7 +3,7 @@
 
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
-use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl};
+use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::max_pool2d;
@@ -70,6 +70,26 @@ impl Network for LeNet5 {
             self.dense1.view("dense1"),
             self.dense2.view("dense2"),
         ]
+    }
+
+    fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String> {
+        let conv = |c: Conv2d, name| -> Result<Conv2d, String> {
+            Ok(Conv2d {
+                weights: c.weights.with_values(find_layer(layers, name)?)?,
+                padding: c.padding,
+            })
+        };
+        let dense = |d: Dense, name| -> Result<Dense, String> {
+            Ok(Dense {
+                weights: d.weights.with_values(find_layer(layers, name)?)?,
+            })
+        };
+        Ok(LeNet5 {
+            conv1: conv(self.conv1, "conv1")?,
+            conv2: conv(self.conv2, "conv2")?,
+            dense1: dense(self.dense1, "dense1")?,
+            dense2: dense(self.dense2, "dense2")?,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! Fully connected classifier; LeNet-300-100 is `widths = [784, 300, 100, 10]`.
 
 use crate::dense::{Dense, DenseConfig};
-use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl};
+use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, activation::relu};
@@ -61,5 +61,20 @@ impl Network for Mlp {
             .enumerate()
             .map(|(i, layer)| layer.view(&format!("dense{}", i + 1)))
             .collect()
+    }
+
+    fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String> {
+        let layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, dense)| {
+                let view = find_layer(layers, &format!("dense{}", i + 1))?;
+                Ok(Dense {
+                    weights: dense.weights.with_values(view)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Mlp { layers })
     }
 }

@@ -48,7 +48,21 @@ impl WeightLayerView {
 /// A classifier the runner can train and evaluate. Input is a batch of flattened images.
 pub trait Network: Module + Clone {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
+    /// The weight layers, input to output, named as in saved models.
     fn weight_layers(&self) -> Vec<WeightLayerView>;
+    /// This network with its weights replaced by `layers` (as read from a saved model).
+    fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String>;
+}
+
+/// The view named `name` among `layers`, or an error naming it.
+pub(crate) fn find_layer<'a>(
+    layers: &'a [WeightLayerView],
+    name: &str,
+) -> Result<&'a WeightLayerView, String> {
+    layers
+        .iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| format!("layer {name} missing from the saved model"))
 }
 
 /// Σ KL of two parts of a network, either of which may have none.

@@ -72,6 +72,57 @@ impl<const D: usize> VariationalWeights<D> {
         }
     }
 
+    /// These weights with θ, log σ² and bias replaced by `view`'s (a saved model), keeping the
+    /// structure; an error says what does not match.
+    pub fn with_values(self, view: &WeightLayerView) -> Result<Self, String> {
+        let device = self.theta.val().device();
+        let shape = self.theta.dims();
+        if view.shape != shape {
+            return Err(format!(
+                "{}: shape {:?}, expected {:?}",
+                view.name, view.shape, shape
+            ));
+        }
+        if view.log_sigma2.is_some() != self.log_sigma2.is_some() {
+            return Err(format!(
+                "{}: log_sigma2 {} in the file but {} in the network",
+                view.name,
+                if view.log_sigma2.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                },
+                if self.log_sigma2.is_some() {
+                    "expected"
+                } else {
+                    "not expected"
+                }
+            ));
+        }
+        if view.bias.len() != self.bias.dims()[0] {
+            return Err(format!(
+                "{}: {} biases, expected {}",
+                view.name,
+                view.bias.len(),
+                self.bias.dims()[0]
+            ));
+        }
+        let tensor = |values: &[f32]| {
+            Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape), &device)
+        };
+        Ok(Self {
+            theta: Param::from_tensor(tensor(&view.theta)),
+            log_sigma2: view
+                .log_sigma2
+                .as_deref()
+                .map(|v| Param::from_tensor(tensor(v))),
+            bias: Param::from_tensor(Tensor::from_data(
+                TensorData::new(view.bias.clone(), [view.bias.len()]),
+                &device,
+            )),
+        })
+    }
+
     /// Copy to the host for counting, saving and plotting.
     pub fn view(&self, name: &str) -> WeightLayerView {
         let theta = self.theta.val();

@@ -1,0 +1,92 @@
+//! `harness eval`: re-evaluate a saved model at one threshold or over a sweep of thresholds
+//! (the error-vs-compression trade-off).
+
+use anyhow::{Context, Result};
+use plotting::{Corner, LineFigure, Panel, Series};
+use runner::output::write_atomic;
+use runner::spec::LoadedExperiment;
+use std::path::Path;
+
+/// Thresholds of the sweep: log α from −2 to 7.5 in steps of 0.5 (inside the clip range).
+fn sweep_thresholds() -> Vec<f64> {
+    (0..20).map(|i| -2.0 + 0.5 * i as f64).collect()
+}
+
+pub fn run(
+    exp: &LoadedExperiment,
+    variant_name: &str,
+    threshold: Option<f64>,
+    sweep: bool,
+    options: &runner::RunOptions,
+    figures_dir: &Path,
+) -> Result<()> {
+    let variant = exp
+        .spec
+        .variants
+        .iter()
+        .find(|v| v.name == variant_name)
+        .with_context(|| format!("{}: no variant {variant_name}", exp.path.display()))?;
+    let thresholds = if sweep {
+        sweep_thresholds()
+    } else {
+        vec![threshold.unwrap_or(exp.spec.protocol.threshold)]
+    };
+    let results = runner::evaluate_saved(exp, variant, options, &thresholds)?;
+    println!("threshold  test error %  compression ×  % removed per layer");
+    let mut csv = String::from("threshold,test_error_pct,compression\n");
+    for (t, e) in &results {
+        let compression = metrics::compression_ratio(&e.layers);
+        let removed: Vec<String> = e
+            .layers
+            .iter()
+            .map(|l| format!("{:.1}", l.removed_pct()))
+            .collect();
+        println!(
+            "{t:>9.2}  {:>12.2}  {compression:>13.1}  {}",
+            e.error_pct,
+            removed.join(" / ")
+        );
+        csv.push_str(&format!("{t},{:.2},{compression:.3}\n", e.error_pct));
+    }
+    if !sweep {
+        return Ok(());
+    }
+    let dir = options.results_dir.join(&exp.spec.name).join(variant_name);
+    let csv_path = dir.join("threshold_sweep.csv");
+    write_atomic(&csv_path, csv.as_bytes())?;
+    println!("wrote {}", csv_path.display());
+    let series = |label: &str, f: &dyn Fn(&runner::train::Evaluation) -> f64| Series {
+        label: label.into(),
+        points: results.iter().map(|(t, e)| (*t, f(e))).collect(),
+    };
+    let figure = LineFigure {
+        title: format!(
+            "{} / {}: error and compression against the log α threshold (training used {})",
+            exp.spec.name, variant_name, exp.spec.protocol.threshold
+        ),
+        x_label: "threshold on log α (weights with log α ≥ threshold removed)".into(),
+        panels: vec![
+            Panel {
+                y_label: "test error (%)".into(),
+                log_y: true,
+                series: vec![series(variant_name, &|e| e.error_pct)],
+                legend: Corner::UpperRight,
+            },
+            Panel {
+                y_label: "compression (×)".into(),
+                log_y: true,
+                series: vec![series(variant_name, &|e| {
+                    metrics::compression_ratio(&e.layers)
+                })],
+                legend: Corner::UpperRight,
+            },
+        ],
+    };
+    let stem = figures_dir.join(format!(
+        "{}_{}_threshold_sweep",
+        exp.spec.name, variant_name
+    ));
+    plotting::render(&figure, &stem)?;
+    println!("wrote {}", stem.with_extension("svg").display());
+    Ok(())
+}
