@@ -167,3 +167,52 @@ fn an_edited_worse_result_fails_the_check() {
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn saved_models_reproduce_their_summaries() {
+    // An independent path to the committed numbers: reload each saved model, evaluate it on the
+    // real test set at the protocol's threshold, and compare with its summary.csv.
+    let mut checked = 0;
+    for exp in experiments() {
+        for variant in &exp.spec.variants {
+            let dir = variant_dir(&exp, &variant.name);
+            if !dir.join(output::SUMMARY_CSV).is_file() {
+                continue;
+            }
+            let summary = output::read_summary(&dir).unwrap();
+            if summary.shortened {
+                continue;
+            }
+            let options = runner::RunOptions {
+                device: burn::tensor::Device::flex(),
+                backend: "flex".into(),
+                device_description: "CPU (test)".into(),
+                data_dir: datasets::data_dir(None),
+                results_dir: repo().join("results"),
+                only_variants: vec![],
+                force: false,
+                epochs: None,
+            };
+            let threshold = exp.spec.protocol.threshold;
+            let (_, eval) = runner::evaluate_saved(&exp, variant, &options, &[threshold])
+                .unwrap()
+                .remove(0);
+            let compression = metrics::compression_ratio(&eval.layers);
+            assert!(
+                (eval.error_pct - summary.test_error_pct).abs() < 0.005,
+                "{}: reloaded model has {:.2}% error, summary says {:.2}%",
+                dir.display(),
+                eval.error_pct,
+                summary.test_error_pct
+            );
+            assert!(
+                (compression - summary.compression).abs() / summary.compression < 1e-3,
+                "{}: reloaded model compresses {compression:.2}×, summary says {:.2}×",
+                dir.display(),
+                summary.compression
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no committed full-protocol result to re-evaluate");
+}

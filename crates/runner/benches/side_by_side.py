@@ -1,0 +1,72 @@
+"""Run the criterion benches and the PyTorch reference on this machine, 2 threads each, and write
+results/performance.md with the measured medians, the ratio ours / PyTorch, the machine and the
+commit. Optional tooling: needs PyTorch (python3 -m pip install torch) and is never run by the
+tests.
+
+Run from the repository root:  python3 crates/runner/benches/side_by_side.py [--python PY]
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+STEPS = ["step_lenet300_sparse_vd", "step_lenet5_sparse_vd"]
+
+
+def criterion_median_ms(name):
+    path = ROOT / "target" / "criterion" / name / "new" / "estimates.json"
+    return json.loads(path.read_text())["median"]["point_estimate"] / 1e6
+
+
+def cpu_model():
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--python", default="python3", help="interpreter that has torch")
+    args = parser.parse_args()
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    subprocess.run(["cargo", "bench", "-p", "runner", "--bench", "training"], cwd=ROOT, env=env, check=True)
+    out = subprocess.run(
+        [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    torch = {row["bench"]: row for row in map(json.loads, out.strip().splitlines())}
+    all_benches = sorted(p.name for p in (ROOT / "target" / "criterion").iterdir() if (p / "new").is_dir())
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Performance: training step against PyTorch, and the benches",
+        "",
+        "Written by `crates/runner/benches/side_by_side.py` from one run of `cargo bench -p runner` and",
+        "`pytorch_reference.py` on the same machine, one after the other, 2 threads each",
+        "(`RAYON_NUM_THREADS=2`, `torch.set_num_threads(2)`). Median milliseconds per call.",
+        "",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
+        f"- commit: {commit}; PyTorch {next(iter(torch.values()))['torch']}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        "",
+        "## One Sparse VD training step, batch 100 (forward, N·CE + β·KL, backward, Adam)",
+        "",
+        "| bench | ours (burn flex) ms | PyTorch eager ms | ours / PyTorch |",
+        "|---|---|---|---|",
+    ]
+    for name in STEPS:
+        ours, ref = criterion_median_ms(name), torch[name]["median_ms"]
+        lines.append(f"| {name} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} |")
+    lines += ["", "## Every criterion bench", "", "| bench | median ms |", "|---|---|"]
+    lines += [f"| {name} | {criterion_median_ms(name):.2f} |" for name in all_benches]
+    (ROOT / "results" / "performance.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
