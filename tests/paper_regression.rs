@@ -214,5 +214,8 @@ fn saved_models_reproduce_their_summaries() {
             checked += 1;
         }
     }
-    assert!(checked > 0, "no committed full-protocol result to re-evaluate");
+    assert!(
+        checked > 0,
+        "no committed full-protocol result to re-evaluate"
+    );
 }

@@ -144,9 +144,11 @@ pub enum SpecError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: {field}: {message}")]
+    #[error("{path}:{location} {field}: {message}")]
     Invalid {
         path: PathBuf,
+        /// ` line L, column C:` where the value stands in the file (empty if it cannot be found).
+        location: String,
         field: String,
         message: String,
     },
@@ -173,6 +175,9 @@ impl LoadedExperiment {
         spec.validate()
             .map_err(|(field, message)| SpecError::Invalid {
                 path: path.to_path_buf(),
+                location: locate(&text, &field)
+                    .map(|(line, column)| format!(" line {line}, column {column}:"))
+                    .unwrap_or_default(),
                 field,
                 message,
             })?;
@@ -295,6 +300,189 @@ impl Experiment {
     }
 }
 
+/// Line and column (1-based) of the value at a dotted path such as `protocol.optimizer.lr` or
+/// `variant[1].name`, for error messages.
+pub fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable = root.get_ref();
+    let mut span = None;
+    let parts: Vec<&str> = field.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (key, index) = match part.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let value = table.iter().find(|(k, _)| k.get_ref().as_ref() == key)?.1;
+        let value = match (value.get_ref(), index) {
+            (DeValue::Array(items), Some(i)) => items.get(i)?,
+            _ => value,
+        };
+        span = Some(value.span());
+        if i + 1 < parts.len() {
+            let DeValue::Table(inner) = value.get_ref() else {
+                return None;
+            };
+            table = inner;
+        }
+    }
+    let offset = span?.start;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, column))
+}
+
 fn is_positive(x: f64) -> bool {
     x.is_finite() && x > 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"name = "t"
+dataset = "mnist"
+net = "lenet300"
+
+[protocol]
+epochs = 3
+batch_size = 100
+seed = 1
+threshold = 3.0
+train_clip = true
+optimizer = { kind = "adam", lr = 1e-3, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8 }
+lr_schedule = { kind = "constant_then_linear", decay_start_epoch = 1 }
+kl_warmup = { zero_epochs = 1, ramp_epochs = 1 }
+init = { theta_std = 0.01, log_sigma2 = -10.0 }
+
+[[variant]]
+name = "a"
+layer = "sparse_vd"
+paper = { net = "lenet300", method = "sparse_vd" }
+"#;
+
+    /// Load `GOOD` with `from` replaced by `to`; the error message, or "" if it loads.
+    fn error_after(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("spec-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, GOOD.replacen(from, to, 1)).unwrap();
+        let result = LoadedExperiment::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        result.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    fn assert_error(from: &str, to: &str, expected: &[&str]) {
+        let message = error_after(from, to);
+        assert!(message.contains("spec-test-"), "names the file: {message}");
+        for part in expected {
+            assert!(message.contains(part), "expected {part:?} in: {message}");
+        }
+    }
+
+    #[test]
+    fn the_base_file_loads() {
+        assert_eq!(error_after("seed = 1", "seed = 1"), "");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_position() {
+        assert_error(
+            "seed = 1",
+            "seed = 1\nsed = 2",
+            &["line 9", "unknown field `sed`"],
+        );
+        assert_error(
+            "lr = 1e-3,",
+            "lr = 1e-3, momentum = 1,",
+            &["line 11", "unknown field `momentum`"],
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        assert_error(
+            "epochs = 3",
+            "epochs = \"three\"",
+            &["line 6", "invalid type", "expected usize"],
+        );
+        assert_error(
+            "train_clip = true",
+            "train_clip = 1",
+            &["line 10", "invalid type"],
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_line_and_expectation() {
+        assert_error(
+            "lr = 1e-3",
+            "lr = -1e-3",
+            &["line 11, column 35", "protocol.optimizer.lr", "positive"],
+        );
+        assert_error(
+            "threshold = 3.0",
+            "threshold = 9.0",
+            &["line 9", "protocol.threshold", "clip range"],
+        );
+        assert_error(
+            "epochs = 3",
+            "epochs = 0",
+            &["line 6", "protocol.epochs", "at least 1"],
+        );
+        assert_error(
+            "batch_size = 100",
+            "batch_size = 0",
+            &["protocol.batch_size"],
+        );
+        assert_error(
+            "beta2 = 0.999",
+            "beta2 = 1.5",
+            &["protocol.optimizer.beta2", "[0, 1)"],
+        );
+        assert_error(
+            "decay_start_epoch = 1",
+            "decay_start_epoch = 9",
+            &["decay_start_epoch", "at most epochs"],
+        );
+    }
+
+    #[test]
+    fn unknown_net_dataset_and_layer_are_errors() {
+        assert_error(
+            "net = \"lenet300\"",
+            "net = \"resnet\"",
+            &["line 3", "unknown variant `resnet`"],
+        );
+        assert_error(
+            "dataset = \"mnist\"",
+            "dataset = \"imagenet\"",
+            &["line 2", "unknown variant `imagenet`"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"sparse\"",
+            &["unknown variant `sparse`"],
+        );
+    }
+
+    #[test]
+    fn missing_fields_and_duplicate_variants_are_errors() {
+        assert_error("seed = 1\n", "", &["missing field `seed`"]);
+        let twice = format!(
+            "{GOOD}\n[[variant]]\nname = \"a\"\nlayer = \"plain\"\npaper = {{ net = \"lenet300\", method = \"original\" }}\n"
+        );
+        let path = std::env::temp_dir().join(format!("spec-test-dup-{}.toml", std::process::id()));
+        std::fs::write(&path, twice).unwrap();
+        let message = LoadedExperiment::load(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            message.contains("variant[1].name")
+                && message.contains("duplicate")
+                && message.contains("line 22"),
+            "{message}"
+        );
+    }
 }
