@@ -24,7 +24,7 @@ pub enum DataError {
     #[error("{path}: {source}")]
     Idx { path: PathBuf, source: IdxError },
     #[error(
-        "{path}: checksum mismatch (md5 {found}, expected {expected}); the file is corrupt or not the genuine data set"
+        "{path}: checksum mismatch (md5 {found}, expected {expected}); the file is corrupt or not the genuine data set: delete it and the harness fetches it again"
     )]
     Checksum {
         path: PathBuf,
