@@ -94,31 +94,35 @@ pub fn kl_approximation(figures_dir: &Path) -> Result<Vec<PathBuf>> {
             .map(|&a| (a, f(a)))
             .collect(),
     };
+    let mc = |a: f64| sparsevd::neg_kl_monte_carlo(a, &normals);
+    let sigmoid = |a: f64| -sparsevd::kl_approx_value(a);
+    const MC: &str = "Monte Carlo estimate (10⁶ samples)";
+    const SIGMOID: &str = "sigmoid approximation (Molchanov et al.)";
+    const CUBIC: &str = "cubic approximation (Kingma et al.), α ≤ 1";
     let figure = LineFigure {
         title: "Approximations of −KL(q ‖ log-uniform prior)".into(),
         x_label: "log α".into(),
-        panels: vec![Panel {
-            y_label: "−KL (nats per weight)".into(),
-            log_y: false,
-            series: vec![
-                series(
-                    "Monte Carlo estimate (10⁶ samples)",
-                    &|a| sparsevd::neg_kl_monte_carlo(a, &normals),
-                    8.0,
-                ),
-                series(
-                    "sigmoid approximation (Molchanov et al.)",
-                    &|a| -sparsevd::kl_approx_value(a),
-                    8.0,
-                ),
-                series(
-                    "cubic approximation (Kingma et al.), α ≤ 1",
-                    &sparsevd::neg_kl_kingma,
-                    0.0,
-                ),
-            ],
-            legend: Corner::LowerRight,
-        }],
+        panels: vec![
+            Panel {
+                y_label: "−KL (nats per weight)".into(),
+                log_y: false,
+                series: vec![
+                    series(MC, &mc, 8.0),
+                    series(SIGMOID, &sigmoid, 8.0),
+                    series(CUBIC, &sparsevd::neg_kl_kingma, 0.0),
+                ],
+                legend: Corner::LowerRight,
+            },
+            Panel {
+                y_label: "approximation − Monte Carlo (nats)".into(),
+                log_y: false,
+                series: vec![
+                    series(SIGMOID, &|a| sigmoid(a) - mc(a), 8.0),
+                    series(CUBIC, &|a| sparsevd::neg_kl_kingma(a) - mc(a), 0.0),
+                ],
+                legend: Corner::UpperRight,
+            },
+        ],
     };
     let stem = figures_dir.join("kl_approximation");
     plotting::render(&figure, &stem)?;

@@ -69,8 +69,8 @@ pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>>
                         format!("SHORTENED run: {}", p.shortened_how)
                     } else {
                         format!(
-                            "{} epochs, {} on {}, seed {}, {:.0} s",
-                            s.epochs, p.backend, p.device, p.seed, p.wall_time_s
+                            "{} epochs, seed {}, {} backend, {} threads, {:.0} s of training",
+                            s.epochs, p.seed, p.backend, p.threads, p.wall_time_s
                         )
                     };
                     Row {

@@ -122,9 +122,16 @@ fn draw_lines<DB: DrawingBackend>(
         .iter()
         .filter(|p| !p.series.is_empty())
         .collect();
+    // One colour per label across all panels, so a variant looks the same everywhere.
+    let mut labels: Vec<&str> = Vec::new();
+    for series in panels.iter().flat_map(|p| &p.series) {
+        if !labels.contains(&series.label.as_str()) {
+            labels.push(&series.label);
+        }
+    }
     let areas = root.split_evenly((panels.len().max(1), 1));
     for (area, panel) in areas.iter().zip(panels) {
-        draw_panel(area, panel, &figure.x_label).map_err(|x| e(&x))?;
+        draw_panel(area, panel, &figure.x_label, &labels).map_err(|x| e(&x))?;
     }
     root.present().map_err(|x| e(&x))
 }
@@ -133,6 +140,7 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
     x_label: &str,
+    labels: &[&str],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let transform = |y: f64| if panel.log_y { y.log10() } else { y };
     let series: Vec<Vec<(f64, f64)>> = panel
@@ -156,6 +164,8 @@ fn draw_panel<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(x_min..x_max, (y_min - pad)..(y_max + pad))?;
+    // Enough decimals to tell neighbouring ticks apart.
+    let decimals = (2.0 - (y_max - y_min).max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize;
     let y_format = |v: &f64| {
         if panel.log_y {
             let value = 10f64.powf(*v);
@@ -165,7 +175,7 @@ fn draw_panel<DB: DrawingBackend>(
                 format!("{value:.2}")
             }
         } else {
-            format!("{v:.2}")
+            format!("{v:.decimals$}")
         }
     };
     chart
@@ -177,8 +187,9 @@ fn draw_panel<DB: DrawingBackend>(
         .label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
-    for (i, (points, s)) in series.iter().zip(&panel.series).enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (points, s) in series.iter().zip(&panel.series) {
+        let index = labels.iter().position(|l| *l == s.label).unwrap_or(0);
+        let color = Palette99::pick(index).to_rgba();
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
