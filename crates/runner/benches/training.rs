@@ -116,9 +116,50 @@ fn evaluation_and_data(c: &mut Criterion) {
     });
 }
 
+/// The committed LeNet-300-100 Sparse VD model on all 10,000 test images at batch 1 and 100:
+/// the dense masked model (removed weights zeroed once, plain matmuls on burn flex) against the
+/// same model exported to CSR layers.
+fn sparse_inference(c: &mut Criterion) {
+    runner::cpu::flush_subnormals();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results/lenet300/sparse_vd");
+    let views = runner::output::read_model(&dir).expect("committed LeNet-300-100 model");
+    let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
+    let device = Device::flex();
+    let dense = MlpConfig::lenet300(None)
+        .init(&device)
+        .with_weight_layers(&masked)
+        .expect("model matches LeNet-300-100");
+    let sparse = sparsevd::SparseMlp::from_views(&views, 3.0).expect("dense layers");
+    let mnist = Mnist::load(&datasets::data_dir(None)).expect("MNIST (see README, Data)");
+    let images = &mnist.test.images;
+    for batch in [1, 100] {
+        c.bench_function(
+            &format!("infer_lenet300_dense_masked_batch{batch}_10000_images"),
+            |b| {
+                b.iter(|| {
+                    black_box(runner::train::predict(
+                        &dense, images, 784, 3.0, batch, &device,
+                    ))
+                })
+            },
+        );
+        c.bench_function(
+            &format!("infer_lenet300_csr_batch{batch}_10000_images"),
+            |b| b.iter(|| black_box(sparse.predict(images, batch))),
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
     targets = layers, steps, evaluation_and_data
 }
-criterion_main!(benches);
+
+criterion_group! {
+    name = inference;
+    config = Criterion::default().sample_size(10);
+    targets = sparse_inference
+}
+criterion_main!(benches, inference);

@@ -67,14 +67,32 @@ pub fn evaluate<N: Network>(
 ) -> Evaluation {
     let model = model.valid();
     let pixels = test.images.len() / test.len().max(1);
-    let mut predictions = Vec::with_capacity(test.len());
-    for start in (0..test.len()).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(test.len());
+    let predictions = predict(&model, &test.images, pixels, threshold, EVAL_BATCH, device);
+    let layers = model
+        .weight_layers()
+        .iter()
+        .map(|l| LayerCount::from_mask(&l.kept(threshold)))
+        .collect();
+    Evaluation {
+        error_pct: metrics::error_pct(&predictions, &test.labels),
+        layers,
+    }
+}
+
+/// Predicted classes of `images` (rows of `pixels` values) by the deterministic masked forward
+/// pass, `batch` images at a time. Pass a model without autodiff (`Module::valid`).
+pub fn predict<N: Network>(
+    model: &N,
+    images: &[f32],
+    pixels: usize,
+    threshold: f64,
+    batch: usize,
+    device: &Device,
+) -> Vec<u8> {
+    let mut predictions = Vec::with_capacity(images.len() / pixels);
+    for chunk in images.chunks(batch * pixels) {
         let x = Tensor::<2>::from_data(
-            TensorData::new(
-                test.images[start * pixels..end * pixels].to_vec(),
-                [end - start, pixels],
-            ),
+            TensorData::new(chunk.to_vec(), [chunk.len() / pixels, pixels]),
             device,
         );
         let logits = model.forward(x, ForwardMode::Eval { threshold }).logits;
@@ -86,15 +104,7 @@ pub fn evaluate<N: Network>(
             .expect("converted to i64 just above");
         predictions.extend(classes.into_iter().map(|c| c as u8));
     }
-    let layers = model
-        .weight_layers()
-        .iter()
-        .map(|l| LayerCount::from_mask(&l.kept(threshold)))
-        .collect();
-    Evaluation {
-        error_pct: metrics::error_pct(&predictions, &test.labels),
-        layers,
-    }
+    predictions
 }
 
 /// Adam as the experiment file configures it.

@@ -7,6 +7,7 @@ pub mod kl;
 pub mod lenet5;
 pub mod mlp;
 pub mod mode;
+pub mod sparse_inference;
 pub mod weights;
 
 pub use conv::{Conv2d, Conv2dConfig};
@@ -18,3 +19,4 @@ pub use kl::{
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
 pub use mode::{ForwardMode, NetOutput, Network, WeightLayerView};
+pub use sparse_inference::{CsrDense, SparseMlp};

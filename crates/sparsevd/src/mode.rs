@@ -45,6 +45,25 @@ impl WeightLayerView {
     }
 }
 
+impl WeightLayerView {
+    /// The plain layer that evaluation at `threshold` amounts to: removed weights set to 0,
+    /// no log σ² (the "dense masked model" that sparse inference is compared with).
+    pub fn masked(&self, threshold: f64) -> WeightLayerView {
+        let kept = self.kept(threshold);
+        WeightLayerView {
+            theta: self
+                .theta
+                .iter()
+                .zip(&kept)
+                .map(|(&t, &k)| if k { t } else { 0.0 })
+                .collect(),
+            log_sigma2: None,
+            log_alpha: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// A classifier the runner can train and evaluate. Input is a batch of flattened images.
 pub trait Network: Module + Clone {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
