@@ -1,38 +1,29 @@
 //! Interruption: a run killed mid-epoch (SIGKILL, a real process kill) resumes from its last
 //! checkpoint and finishes with exactly the per-epoch numbers of an uninterrupted run.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::ShortRun;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Small enough for CI: 3,000 training images, 1,000 test images, 4 epochs.
-const EXPERIMENT: &str = r#"
-name = "resume"
-dataset = "mnist"
-net = "lenet300"
+const RUN: ShortRun = ShortRun {
+    name: "resume",
+    epochs: 4,
+    seed: 5,
+    lr: 1e-3,
+    decay_start_epoch: 2,
+    kl_zero_epochs: 1,
+    kl_ramp_epochs: 2,
+    train_subset: 3000,
+    test_subset: Some(1000),
+};
 
-[protocol]
-epochs = 4
-batch_size = 100
-seed = 5
-threshold = 3.0
-train_clip = true
-optimizer = { kind = "adam", lr = 1e-3, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8 }
-lr_schedule = { kind = "constant_then_linear", decay_start_epoch = 2 }
-kl_warmup = { zero_epochs = 1, ramp_epochs = 2 }
-init = { theta_std = 0.01, log_sigma2 = -10.0 }
-train_subset = 3000
-test_subset = 1000
-
-[[variant]]
-name = "sparse_vd"
-layer = "sparse_vd"
-paper = { net = "lenet300", method = "sparse_vd" }
-"#;
-
-fn harness(work: &Path) -> Command {
+fn harness(work: &Path, experiment: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
-    cmd.arg(work.join("experiments/resume.toml"))
+    cmd.arg(experiment)
         .arg("--results-dir")
         .arg(work.join("results"))
         .arg("--figures-dir")
@@ -42,20 +33,6 @@ fn harness(work: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
-}
-
-fn setup(name: &str) -> PathBuf {
-    let work = std::env::temp_dir().join(format!("harness-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("experiments")).unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::copy(
-        repo.join("experiments/paper_reference.toml"),
-        work.join("experiments/paper_reference.toml"),
-    )
-    .unwrap();
-    std::fs::write(work.join("experiments/resume.toml"), EXPERIMENT).unwrap();
-    work
 }
 
 /// epochs.csv without the wall-time column, which legitimately differs between runs.
@@ -68,11 +45,16 @@ fn epochs_without_time(work: &Path) -> Vec<String> {
 
 #[test]
 fn killed_run_resumes_to_the_same_numbers() {
-    let reference = setup("reference");
-    assert!(harness(&reference).status().unwrap().success());
+    let (reference, reference_file) = RUN.scratch("reference");
+    assert!(
+        harness(&reference, &reference_file)
+            .status()
+            .unwrap()
+            .success()
+    );
 
-    let interrupted = setup("interrupted");
-    let mut child = harness(&interrupted).spawn().unwrap();
+    let (interrupted, interrupted_file) = RUN.scratch("interrupted");
+    let mut child = harness(&interrupted, &interrupted_file).spawn().unwrap();
     let state = interrupted.join("results/resume/sparse_vd/checkpoint/state.toml");
     let deadline = Instant::now() + Duration::from_secs(300);
     while !state.is_file() {
@@ -93,7 +75,7 @@ fn killed_run_resumes_to_the_same_numbers() {
         "the run finished before it could be killed; make it longer"
     );
 
-    let resumed = harness(&interrupted).status().unwrap();
+    let resumed = harness(&interrupted, &interrupted_file).status().unwrap();
     assert!(resumed.success());
     assert_eq!(
         epochs_without_time(&interrupted),

@@ -1,60 +1,30 @@
 //! Integration test: LeNet-300-100 with Sparse VD trained briefly on real MNIST (a subset, a few
 //! epochs) learns and sparsifies, and the run writes every result file.
 
+mod common;
+
+use common::ShortRun;
+use runner::output;
 use runner::spec::LoadedExperiment;
-use runner::{RunOptions, output};
-use std::path::PathBuf;
 
 /// The paper's protocol, shortened: 20,000 training images, 10 epochs, KL warm-up over 5.
-const EXPERIMENT: &str = r#"
-name = "lenet300_short"
-dataset = "mnist"
-net = "lenet300"
-
-[protocol]
-epochs = 10
-batch_size = 100
-seed = 3
-threshold = 3.0
-train_clip = true
-optimizer = { kind = "adam", lr = 1e-3, beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8 }
-lr_schedule = { kind = "constant_then_linear", decay_start_epoch = 6 }
-kl_warmup = { zero_epochs = 2, ramp_epochs = 3 }
-init = { theta_std = 0.01, log_sigma2 = -10.0 }
-train_subset = 20000
-
-[[variant]]
-name = "sparse_vd"
-layer = "sparse_vd"
-paper = { net = "lenet300", method = "sparse_vd" }
-"#;
+const RUN: ShortRun = ShortRun {
+    name: "lenet300_short",
+    epochs: 10,
+    seed: 3,
+    lr: 1e-3,
+    decay_start_epoch: 6,
+    kl_zero_epochs: 2,
+    kl_ramp_epochs: 3,
+    train_subset: 20_000,
+    test_subset: None,
+};
 
 #[test]
 fn sparse_vd_learns_and_sparsifies_on_real_mnist() {
-    let work = std::env::temp_dir().join(format!("harness-it-{}", std::process::id()));
-    let experiments = work.join("experiments");
-    std::fs::create_dir_all(&experiments).unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::copy(
-        repo.join("experiments/paper_reference.toml"),
-        experiments.join("paper_reference.toml"),
-    )
-    .unwrap();
-    let path = experiments.join("short.toml");
-    std::fs::write(&path, EXPERIMENT).unwrap();
-
+    let (work, path) = RUN.scratch("learn");
     let exp = LoadedExperiment::load(&path).unwrap();
-    let options = RunOptions {
-        device: burn::tensor::Device::flex().autodiff(),
-        backend: "flex".into(),
-        device_description: "CPU (test)".into(),
-        data_dir: datasets::data_dir(None),
-        results_dir: work.join("results"),
-        only_variants: vec![],
-        force: false,
-        epochs: None,
-    };
-    let summaries = runner::run_experiment(&exp, &options).unwrap();
+    let summaries = runner::run_experiment(&exp, &common::options(&work)).unwrap();
     let s = &summaries[0];
     println!(
         "test error {:.2}%, compression {:.1}×, removed {}",
