@@ -208,7 +208,7 @@ fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Resul
         draw_figures(&LoadedExperiment::load(&file)?, results_dir, figures_dir)?;
     }
     print_written(figures::kl_approximation(figures_dir)?.iter());
-    print_written(table1::write(repo, results_dir)?.iter());
+    print_written(table1::write(repo, results_dir, figures_dir)?.iter());
     Ok(())
 }
 

@@ -2,10 +2,11 @@
 //! beside the rows we reproduce, regenerated from the committed results.
 
 use anyhow::{Context, Result};
+use plotting::{Corner, LineFigure, Panel, Series};
 use runner::output::{self, write_atomic};
 use runner::reference::PaperReference;
 use runner::spec::LoadedExperiment;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Table 1's nets in the paper's order, with the experiment file that reproduces each.
 const NETS: [(&str, &str, &str); 2] = [
@@ -25,12 +26,26 @@ struct Row {
     method: String,
     source: String,
     error_pct: f64,
-    removed: String,
+    /// % of weights removed per layer, input to output (empty when not reported).
+    removed: Vec<f64>,
     compression: Option<f64>,
     note: String,
 }
 
-pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+/// Write the table (Markdown and CSV) and its figure of % removed per layer.
+pub fn write(repo: &Path, results_dir: &Path, figures_dir: &Path) -> Result<Vec<PathBuf>> {
+    let rows = rows(repo, results_dir)?;
+    let md_path = results_dir.join("table1.md");
+    let csv_path = results_dir.join("table1.csv");
+    write_atomic(&md_path, markdown(&rows).as_bytes())?;
+    write_atomic(&csv_path, &csv(&rows)?)?;
+    let mut written = vec![md_path, csv_path];
+    written.extend(removed_per_layer_figure(&rows, figures_dir)?);
+    Ok(written)
+}
+
+/// Every paper row of Table 1, each followed by ours where we reproduce it.
+fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
     let paper = PaperReference::load(&repo.join(runner::reference::PAPER_REFERENCE_FILE))
         .map_err(anyhow::Error::msg)?;
     let mut rows = Vec::new();
@@ -43,12 +58,7 @@ pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>>
                     method: method_name.into(),
                     source: format!("paper ({})", p.source),
                     error_pct: p.error_pct,
-                    removed: p.removed_pct_per_layer.as_ref().map_or("–".into(), |v| {
-                        v.iter()
-                            .map(|x| format!("{x}"))
-                            .collect::<Vec<_>>()
-                            .join(" / ")
-                    }),
+                    removed: p.removed_pct_per_layer.clone().unwrap_or_default(),
                     compression: p.compression,
                     note: String::new(),
                 });
@@ -81,8 +91,8 @@ pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>>
                         removed: s
                             .removed_pct_per_layer
                             .split(';')
-                            .collect::<Vec<_>>()
-                            .join(" / "),
+                            .filter_map(|v| v.parse().ok())
+                            .collect(),
                         compression: Some(s.compression),
                         note,
                     }
@@ -92,7 +102,7 @@ pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>>
                         method: method_name.into(),
                         source,
                         error_pct: f64::NAN,
-                        removed: "–".into(),
+                        removed: Vec::new(),
                         compression: None,
                         note: format!("not run yet (`cargo run --release -p harness -- {file}`)"),
                     }
@@ -101,11 +111,49 @@ pub fn write(repo: &Path, results_dir: &Path) -> Result<Vec<std::path::PathBuf>>
             }
         }
     }
-    let md_path = results_dir.join("table1.md");
-    let csv_path = results_dir.join("table1.csv");
-    write_atomic(&md_path, markdown(&rows).as_bytes())?;
-    write_atomic(&csv_path, &csv(&rows)?)?;
-    Ok(vec![md_path, csv_path])
+    Ok(rows)
+}
+
+/// % of weights removed per layer for every method that reports it, one panel per net, ours
+/// drawn beside the paper's rows.
+fn removed_per_layer_figure(rows: &[Row], figures_dir: &Path) -> Result<Vec<PathBuf>> {
+    // Legends go where each net's lines leave room.
+    let corners = [Corner::LowerLeft, Corner::LowerRight];
+    let panels = NETS
+        .iter()
+        .zip(corners)
+        .map(|((_, net_name, _), legend)| Panel {
+            y_label: format!("{net_name}: % of weights removed"),
+            log_y: false,
+            series: rows
+                .iter()
+                // The original nets remove nothing; their all-zero line says nothing here.
+                .filter(|r| r.net == *net_name && !r.removed.is_empty() && r.method != "Original")
+                .map(|r| Series {
+                    label: format!(
+                        "{} ({})",
+                        r.method,
+                        if r.source == "ours" { "ours" } else { "paper" }
+                    ),
+                    points: r
+                        .removed
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &p)| ((i + 1) as f64, p))
+                        .collect(),
+                })
+                .collect(),
+            legend,
+        })
+        .collect();
+    let figure = LineFigure {
+        title: "Table 1: % of weights removed per layer".into(),
+        x_label: "weight layer, input to output".into(),
+        panels,
+    };
+    let stem = figures_dir.join("table1_removed_per_layer");
+    plotting::render(&figure, &stem)?;
+    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
 }
 
 fn fmt_error(e: f64) -> String {
@@ -114,6 +162,17 @@ fn fmt_error(e: f64) -> String {
     } else {
         format!("{e:.2}")
     }
+}
+
+fn fmt_removed(removed: &[f64]) -> String {
+    if removed.is_empty() {
+        return "–".into();
+    }
+    removed
+        .iter()
+        .map(|x| format!("{x}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 fn fmt_compression(c: Option<f64>) -> String {
@@ -143,7 +202,7 @@ fn markdown(rows: &[Row]) -> String {
             r.method,
             r.source,
             bold(fmt_error(r.error_pct)),
-            r.removed,
+            fmt_removed(&r.removed),
             bold(fmt_compression(r.compression)),
             r.note
         ));
@@ -169,12 +228,18 @@ fn csv(rows: &[Row]) -> Result<Vec<u8>> {
             format!("{:.2}", r.error_pct)
         };
         let compression = r.compression.map_or(String::new(), |c| format!("{c:.3}"));
+        let removed = r
+            .removed
+            .iter()
+            .map(|x| format!("{x}"))
+            .collect::<Vec<_>>()
+            .join(";");
         w.write_record([
             &r.net,
             &r.method,
             &r.source,
             &error,
-            &r.removed,
+            &removed,
             &compression,
             &r.note,
         ])?;

@@ -158,6 +158,13 @@ fn draw_panel<DB: DrawingBackend>(
     let (x_min, x_max) = bounds(all.clone().map(|p| p.0));
     let (y_min, y_max) = bounds(all.map(|p| p.1));
     let pad = ((y_max - y_min) * 0.05).max(1e-9);
+    // Integer x over a short range (layers, say): one tick per integer, not repeated labels.
+    let integer_x = series.iter().flatten().all(|p| p.0.fract() == 0.0) && x_max - x_min <= 20.0;
+    let x_ticks = if integer_x {
+        (x_max - x_min) as usize + 1
+    } else {
+        10
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .margin_right(40)
@@ -181,6 +188,7 @@ fn draw_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(x_label)
+        .x_labels(x_ticks)
         .y_desc(&panel.y_label)
         .y_label_formatter(&y_format)
         .x_label_formatter(&|x: &f64| format!("{x:.0}"))
