@@ -93,12 +93,17 @@ struct RunArgs {
 enum Backend {
     /// burn's pure-Rust CPU backend.
     Flex,
+    /// burn's wgpu backend pinned to Vulkan (GPUs; build with `--features vulkan`).
+    #[cfg(feature = "vulkan")]
+    Vulkan,
 }
 
 impl Backend {
     fn device(self) -> Device {
         match self {
             Backend::Flex => Device::flex().autodiff(),
+            #[cfg(feature = "vulkan")]
+            Backend::Vulkan => Device::vulkan(Default::default()).autodiff(),
         }
     }
 
@@ -106,12 +111,16 @@ impl Backend {
     fn description(self) -> String {
         match self {
             Backend::Flex => format!("CPU: {}", runner::provenance::cpu_model()),
+            #[cfg(feature = "vulkan")]
+            Backend::Vulkan => format!("{:?}", Device::vulkan(Default::default())),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Backend::Flex => "flex",
+            #[cfg(feature = "vulkan")]
+            Backend::Vulkan => "vulkan",
         }
     }
 }
