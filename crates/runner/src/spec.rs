@@ -292,12 +292,6 @@ impl Experiment {
         }
         Ok(())
     }
-
-    /// Whether this protocol is shorter than the full data (a subset); epochs are judged by the
-    /// caller against the paper protocol.
-    pub fn uses_subset(&self) -> bool {
-        self.protocol.train_subset.is_some() || self.protocol.test_subset.is_some()
-    }
 }
 
 /// Line and column (1-based) of the value at a dotted path such as `protocol.optimizer.lr` or

@@ -43,9 +43,7 @@ impl WeightLayerView {
             None => self.theta.iter().map(|&t| t != 0.0).collect(),
         }
     }
-}
 
-impl WeightLayerView {
     /// The plain layer that evaluation at `threshold` amounts to: removed weights set to 0,
     /// no log σ² (the "dense masked model" that sparse inference is compared with).
     pub fn masked(&self, threshold: f64) -> WeightLayerView {
