@@ -16,10 +16,11 @@ use std::hint::black_box;
 const BATCH: usize = 100;
 const TRAIN: ForwardMode = ForwardMode::Train {
     mask_threshold: Some(3.0),
+    noise_seed: 1,
 };
 
 fn device() -> Device {
-    runner::cpu::flush_subnormals();
+    runner::cpu::prepare_for_training();
     Device::flex().autodiff()
 }
 
@@ -61,6 +62,22 @@ fn layers(c: &mut Criterion) {
             black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
         })
     });
+    // The weight-side term alone, at LeNet-5's largest layer (800 × 500): host pass, KL tensor,
+    // backward.
+    let theta =
+        Tensor::<2>::random([800, 500], Distribution::Normal(0.0, 0.05), &device).require_grad();
+    let log_sigma2 =
+        Tensor::<2>::random([800, 500], Distribution::Uniform(-12.0, 0.0), &device).require_grad();
+    c.bench_function("kl_800x500_fwd_bwd", |b| {
+        b.iter(|| {
+            let terms = sparsevd::KlTerms::new(
+                &theta.to_data().try_to_vec::<f32>().expect("f32"),
+                &log_sigma2.to_data().try_to_vec::<f32>().expect("f32"),
+            );
+            let kl = terms.into_tensor(theta.clone(), log_sigma2.clone());
+            black_box(kl.backward());
+        })
+    });
 }
 
 fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Device) {
@@ -70,6 +87,7 @@ fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Devi
         beta: 1.0,
         lr: 1e-3,
         mask_threshold: Some(3.0),
+        noise_seed: 1,
     };
     let mut model = Some(model);
     c.bench_function(name, |b| {
@@ -120,7 +138,7 @@ fn evaluation_and_data(c: &mut Criterion) {
 /// the dense masked model (removed weights zeroed once, plain matmuls on burn flex) against the
 /// same model exported to CSR layers.
 fn sparse_inference(c: &mut Criterion) {
-    runner::cpu::flush_subnormals();
+    runner::cpu::prepare_for_training();
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results/lenet300/sparse_vd");
     let views = runner::output::read_model(&dir).expect("committed LeNet-300-100 model");

@@ -97,7 +97,7 @@ pub fn run_experiment(
         return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
     }
     let paper = paper_reference_for(&exp.path)?;
-    cpu::flush_subnormals();
+    cpu::prepare_for_training();
     let Dataset::Mnist = spec.dataset;
     let mut data = Mnist::load(&options.data_dir)?;
     if let Some(n) = spec.protocol.train_subset {

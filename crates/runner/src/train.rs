@@ -154,6 +154,8 @@ pub struct StepSettings {
     pub lr: f64,
     /// Zero weights with log α ≥ this in the mean path ("train clip").
     pub mask_threshold: Option<f64>,
+    /// Seed of the step's LRT noise.
+    pub noise_seed: u64,
 }
 
 /// Mean cross-entropy and Σ KL of a step, read before the update.
@@ -175,6 +177,7 @@ pub fn train_step<N: Network>(
         batch.x,
         ForwardMode::Train {
             mask_threshold: s.mask_threshold,
+            noise_seed: s.noise_seed,
         },
     );
     let ce = log_softmax(out.logits, 1)
@@ -228,16 +231,16 @@ pub fn train<N: Network>(
         let order = permutation(n, derive_seed(p.seed, STREAM_SHUFFLE, epoch as u64));
         let (mut loss_sum, mut data_sum, mut last_kl) = (0.0, 0.0, 0.0);
         progress.start_epoch(epoch);
-        let settings = StepSettings {
-            train_size: n,
-            beta,
-            lr,
-            mask_threshold,
-        };
         for step in 0..steps {
             let batch = Batch::gather(train, &order[step * m..(step + 1) * m], device);
             let global_step = (epoch * steps + step) as u64;
-            device.seed(derive_seed(p.seed, STREAM_NOISE, global_step));
+            let settings = StepSettings {
+                train_size: n,
+                beta,
+                lr,
+                mask_threshold,
+                noise_seed: derive_seed(p.seed, STREAM_NOISE, global_step),
+            };
             let (next, losses) = train_step(model, &mut optimizer, batch, &settings);
             model = next;
             let objective = losses.ce + beta * losses.kl / n as f64;

@@ -75,7 +75,6 @@ mod tests {
     #[test]
     fn lrt_samples_have_the_right_mean_and_variance() {
         let device = Device::flex();
-        device.seed(7);
         let layer = hand_made_layer(&device);
         let x = [1.0f32, -2.0, 0.5];
         let samples = 40_000;
@@ -84,6 +83,7 @@ mod tests {
             tensor2(&batch, [samples, 3], &device),
             ForwardMode::Train {
                 mask_threshold: None,
+                noise_seed: 7,
             },
         );
         assert!(kl.is_some());
@@ -140,10 +140,15 @@ mod tests {
         let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
         // Same noise ζ for both passes; threshold 0.5 masks θ₃₂ = 0.1 (log α ≈ 0.61) only.
         let run = |mask_threshold| {
-            device.seed(11);
             host_vec(
                 layer
-                    .forward(x.clone(), ForwardMode::Train { mask_threshold })
+                    .forward(
+                        x.clone(),
+                        ForwardMode::Train {
+                            mask_threshold,
+                            noise_seed: 11,
+                        },
+                    )
                     .0
                     .into_data(),
             )
@@ -167,12 +172,14 @@ mod tests {
             x.clone(),
             ForwardMode::Train {
                 mask_threshold: Some(3.0),
+                noise_seed: 1,
             },
         );
         let (b, _) = layer.forward(
             x,
             ForwardMode::Train {
                 mask_threshold: Some(3.0),
+                noise_seed: 1,
             },
         );
         assert!(kl.is_none());

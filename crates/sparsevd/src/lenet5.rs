@@ -54,11 +54,11 @@ impl Network for LeNet5 {
         let batch = input.dims()[0];
         let pool = |x| max_pool2d(x, MaxPoolOptions::new([2, 2]));
         let x = input.reshape([batch, 1, 28, 28]);
-        let (x, kl1) = self.conv1.forward(x, mode);
-        let (x, kl2) = self.conv2.forward(pool(relu(x)), mode);
+        let (x, kl1) = self.conv1.forward(x, mode.for_layer(0));
+        let (x, kl2) = self.conv2.forward(pool(relu(x)), mode.for_layer(1));
         let x = pool(relu(x)).reshape([batch, 800]);
-        let (x, kl3) = self.dense1.forward(x, mode);
-        let (logits, kl4) = self.dense2.forward(relu(x), mode);
+        let (x, kl3) = self.dense1.forward(x, mode.for_layer(2));
+        let (logits, kl4) = self.dense2.forward(relu(x), mode.for_layer(3));
         let kl = [kl2, kl3, kl4].into_iter().fold(kl1, add_kl);
         NetOutput { logits, kl }
     }
@@ -109,6 +109,7 @@ mod tests {
             Tensor::zeros([3, 784], &device),
             ForwardMode::Train {
                 mask_threshold: Some(3.0),
+                noise_seed: 1,
             },
         );
         assert_eq!(out.logits.dims(), [3, 10]);

@@ -7,13 +7,14 @@ pub mod kl;
 pub mod lenet5;
 pub mod mlp;
 pub mod mode;
+pub mod noise;
 pub mod sparse_inference;
 pub mod weights;
 
 pub use conv::{Conv2d, Conv2dConfig};
 pub use dense::{Dense, DenseConfig};
 pub use kl::{
-    LOG_ALPHA_CLIP, kl_approx, kl_approx_value, log_alpha, neg_kl_kingma, neg_kl_monte_carlo,
+    KlTerms, LOG_ALPHA_CLIP, kl_approx_value, log_alpha, neg_kl_kingma, neg_kl_monte_carlo,
     normal_lattice,
 };
 pub use lenet5::{LeNet5, LeNet5Config};

@@ -48,7 +48,7 @@ impl Network for Mlp {
         let mut x = input;
         let mut kl: Option<Tensor<1>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (out, layer_kl) = layer.forward(x, mode);
+            let (out, layer_kl) = layer.forward(x, mode.for_layer(i as u64));
             kl = add_kl(kl, layer_kl);
             x = if i == last { out } else { relu(out) };
         }

@@ -9,9 +9,30 @@ use burn::tensor::Tensor;
 pub enum ForwardMode {
     /// Stochastic pass with the local reparameterization trick. With `mask_threshold = Some(t)`
     /// weights with log α ≥ t are zeroed in the mean path ("train clip" of the authors' code).
-    Train { mask_threshold: Option<f64> },
+    /// The noise ζ is a function of `noise_seed` (see [`ForwardMode::for_layer`]).
+    Train {
+        mask_threshold: Option<f64>,
+        noise_seed: u64,
+    },
     /// Deterministic pass with the mean weights θ, every weight with log α ≥ `threshold` zeroed.
     Eval { threshold: f64 },
+}
+
+impl ForwardMode {
+    /// The mode for the network's weight layer number `index`: in training, a noise seed of its
+    /// own, so that no two layers draw the same ζ.
+    pub fn for_layer(self, index: u64) -> Self {
+        match self {
+            ForwardMode::Train {
+                mask_threshold,
+                noise_seed,
+            } => ForwardMode::Train {
+                mask_threshold,
+                noise_seed: crate::noise::mix(noise_seed, index),
+            },
+            eval => eval,
+        }
+    }
 }
 
 /// Logits, and Σ KL over the Sparse VD layers (`None` for a net without any, and in evaluation).

@@ -1,10 +1,11 @@
 //! The weights of one layer — θ, optional log σ², bias — and the Sparse VD forward pass that
 //! dense and convolutional layers share; they differ only in the linear map applied.
 
-use crate::kl::{kl_approx, log_alpha};
+use crate::kl::{KlTerms, log_alpha};
 use crate::mode::{ForwardMode, WeightLayerView};
+use crate::noise::standard_normal;
 use burn::module::{Module, Param};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 /// Added under the square root of the LRT variance so that its gradient stays finite.
 const VARIANCE_EPS: f64 = 1e-8;
@@ -15,7 +16,8 @@ const VARIANCE_EPS: f64 = 1e-8;
 /// With log σ² present this is the Sparse VD posterior q(w_ij) = N(θ_ij, σ²_ij),
 /// α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8]. For a linear map `A` (matmul or convolution):
 /// - training (local reparameterization): γ = A(x, θ) + b, δ = A(x ⊙ x, σ²),
-///   output γ + √(δ + 1e-8) ⊙ ζ, ζ ~ N(0, 1) per output element; the bias never enters δ;
+///   output γ + √(δ + 1e-8) ⊙ ζ, ζ ~ N(0, 1) per output element (drawn from the mode's noise
+///   seed); the bias never enters δ;
 /// - evaluation: A(x, θ ⊙ [log α < threshold]) + b, deterministic.
 #[derive(Module, Debug)]
 pub struct VariationalWeights<const D: usize> {
@@ -52,22 +54,32 @@ impl<const D: usize> VariationalWeights<D> {
         let Some(log_sigma2) = self.log_sigma2.as_ref().map(Param::val) else {
             return (map(x, theta) + bias, None);
         };
-        let log_alpha = log_alpha(theta.clone(), log_sigma2.clone());
         match mode {
             ForwardMode::Eval { threshold } => {
-                let mean = theta.mask_fill(log_alpha.greater_equal_elem(threshold), 0.0);
+                let removed = log_alpha(theta.clone(), log_sigma2).greater_equal_elem(threshold);
+                let mean = theta.mask_fill(removed, 0.0);
                 (map(x, mean) + bias, None)
             }
-            ForwardMode::Train { mask_threshold } => {
+            ForwardMode::Train {
+                mask_threshold,
+                noise_seed,
+            } => {
+                let terms = KlTerms::new(
+                    &host_vec(theta.clone().into_data()),
+                    &host_vec(log_sigma2.clone().into_data()),
+                );
                 let mean = match mask_threshold {
-                    Some(t) => theta.mask_fill(log_alpha.clone().greater_equal_elem(t), 0.0),
-                    None => theta,
+                    Some(t) => theta.clone().mask_fill(
+                        terms.log_alpha_at_least(t, theta.dims(), &theta.device()),
+                        0.0,
+                    ),
+                    None => theta.clone(),
                 };
                 let gamma = map(x.clone(), mean) + bias;
-                let delta = map(x.square(), log_sigma2.exp());
-                let zeta = gamma.random_like(Distribution::Normal(0.0, 1.0));
-                let out = gamma + (delta + VARIANCE_EPS).sqrt() * zeta;
-                (out, Some(kl_approx(log_alpha)))
+                let delta = map(x.square(), log_sigma2.clone().exp());
+                let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
+                let out = gamma + lrt_std(delta) * zeta;
+                (out, Some(terms.into_tensor(theta, log_sigma2)))
             }
         }
     }
@@ -140,9 +152,50 @@ impl<const D: usize> VariationalWeights<D> {
     }
 }
 
+/// √(δ + 1e-8), differentiated as 1 / (2·√(δ + 1e-8)) from the forward value:
+/// √δ̄ + (δ − δ̄) / (2√δ̄) with δ̄ a detached copy (the second term is exactly 0). burn's own
+/// `sqrt` backward recomputes the slope with `powf`, 5 % of a LeNet-5 step.
+fn lrt_std<const E: usize>(delta: Tensor<E>) -> Tensor<E> {
+    let fixed = delta.clone().detach();
+    let std = (fixed.clone() + VARIANCE_EPS).sqrt();
+    let slope = std.clone().recip() * 0.5;
+    std + (delta - fixed) * slope
+}
+
 /// Copy device data to a host vector of f32, whatever the backend's float type.
 pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
     data.convert::<f32>()
         .try_to_vec::<f32>()
         .expect("converted to f32 just above")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    #[test]
+    fn lrt_std_has_the_value_and_slope_of_the_square_root() {
+        let device = Device::flex().autodiff();
+        let values = [0.0f32, 1e-6, 0.25, 4.0];
+        let delta = Tensor::<1>::from_data(TensorData::from(values), &device).require_grad();
+        let std = lrt_std(delta.clone());
+        let grads = (std.clone() * 3.0).sum().backward();
+        let std = host_vec(std.into_data());
+        let slope = host_vec(delta.grad(&grads).expect("tracked").into_data());
+        for (i, &d) in values.iter().enumerate() {
+            let root = (d as f64 + VARIANCE_EPS).sqrt();
+            assert!(
+                (std[i] as f64 - root).abs() <= 1e-6 * root,
+                "√ at {d}: {}",
+                std[i]
+            );
+            let want = 3.0 * 0.5 / root;
+            assert!(
+                (slope[i] as f64 - want).abs() <= 1e-5 * want,
+                "slope at {d}: {}",
+                slope[i]
+            );
+        }
+    }
 }
