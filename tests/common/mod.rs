@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 /// The paper's protocol shortened to what a test can afford.
+#[allow(dead_code)] // not every test binary trains LeNet-300-100
 pub struct ShortRun {
     pub name: &'static str,
     pub epochs: usize,
@@ -16,6 +17,7 @@ pub struct ShortRun {
     pub test_subset: Option<usize>,
 }
 
+#[allow(dead_code)]
 impl ShortRun {
     pub fn toml(&self) -> String {
         let test_subset = self
@@ -54,27 +56,29 @@ paper = {{ net = "lenet300", method = "sparse_vd" }}
         )
     }
 
-    /// A fresh scratch folder `<tmp>/harness-<name>-<tag>-<pid>` holding
-    /// `experiments/<name>.toml` and the paper's reference file; returns (folder, experiment file).
+    /// A fresh scratch folder holding this experiment (see [`scratch`]).
     pub fn scratch(&self, tag: &str) -> (PathBuf, PathBuf) {
-        let work = std::env::temp_dir().join(format!(
-            "harness-{}-{tag}-{}",
-            self.name,
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&work);
-        let experiments = work.join("experiments");
-        std::fs::create_dir_all(&experiments).unwrap();
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        std::fs::copy(
-            repo.join("experiments/paper_reference.toml"),
-            experiments.join("paper_reference.toml"),
-        )
-        .unwrap();
-        let path = experiments.join(format!("{}.toml", self.name));
-        std::fs::write(&path, self.toml()).unwrap();
-        (work, path)
+        scratch(self.name, tag, &self.toml())
     }
+}
+
+/// A fresh scratch folder `<tmp>/harness-<name>-<tag>-<pid>` holding `experiments/<name>.toml`
+/// (with `toml` as its text) and the paper's reference file; returns (folder, experiment file).
+#[allow(dead_code)] // not every test binary writes its own experiment
+pub fn scratch(name: &str, tag: &str, toml: &str) -> (PathBuf, PathBuf) {
+    let work = std::env::temp_dir().join(format!("harness-{name}-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let experiments = work.join("experiments");
+    std::fs::create_dir_all(&experiments).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(
+        repo.join("experiments/paper_reference.toml"),
+        experiments.join("paper_reference.toml"),
+    )
+    .unwrap();
+    let path = experiments.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    (work, path)
 }
 
 /// Run options for the flex CPU backend, results under `work/results`.

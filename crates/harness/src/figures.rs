@@ -151,8 +151,8 @@ pub fn first_layer_masks(
         let layers = output::read_model(&dir)?;
         let first = layers.first().context("model has no layers")?;
         let kept = first.kept(exp.spec.protocol.threshold);
-        let figure = match first.shape.as_slice() {
-            &[inputs, outputs] if inputs == 28 * 28 => {
+        let figure = match *first.shape.as_slice() {
+            [inputs, outputs] if inputs == 28 * 28 => {
                 let counts: Vec<f64> = (0..inputs)
                     .map(|i| {
                         kept[i * outputs..(i + 1) * outputs]
@@ -180,7 +180,7 @@ pub fn first_layer_masks(
                     grid_px: 520,
                 }
             }
-            &[filters, 1, kh, kw] => {
+            [filters, 1, kh, kw] => {
                 let grids: Vec<plotting::Grid> = (0..filters)
                     .map(|f| {
                         let range = f * kh * kw..(f + 1) * kh * kw;
@@ -215,10 +215,9 @@ pub fn first_layer_masks(
                     grid_px: 190,
                 }
             }
-            other => anyhow::bail!(
-                "{}: no mask figure for a first layer of shape {other:?}",
-                dir.display()
-            ),
+            // The paper draws first-layer masks for the LeNets only (28×28 inputs, 1-channel
+            // filters); other nets get none.
+            _ => continue,
         };
         let stem = figures_dir.join(format!("{}_{}_first_layer", exp.spec.name, variant.name));
         plotting::render(&figure, &stem)?;

@@ -75,10 +75,11 @@ struct RunArgs {
     /// Results root; each experiment writes <results-dir>/<name>/<variant>/.
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,
-    /// Run only this variant (repeatable).
+    /// Run only this variant (repeatable), and the variants it starts from if they have not
+    /// finished.
     #[arg(long = "variant")]
     variants: Vec<String>,
-    /// Retrain variants whose results already exist.
+    /// Retrain variants whose results already exist (with --variant: only those named).
     #[arg(long)]
     force: bool,
     /// Train this many epochs instead of the file's (the results are labelled as shortened).

@@ -52,7 +52,7 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
     for (net, net_name, file) in NETS {
         let exp = LoadedExperiment::load(&repo.join(file))?;
         for (method, method_name) in METHODS {
-            if let Some(p) = paper.find(net, method) {
+            if let Some(p) = paper.find(net, method, None) {
                 rows.push(Row {
                     net: net_name.into(),
                     method: method_name.into(),

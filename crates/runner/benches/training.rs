@@ -88,6 +88,7 @@ fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Devi
         lr: 1e-3,
         mask_threshold: Some(3.0),
         noise_seed: 1,
+        l2: 0.0,
     };
     let mut model = Some(model);
     c.bench_function(name, |b| {

@@ -13,12 +13,13 @@ pub mod spec;
 pub mod train;
 
 use burn::tensor::Device;
-use datasets::Mnist;
+use datasets::{Cifar10, Mnist, Split};
 use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
-use sparsevd::{LeNet5Config, MlpConfig, Network};
-use spec::{Dataset, LayerKind, LoadedExperiment, Net, Variant};
+use sparsevd::{LeNet5Config, MlpConfig, Network, VggLikeConfig, WeightLayerView};
+use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,43 +99,44 @@ pub fn run_experiment(
     }
     let paper = paper_reference_for(&exp.path)?;
     cpu::prepare_for_training();
-    let Dataset::Mnist = spec.dataset;
-    let mut data = Mnist::load(&options.data_dir)?;
-    if let Some(n) = spec.protocol.train_subset {
-        data.train = data.train.truncated(n);
-    }
-    if let Some(n) = spec.protocol.test_subset {
-        data.test = data.test.truncated(n);
-    }
-    let mut protocol = spec.protocol.clone();
-    if let Some(epochs) = options.epochs {
-        protocol.epochs = epochs;
-    }
+    let data = load_data(spec, &options.data_dir)?;
     let dir = experiment_dir(exp, options);
     // Taken before training: the tree may change while a long run goes on.
     let commit = provenance::git_commit(exp.path.parent().unwrap_or(Path::new(".")));
-    for variant in &spec.variants {
-        if !options.only_variants.is_empty() && !options.only_variants.contains(&variant.name) {
+    let selected = selected_with_sources(spec, &options.only_variants);
+    for index in spec.stage_order() {
+        let variant = &spec.variants[index];
+        if !selected.contains(&index) {
             continue;
         }
         let variant_dir = dir.join(&variant.name);
         let _lock = lock::VariantLock::acquire(&variant_dir)?;
-        if options.force {
+        // --force retrains the variants asked for, not the finished stages they start from.
+        let forced = options.force
+            && (options.only_variants.is_empty() || options.only_variants.contains(&variant.name));
+        if forced {
             output::clear_variant(&variant_dir)?;
         } else if variant_dir.join(output::SUMMARY_CSV).is_file() {
             eprintln!(
-                "{}: finished results exist in {}; not retraining (use --force to overwrite)",
+                "{}: finished results exist in {}; not retraining (--force --variant {} retrains it)",
                 variant.name,
-                variant_dir.display()
+                variant_dir.display(),
+                variant.name
             );
             continue;
+        }
+        let mut protocol = spec.protocol_of(index).clone();
+        if let Some(epochs) = options.epochs {
+            protocol.epochs = epochs;
         }
         eprintln!("== {} / {} ==", spec.name, variant.name);
         run_variant(&VariantJob {
             exp,
             variant,
+            planned_epochs: spec.protocol_of(index).epochs,
             protocol: &protocol,
-            data: &data,
+            train: subset(&data.train, protocol.train_subset),
+            test: subset(&data.test, protocol.test_subset),
             dir: &variant_dir,
             paper: &paper,
             commit: &commit,
@@ -144,13 +146,76 @@ pub fn run_experiment(
     write_comparison(exp, &dir, &paper)
 }
 
+/// The variants to run: those named on the command line (all when none), and the variants they
+/// start from, recursively (a finished one is reused, not retrained).
+fn selected_with_sources(spec: &Experiment, names: &[String]) -> Vec<usize> {
+    let mut selected: Vec<usize> = (0..spec.variants.len())
+        .filter(|&i| names.is_empty() || names.contains(&spec.variants[i].name))
+        .collect();
+    let mut k = 0;
+    while k < selected.len() {
+        let source = spec.variants[selected[k]].start_from.as_deref();
+        if let Some(j) = source.and_then(|s| spec.variant_index(s))
+            && !selected.contains(&j)
+        {
+            selected.push(j);
+        }
+        k += 1;
+    }
+    selected
+}
+
+/// An experiment's data, preprocessed, both splits whole.
+pub struct Data {
+    pub train: Split,
+    pub test: Split,
+}
+
+/// Load (fetching on first use) the experiment's data set.
+pub fn load_data(spec: &Experiment, data_dir: &Path) -> Result<Data, RunError> {
+    Ok(match spec.dataset {
+        Dataset::Mnist => {
+            let mnist = Mnist::load(data_dir)?;
+            Data {
+                train: mnist.train,
+                test: mnist.test,
+            }
+        }
+        Dataset::Cifar10 => {
+            let preprocessing = match spec.preprocessing {
+                None => datasets::Preprocessing::Zca { regulariser: 1e-5 },
+                Some(Preprocessing::Zca { regulariser }) => {
+                    datasets::Preprocessing::Zca { regulariser }
+                }
+                Some(Preprocessing::PerChannel) => datasets::Preprocessing::PerChannel,
+            };
+            let cifar = Cifar10::load(data_dir, preprocessing)?;
+            Data {
+                train: cifar.train,
+                test: cifar.test,
+            }
+        }
+    })
+}
+
+/// The first `n` examples of `split` (all of it without `n`), copied only when shortened.
+fn subset(split: &Split, n: Option<usize>) -> Cow<'_, Split> {
+    match n {
+        Some(n) if n < split.len() => Cow::Owned(split.clone().truncated(n)),
+        _ => Cow::Borrowed(split),
+    }
+}
+
 /// One variant to train, with everything it is trained and recorded with.
 struct VariantJob<'a> {
     exp: &'a LoadedExperiment,
     variant: &'a Variant,
-    /// The file's protocol with command-line overrides applied.
+    /// Epochs in the file's protocol for this variant.
+    planned_epochs: usize,
+    /// The variant's protocol with command-line overrides applied.
     protocol: &'a spec::Protocol,
-    data: &'a Mnist,
+    train: Cow<'a, Split>,
+    test: Cow<'a, Split>,
     dir: &'a Path,
     paper: &'a PaperReference,
     commit: &'a str,
@@ -163,16 +228,17 @@ pub trait WithNetwork {
     fn run<N: Network>(self, model: N) -> Self::Output;
 }
 
-/// Initialise the experiment's net (seeded, with the variant's layers) and hand it to `job`.
+/// Initialise the experiment's net (seeded, with the variant's layers and width) and hand it
+/// to `job`.
 pub fn with_network<J: WithNetwork>(
     net: Net,
-    layer: LayerKind,
+    variant: &Variant,
     protocol: &spec::Protocol,
     device: &Device,
     job: J,
 ) -> J::Output {
     device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
-    let log_sigma2 = (layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
+    let log_sigma2 = (variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
     match net {
         Net::Lenet300 => job.run(
             MlpConfig::lenet300(log_sigma2)
@@ -184,6 +250,16 @@ pub fn with_network<J: WithNetwork>(
                 .with_dense_init_std(protocol.init.theta_std)
                 .with_log_sigma2_init(log_sigma2)
                 .init(device),
+        ),
+        Net::Vgglike => job.run(
+            VggLikeConfig::new(
+                variant
+                    .width
+                    .expect("validated: VGG-like variants have a width"),
+            )
+            .with_log_sigma2_init(log_sigma2)
+            .with_dropout(variant.layer == LayerKind::BinaryDropout)
+            .init(device),
         ),
     }
 }
@@ -198,7 +274,7 @@ impl WithNetwork for &VariantJob<'_> {
 fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
     with_network(
         job.exp.spec.net,
-        job.variant.layer,
+        job.variant,
         job.protocol,
         &job.options.device,
         job,
@@ -213,8 +289,9 @@ pub fn evaluate_saved(
     thresholds: &[f64],
 ) -> Result<Vec<(f64, train::Evaluation)>, RunError> {
     struct Eval<'a> {
-        layers: Vec<sparsevd::WeightLayerView>,
-        test: &'a datasets::Split,
+        layers: Vec<WeightLayerView>,
+        norms: Vec<sparsevd::NormLayerView>,
+        test: &'a Split,
         thresholds: &'a [f64],
         device: &'a Device,
         dir: PathBuf,
@@ -222,12 +299,15 @@ pub fn evaluate_saved(
     impl WithNetwork for Eval<'_> {
         type Output = Result<Vec<(f64, train::Evaluation)>, RunError>;
         fn run<N: Network>(self, model: N) -> Self::Output {
-            let model = model.with_weight_layers(&self.layers).map_err(|m| {
-                RunError::Output(output::OutputError::Read {
-                    path: self.dir.join(output::MODEL_SAFETENSORS),
-                    message: m,
-                })
-            })?;
+            let model = model
+                .with_weight_layers(&self.layers)
+                .and_then(|m| m.with_norm_layers(&self.norms))
+                .map_err(|m| {
+                    RunError::Output(output::OutputError::Read {
+                        path: self.dir.join(output::MODEL_SAFETENSORS),
+                        message: m,
+                    })
+                })?;
             Ok(self
                 .thresholds
                 .iter()
@@ -237,10 +317,11 @@ pub fn evaluate_saved(
     }
     let dir = experiment_dir(exp, options).join(&variant.name);
     let layers = output::read_model(&dir)?;
-    let Dataset::Mnist = exp.spec.dataset;
-    let data = Mnist::load(&options.data_dir)?;
+    let norms = output::read_norms(&dir)?;
+    let data = load_data(&exp.spec, &options.data_dir)?;
     let eval = Eval {
         layers,
+        norms,
         test: &data.test,
         thresholds,
         device: &options.device,
@@ -248,7 +329,7 @@ pub fn evaluate_saved(
     };
     with_network(
         exp.spec.net,
-        variant.layer,
+        variant,
         &exp.spec.protocol,
         &options.device,
         eval,
@@ -260,13 +341,15 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     let VariantJob {
         exp,
         variant,
+        planned_epochs,
         protocol,
-        data,
         dir,
         paper,
         commit,
         options,
+        ..
     } = *job;
+    let (train_split, test_split) = (job.train.as_ref(), job.test.as_ref());
     let spec = &exp.spec;
     let device = &options.device;
     let started = provenance::now_rfc3339();
@@ -294,6 +377,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
             dir.display()
         );
         state = saved;
+    } else if let Some(source) = &variant.start_from {
+        model = start_from(model, &dir.with_file_name(source), variant.layer, protocol)?;
     }
     let resumed_after_epoch = state.epochs_completed;
     let settings = train::TrainSettings {
@@ -304,8 +389,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     let model = train::train(
         model,
         optimizer,
-        &data.train,
-        &data.test,
+        train_split,
+        test_split,
         &settings,
         |record, model, optimizer| {
             records.push(record.clone());
@@ -323,11 +408,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     // Σ epoch times (training and evaluation) over every segment of a resumed run.
     let wall: f64 = records.iter().map(|r| r.seconds).sum();
     let mut shortened_how = Vec::new();
-    if protocol.epochs < spec.protocol.epochs {
-        shortened_how.push(format!(
-            "{} of {} epochs",
-            protocol.epochs, spec.protocol.epochs
-        ));
+    if protocol.epochs < planned_epochs {
+        shortened_how.push(format!("{} of {planned_epochs} epochs", protocol.epochs));
     }
     if let Some(n) = protocol.train_subset {
         shortened_how.push(format!("first {n} training images"));
@@ -335,12 +417,12 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     if let Some(n) = protocol.test_subset {
         shortened_how.push(format!("first {n} test images"));
     }
-    let reference = paper.find(&variant.paper.net, &variant.paper.method);
+    let reference = paper.find(&variant.paper.net, &variant.paper.method, variant.paper.k);
     let summary = Summary {
         experiment: spec.name.clone(),
         variant: variant.name.clone(),
         net: spec.net.key().to_string(),
-        dataset: "mnist".to_string(),
+        dataset: spec.dataset.key().to_string(),
         epochs: last.epoch,
         shortened: !shortened_how.is_empty(),
         test_error_pct: last.test_error_pct,
@@ -364,12 +446,12 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         device: options.device_description.clone(),
         threads: provenance::threads(),
         seed: protocol.seed,
-        epochs_planned: spec.protocol.epochs,
+        epochs_planned: planned_epochs,
         epochs_completed: last.epoch,
         shortened: summary.shortened,
         shortened_how: shortened_how.join(", "),
-        train_examples: data.train.len(),
-        test_examples: data.test.len(),
+        train_examples: train_split.len(),
+        test_examples: test_split.len(),
         wall_time_s: wall,
         mean_epoch_s: wall / records.len() as f64,
         resumed_after_epoch,
@@ -385,12 +467,51 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         protocol.threshold
     );
     let metadata = [("harness", description)];
-    output::write_model(dir, &model.weight_layers(), &metadata)?;
+    output::write_model(dir, &model.weight_layers(), &model.norm_layers(), &metadata)?;
     output::write_provenance(dir, &provenance)?;
     // The summary is written last: its presence marks a finished run.
     output::write_summary(dir, &summary)?;
     checkpoint::remove(dir);
     Ok(())
+}
+
+/// `model` with the final weights (and batch norms) of the finished variant in `source_dir`,
+/// log σ² set to the protocol's initial value where `layer` has it.
+fn start_from<N: Network>(
+    model: N,
+    source_dir: &Path,
+    layer: LayerKind,
+    protocol: &spec::Protocol,
+) -> Result<N, RunError> {
+    let missing = |message: String| {
+        RunError::Output(output::OutputError::Read {
+            path: source_dir.join(output::MODEL_SAFETENSORS),
+            message,
+        })
+    };
+    if !source_dir.join(output::SUMMARY_CSV).is_file() {
+        return Err(missing(
+            "the variant this one starts from has not finished".into(),
+        ));
+    }
+    let layers: Vec<WeightLayerView> = output::read_model(source_dir)?
+        .into_iter()
+        .map(|view| WeightLayerView {
+            log_sigma2: (layer == LayerKind::SparseVd)
+                .then(|| vec![protocol.init.log_sigma2 as f32; view.theta.len()]),
+            log_alpha: None,
+            ..view
+        })
+        .collect();
+    let norms = output::read_norms(source_dir)?;
+    eprintln!(
+        "starting from the final weights in {}",
+        source_dir.display()
+    );
+    model
+        .with_weight_layers(&layers)
+        .and_then(|m| m.with_norm_layers(&norms))
+        .map_err(missing)
 }
 
 /// Rewrite the experiment's comparison table from the finished variants on disk.
@@ -409,7 +530,7 @@ fn write_comparison(
         rows.push((
             summary,
             paper
-                .find(&variant.paper.net, &variant.paper.method)
+                .find(&variant.paper.net, &variant.paper.method, variant.paper.k)
                 .cloned(),
         ));
     }

@@ -5,7 +5,7 @@ use crate::provenance::Provenance;
 use crate::reference::PaperResult;
 use crate::train::EpochRecord;
 use serde::{Deserialize, Serialize};
-use sparsevd::WeightLayerView;
+use sparsevd::{NormLayerView, WeightLayerView};
 use std::path::{Path, PathBuf};
 
 pub const EPOCHS_CSV: &str = "epochs.csv";
@@ -153,17 +153,33 @@ pub fn read_provenance(dir: &Path) -> Result<Provenance, OutputError> {
     })
 }
 
-/// `model.safetensors`: per layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only) and
-/// `<name>.bias`, float32, θ and log σ² shaped `[d_in, d_out]` for dense layers.
+/// `model.safetensors`: per weight layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only)
+/// and `<name>.bias`, float32, θ and log σ² shaped `[d_in, d_out]` for dense layers; per
+/// batch-norm layer `<name>.gamma`, `.beta`, `.running_mean`, `.running_var`.
 pub fn write_model(
     dir: &Path,
     layers: &[WeightLayerView],
+    norms: &[NormLayerView],
     metadata: &[(&str, String)],
 ) -> Result<(), OutputError> {
     let path = dir.join(MODEL_SAFETENSORS);
     let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    for n in norms {
+        for (part, values) in [
+            ("gamma", &n.gamma),
+            ("beta", &n.beta),
+            ("running_mean", &n.running_mean),
+            ("running_var", &n.running_var),
+        ] {
+            named.push((
+                format!("{}.{part}", n.name),
+                vec![values.len()],
+                bytes(values),
+            ));
+        }
+    }
     for l in layers {
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         named.push((
             format!("{}.theta", l.name),
             l.shape.clone(),
@@ -333,6 +349,72 @@ pub fn read_epochs(dir: &Path) -> Result<EpochTable, OutputError> {
 /// A tensor's shape and its values.
 type ShapedFloats = (Vec<usize>, Vec<f32>);
 
+/// The float32 tensor `name`, if the file has it.
+fn float_tensor(
+    tensors: &safetensors::SafeTensors<'_>,
+    name: &str,
+) -> Result<Option<ShapedFloats>, String> {
+    let Ok(view) = tensors.tensor(name) else {
+        return Ok(None);
+    };
+    if view.dtype() != safetensors::Dtype::F32 {
+        return Err(format!(
+            "{name}: expected float32, found {:?}",
+            view.dtype()
+        ));
+    }
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some((view.shape().to_vec(), values)))
+}
+
+/// The batch-norm layers of a `model.safetensors` written by [`write_model`] (none for a net
+/// without batch norm).
+pub fn read_norms(dir: &Path) -> Result<Vec<NormLayerView>, OutputError> {
+    let path = dir.join(MODEL_SAFETENSORS);
+    let read_err = |m: String| OutputError::Read {
+        path: path.clone(),
+        message: m,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| read_err(e.to_string()))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
+    let mut names: Vec<String> = tensors
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".running_mean").map(String::from))
+        .collect();
+    names.sort_by_key(|n| {
+        (
+            n.contains("dense"),
+            n.trim_start_matches(|c: char| !c.is_ascii_digit())
+                .parse::<u32>()
+                .unwrap_or(0),
+        )
+    });
+    names
+        .into_iter()
+        .map(|name| {
+            let part = |p: &str| -> Result<Vec<f32>, OutputError> {
+                float_tensor(&tensors, &format!("{name}.{p}"))
+                    .map_err(&read_err)?
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| read_err(format!("{name}.{p} missing")))
+            };
+            Ok(NormLayerView {
+                gamma: part("gamma")?,
+                beta: part("beta")?,
+                running_mean: part("running_mean")?,
+                running_var: part("running_var")?,
+                name,
+            })
+        })
+        .collect()
+}
+
 /// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
 /// output (convolutions before dense layers, then by number). log α is recomputed on the host
 /// with the formula of the forward pass.
@@ -345,23 +427,7 @@ pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
     let bytes = std::fs::read(&path).map_err(|e| read_err(e.to_string()))?;
     let tensors =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
-    let floats = |name: &str| -> Result<Option<ShapedFloats>, OutputError> {
-        let Ok(view) = tensors.tensor(name) else {
-            return Ok(None);
-        };
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(read_err(format!(
-                "{name}: expected float32, found {:?}",
-                view.dtype()
-            )));
-        }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Ok(Some((view.shape().to_vec(), values)))
-    };
+    let floats = |name: &str| float_tensor(&tensors, name).map_err(read_err);
     let mut names: Vec<String> = tensors
         .names()
         .iter()

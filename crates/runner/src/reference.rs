@@ -33,10 +33,11 @@ impl PaperReference {
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The row for `net` and `method` on the net's usual data set.
-    pub fn find(&self, net: &str, method: &str) -> Option<&PaperResult> {
-        self.results
-            .iter()
-            .find(|r| r.net == net && r.method == method && !r.dataset.contains("random"))
+    /// The row for `net` and `method` on the net's usual data set (for VGG-like, at width
+    /// `k`).
+    pub fn find(&self, net: &str, method: &str, k: Option<f64>) -> Option<&PaperResult> {
+        self.results.iter().find(|r| {
+            r.net == net && r.method == method && r.k == k && !r.dataset.contains("random")
+        })
     }
 }

@@ -10,16 +10,41 @@ pub struct Experiment {
     /// Short name; results go to `results/<name>/<variant>/`.
     pub name: String,
     pub dataset: Dataset,
+    /// CIFAR-10 only; ZCA with regulariser 1e-5 (the paper's) when absent.
+    pub preprocessing: Option<Preprocessing>,
     pub net: Net,
     pub protocol: Protocol,
     #[serde(rename = "variant")]
     pub variants: Vec<Variant>,
+    /// Each variant's protocol: `protocol` with the variant's own `protocol` table merged over
+    /// it (filled in by [`Experiment::parse`]).
+    #[serde(skip)]
+    pub variant_protocols: Vec<Protocol>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum Preprocessing {
+    /// ZCA whitening fitted on the training set.
+    Zca { regulariser: f64 },
+    /// Per-channel standardisation with the training set's mean and standard deviation.
+    PerChannel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dataset {
     Mnist,
+    Cifar10,
+}
+
+impl Dataset {
+    pub fn key(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::Cifar10 => "cifar10",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -29,6 +54,8 @@ pub enum Net {
     Lenet300,
     /// LeNet-5-Caffe: conv 20@5×5, maxpool, conv 50@5×5, maxpool, dense 800 → 500 → 10.
     Lenet5,
+    /// VGG-like with batch norm for CIFAR-10; each variant names its width multiplier k.
+    Vgglike,
 }
 
 impl Net {
@@ -36,6 +63,7 @@ impl Net {
         match self {
             Net::Lenet300 => "lenet300",
             Net::Lenet5 => "lenet5",
+            Net::Vgglike => "vgglike",
         }
     }
 }
@@ -59,6 +87,9 @@ pub struct Protocol {
     pub train_subset: Option<usize>,
     /// Evaluate on the first N test images only (a shortened run, labelled as such).
     pub test_subset: Option<usize>,
+    /// λ of an L2 penalty λ·Σθ² added to the mean cross-entropy (0 = none).
+    #[serde(default)]
+    pub l2: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,9 +123,10 @@ pub struct KlWarmup {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Init {
-    /// θ ~ N(0, theta_std²) for dense layers (convolutions start Glorot-uniform).
+    /// θ ~ N(0, theta_std²) for the LeNets' dense layers (convolutions start Glorot-uniform,
+    /// VGG-like's dense layers Glorot-normal).
     pub theta_std: f64,
-    /// Initial log σ² of every Sparse VD weight.
+    /// Initial log σ² of every Sparse VD weight, also when a variant starts from another's.
     pub log_sigma2: f64,
 }
 
@@ -108,6 +140,14 @@ pub struct Variant {
     pub paper: PaperKey,
     /// Regression tolerance against the paper's row (checked by the tests under `tests/`).
     pub tolerance: Option<Tolerance>,
+    /// Width multiplier k (VGG-like only, where it is required).
+    pub width: Option<f64>,
+    /// Start from this variant's final weights (its batch norms too) instead of a fresh
+    /// initialisation; log σ² starts at `protocol.init.log_sigma2`.
+    pub start_from: Option<String>,
+    /// Protocol keys that differ for this variant, e.g. `protocol = { l2 = 1e-5 }`.
+    #[serde(rename = "protocol")]
+    pub protocol_changes: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +157,8 @@ pub enum LayerKind {
     Plain,
     /// Sparse VD layers, additive (θ, log σ²) parameterization.
     SparseVd,
+    /// Deterministic layers with binary dropout (VGG-like's pretraining net).
+    BinaryDropout,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +166,8 @@ pub enum LayerKind {
 pub struct PaperKey {
     pub net: String,
     pub method: String,
+    /// VGG-like's width multiplier, for the paper's VGG-like rows.
+    pub k: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -197,81 +241,97 @@ impl LoadedExperiment {
 impl Experiment {
     /// Parse TOML; the message carries line, column and what was expected.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let message = |e: toml::de::Error| e.to_string().trim_end().to_string();
+        let mut spec: Self = toml::from_str(text).map_err(message)?;
+        let raw: toml::Table = toml::from_str(text).map_err(message)?;
+        let base = raw.get("protocol").cloned();
+        spec.variant_protocols = spec
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match (&v.protocol_changes, &base) {
+                (Some(changes), Some(toml::Value::Table(base))) => {
+                    let mut merged = base.clone();
+                    merge(&mut merged, changes);
+                    Protocol::deserialize(toml::Value::Table(merged))
+                        .map_err(|e| format!("variant[{i}].protocol: {e}"))
+                }
+                _ => Ok(spec.protocol.clone()),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(spec)
+    }
+
+    /// The protocol of variant `index` (see [`Experiment::variant_protocols`]).
+    pub fn protocol_of(&self, index: usize) -> &Protocol {
+        &self.variant_protocols[index]
+    }
+
+    /// The index of the variant called `name`.
+    pub fn variant_index(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|v| v.name == name)
+    }
+
+    /// Whether following `start_from` from variant `from` reaches variant `target`.
+    fn starts_from_itself(&self, from: usize, target: usize) -> bool {
+        let mut at = from;
+        for _ in 0..=self.variants.len() {
+            if at == target {
+                return true;
+            }
+            match self.variants[at]
+                .start_from
+                .as_deref()
+                .and_then(|s| self.variant_index(s))
+            {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Variant indices in an order where every variant comes after the one it starts from.
+    pub fn stage_order(&self) -> Vec<usize> {
+        let mut order = Vec::new();
+        fn visit(spec: &Experiment, i: usize, order: &mut Vec<usize>) {
+            if order.contains(&i) {
+                return;
+            }
+            let source = spec.variants[i].start_from.as_deref();
+            if let Some(j) = source.and_then(|s| spec.variant_index(s)) {
+                visit(spec, j, order);
+            }
+            order.push(i);
+        }
+        for i in 0..self.variants.len() {
+            visit(self, i, &mut order);
+        }
+        order
     }
 
     /// Range checks serde cannot express: (field, what was expected).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let p = &self.protocol;
         let fail = |field: &str, msg: String| Err((field.to_string(), msg));
-        if p.epochs == 0 {
-            return fail("protocol.epochs", "expected at least 1".into());
-        }
-        if p.batch_size == 0 {
-            return fail("protocol.batch_size", "expected at least 1".into());
-        }
-        let clip = sparsevd::LOG_ALPHA_CLIP;
-        if !(p.threshold > -clip && p.threshold < clip) {
-            return fail(
-                "protocol.threshold",
-                format!(
-                    "expected a log α inside the clip range (−{clip}, {clip}), got {}",
-                    p.threshold
-                ),
-            );
-        }
-        let Optimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            epsilon,
-        } = p.optimizer;
-        if !is_positive(lr) {
-            return fail(
-                "protocol.optimizer.lr",
-                format!("expected a positive number, got {lr}"),
-            );
-        }
-        for (field, b) in [("beta1", beta1), ("beta2", beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return fail(
-                    &format!("protocol.optimizer.{field}"),
-                    format!("expected a value in [0, 1), got {b}"),
-                );
+        validate_protocol(&self.protocol, "protocol")?;
+        for (i, v) in self.variants.iter().enumerate() {
+            if v.protocol_changes.is_some() {
+                validate_protocol(self.protocol_of(i), &format!("variant[{i}].protocol"))?;
             }
         }
-        if !is_positive(epsilon) {
+        if self.preprocessing.is_some() && self.dataset != Dataset::Cifar10 {
             return fail(
-                "protocol.optimizer.epsilon",
-                format!("expected a positive number, got {epsilon}"),
+                "preprocessing",
+                "expected no preprocessing table: it applies to cifar10 only".into(),
             );
         }
-        let LrSchedule::ConstantThenLinear { decay_start_epoch } = p.lr_schedule;
-        if decay_start_epoch > p.epochs {
+        if let Some(Preprocessing::Zca { regulariser }) = self.preprocessing
+            && !is_positive(regulariser)
+        {
             return fail(
-                "protocol.lr_schedule.decay_start_epoch",
-                format!(
-                    "expected at most epochs = {}, got {decay_start_epoch}",
-                    p.epochs
-                ),
+                "preprocessing.regulariser",
+                format!("expected a positive number, got {regulariser}"),
             );
-        }
-        if !is_positive(p.init.theta_std) {
-            return fail(
-                "protocol.init.theta_std",
-                format!("expected a positive number, got {}", p.init.theta_std),
-            );
-        }
-        for (field, n) in [
-            ("train_subset", p.train_subset),
-            ("test_subset", p.test_subset),
-        ] {
-            if n == Some(0) {
-                return fail(
-                    &format!("protocol.{field}"),
-                    "expected at least 1 example".into(),
-                );
-            }
         }
         if self.variants.is_empty() {
             return fail("variant", "expected at least one [[variant]]".into());
@@ -289,8 +349,160 @@ impl Experiment {
                     format!("duplicate variant name {:?}", v.name),
                 );
             }
+            match (self.net, v.width) {
+                (Net::Vgglike, None) => {
+                    return fail(
+                        &format!("variant[{i}]"),
+                        "expected a width (VGG-like's multiplier k), e.g. width = 0.25".into(),
+                    );
+                }
+                (Net::Vgglike, Some(k)) if !(k > 0.0 && k <= 4.0) => {
+                    return fail(
+                        &format!("variant[{i}].width"),
+                        format!("expected a multiplier in (0, 4], got {k}"),
+                    );
+                }
+                (Net::Lenet300 | Net::Lenet5, Some(_)) => {
+                    return fail(
+                        &format!("variant[{i}].width"),
+                        format!("expected no width: {} has fixed widths", self.net.key()),
+                    );
+                }
+                _ => {}
+            }
+            if v.layer == LayerKind::BinaryDropout && self.net != Net::Vgglike {
+                return fail(
+                    &format!("variant[{i}].layer"),
+                    "binary_dropout is defined for vgglike only (its pretraining net)".into(),
+                );
+            }
+            if let Some(source) = &v.start_from {
+                let Some(j) = self.variant_index(source) else {
+                    return fail(
+                        &format!("variant[{i}].start_from"),
+                        format!("expected the name of another variant, got {source:?}"),
+                    );
+                };
+                if self.starts_from_itself(j, i) {
+                    return fail(
+                        &format!("variant[{i}].start_from"),
+                        format!("{source:?} starts, directly or not, from {:?}", v.name),
+                    );
+                }
+                if self.variants[j].width != v.width {
+                    return fail(
+                        &format!("variant[{i}].start_from"),
+                        format!("{source:?} has another width: the weights would not fit"),
+                    );
+                }
+            }
+        }
+        if self.dataset == Dataset::Cifar10 && self.net != Net::Vgglike
+            || self.dataset == Dataset::Mnist && self.net == Net::Vgglike
+        {
+            return fail(
+                "net",
+                format!("{} is not a net for {}", self.net.key(), self.dataset.key()),
+            );
         }
         Ok(())
+    }
+}
+
+/// Checks of one protocol; `prefix` is where it stands in the file (`protocol` or
+/// `variant[i].protocol`).
+fn validate_protocol(p: &Protocol, prefix: &str) -> Result<(), (String, String)> {
+    let fail = |field: &str, msg: String| Err((field.to_string(), msg));
+    if p.epochs == 0 {
+        return fail(&format!("{prefix}.epochs"), "expected at least 1".into());
+    }
+    if p.batch_size == 0 {
+        return fail(
+            &format!("{prefix}.batch_size"),
+            "expected at least 1".into(),
+        );
+    }
+    let clip = sparsevd::LOG_ALPHA_CLIP;
+    if !(p.threshold > -clip && p.threshold < clip) {
+        return fail(
+            &format!("{prefix}.threshold"),
+            format!(
+                "expected a log α inside the clip range (−{clip}, {clip}), got {}",
+                p.threshold
+            ),
+        );
+    }
+    let Optimizer::Adam {
+        lr,
+        beta1,
+        beta2,
+        epsilon,
+    } = p.optimizer;
+    if !is_positive(lr) {
+        return fail(
+            &format!("{prefix}.optimizer.lr"),
+            format!("expected a positive number, got {lr}"),
+        );
+    }
+    for (field, b) in [("beta1", beta1), ("beta2", beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            return fail(
+                &format!("{prefix}.optimizer.{field}"),
+                format!("expected a value in [0, 1), got {b}"),
+            );
+        }
+    }
+    if !is_positive(epsilon) {
+        return fail(
+            &format!("{prefix}.optimizer.epsilon"),
+            format!("expected a positive number, got {epsilon}"),
+        );
+    }
+    let LrSchedule::ConstantThenLinear { decay_start_epoch } = p.lr_schedule;
+    if decay_start_epoch > p.epochs {
+        return fail(
+            &format!("{prefix}.lr_schedule.decay_start_epoch"),
+            format!(
+                "expected at most epochs = {}, got {decay_start_epoch}",
+                p.epochs
+            ),
+        );
+    }
+    if !is_positive(p.init.theta_std) {
+        return fail(
+            &format!("{prefix}.init.theta_std"),
+            format!("expected a positive number, got {}", p.init.theta_std),
+        );
+    }
+    for (field, n) in [
+        ("train_subset", p.train_subset),
+        ("test_subset", p.test_subset),
+    ] {
+        if n == Some(0) {
+            return fail(
+                &format!("{prefix}.{field}"),
+                "expected at least 1 example".into(),
+            );
+        }
+    }
+    if !(p.l2.is_finite() && p.l2 >= 0.0) {
+        return fail(
+            &format!("{prefix}.l2"),
+            format!("expected a number ≥ 0, got {}", p.l2),
+        );
+    }
+    Ok(())
+}
+
+/// `changes` written over `base`, tables merged key by key.
+fn merge(base: &mut toml::Table, changes: &toml::Table) {
+    for (key, value) in changes {
+        match (base.get_mut(key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(change)) => merge(inner, change),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
     }
 }
 
@@ -478,5 +690,79 @@ paper = { net = "lenet300", method = "sparse_vd" }
                 && message.contains("line 22"),
             "{message}"
         );
+    }
+
+    /// A two-stage VGG-like file: `bd` then `svd` from it, with a protocol change.
+    fn stages(extra: &str) -> String {
+        GOOD.replace("dataset = \"mnist\"", "dataset = \"cifar10\"")
+            .replace("net = \"lenet300\"", "net = \"vgglike\"")
+            .replace(
+                "[[variant]]\nname = \"a\"\nlayer = \"sparse_vd\"",
+                "[[variant]]\nname = \"svd\"\nlayer = \"sparse_vd\"\nwidth = 0.25\nstart_from = \"bd\"\nprotocol = { optimizer = { lr = 1e-5 } }",
+            )
+            + "\n[[variant]]\nname = \"bd\"\nlayer = \"binary_dropout\"\nwidth = 0.25\npaper = { net = \"vgglike\", method = \"dense\", k = 0.25 }\n"
+            + extra
+    }
+
+    fn load_text(text: &str) -> Result<LoadedExperiment, String> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("spec-stage-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let result = LoadedExperiment::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        result.map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn stages_run_after_their_source_with_their_own_protocol() {
+        let exp = load_text(&stages("")).unwrap();
+        let spec = &exp.spec;
+        assert_eq!(spec.stage_order(), vec![1, 0]);
+        let Optimizer::Adam { lr, beta1, .. } = spec.protocol_of(0).optimizer;
+        assert_eq!((lr, beta1), (1e-5, 0.9));
+        let Optimizer::Adam { lr, .. } = spec.protocol_of(1).optimizer;
+        assert_eq!(lr, 1e-3);
+    }
+
+    #[test]
+    fn bad_stages_are_errors() {
+        let text = stages("");
+        let cases = [
+            (
+                text.replace("lr = 1e-5", "lr = -1.0"),
+                vec!["variant[0].protocol.optimizer.lr", "positive"],
+            ),
+            (
+                text.replace("lr = 1e-5", "rate = 1e-5"),
+                vec!["variant[0].protocol", "unknown field `rate`"],
+            ),
+            (
+                text.replace("start_from = \"bd\"", "start_from = \"nope\""),
+                vec!["variant[0].start_from", "another variant", "line 20"],
+            ),
+            (
+                text.replacen("width = 0.25\n", "", 1),
+                vec!["variant[0]", "expected a width"],
+            ),
+            (
+                text.replace("width = 0.25\nstart_from", "width = 0.5\nstart_from"),
+                vec!["variant[0].start_from", "another width"],
+            ),
+            (
+                stages("start_from = \"svd\"\n"),
+                vec!["start_from", "starts, directly or not"],
+            ),
+            (
+                text.replace("net = \"vgglike\"", "net = \"lenet5\""),
+                vec!["variant[0].width", "fixed widths"],
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = load_text(&text).unwrap_err();
+            for part in expected {
+                assert!(message.contains(part), "expected {part:?} in: {message}");
+            }
+        }
     }
 }

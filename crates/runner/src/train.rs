@@ -154,8 +154,10 @@ pub struct StepSettings {
     pub lr: f64,
     /// Zero weights with log α ≥ this in the mean path ("train clip").
     pub mask_threshold: Option<f64>,
-    /// Seed of the step's LRT noise.
+    /// Seed of the step's noise (LRT, dropout).
     pub noise_seed: u64,
+    /// λ of the L2 penalty λ·Σθ² added to the mean cross-entropy.
+    pub l2: f64,
 }
 
 /// Mean cross-entropy and Σ KL of a step, read before the update.
@@ -165,7 +167,7 @@ pub struct StepLosses {
     pub kl: f64,
 }
 
-/// One Adam step on N·mean CE + β·Σ KL for `batch`.
+/// One Adam step on N·(mean CE + λ·Σθ²) + β·Σ KL for `batch` (λ = 0 leaves out the penalty).
 pub fn train_step<N: Network>(
     model: N,
     optimizer: &mut ModuleOptimizer,
@@ -187,6 +189,9 @@ pub fn train_step<N: Network>(
     let mut loss = ce.clone() * s.train_size as f64;
     if let Some(kl) = out.kl.clone() {
         loss = loss + kl * s.beta;
+    }
+    if s.l2 > 0.0 {
+        loss = loss + model.theta_squared() * (s.l2 * s.train_size as f64);
     }
     let losses = StepLosses {
         ce: ce.into_scalar::<f32>() as f64,
@@ -240,6 +245,7 @@ pub fn train<N: Network>(
                 lr,
                 mask_threshold,
                 noise_seed: derive_seed(p.seed, STREAM_NOISE, global_step),
+                l2: p.l2,
             };
             let (next, losses) = train_step(model, &mut optimizer, batch, &settings);
             model = next;

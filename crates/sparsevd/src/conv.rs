@@ -57,6 +57,10 @@ impl Conv2d {
     pub fn view(&self, name: &str) -> WeightLayerView {
         self.weights.view(name)
     }
+
+    pub fn theta_squared(&self) -> Tensor<1> {
+        self.weights.theta_squared()
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,13 @@ impl Network for LeNet5 {
         ]
     }
 
+    fn theta_squared(&self) -> Tensor<1> {
+        self.conv1.theta_squared()
+            + self.conv2.theta_squared()
+            + self.dense1.theta_squared()
+            + self.dense2.theta_squared()
+    }
+
     fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String> {
         let conv = |c: Conv2d, name| -> Result<Conv2d, String> {
             Ok(Conv2d {

@@ -9,6 +9,7 @@ pub mod mlp;
 pub mod mode;
 pub mod noise;
 pub mod sparse_inference;
+pub mod vgglike;
 pub mod weights;
 
 pub use conv::{Conv2d, Conv2dConfig};
@@ -19,5 +20,6 @@ pub use kl::{
 };
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
-pub use mode::{ForwardMode, NetOutput, Network, WeightLayerView};
+pub use mode::{ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
 pub use sparse_inference::{CsrDense, SparseMlp};
+pub use vgglike::{VggLike, VggLikeConfig};

@@ -63,6 +63,14 @@ impl Network for Mlp {
             .collect()
     }
 
+    fn theta_squared(&self) -> Tensor<1> {
+        self.layers
+            .iter()
+            .map(Dense::theta_squared)
+            .reduce(|a, b| a + b)
+            .expect("an MLP has at least one layer")
+    }
+
     fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String> {
         let layers = self
             .layers

@@ -83,6 +83,17 @@ impl WeightLayerView {
     }
 }
 
+/// A batch-norm layer copied to the host, for saving and restoring. Not a weight layer: it is
+/// not counted in compression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormLayerView {
+    pub name: String,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+}
+
 /// A classifier the runner can train and evaluate. Input is a batch of flattened images.
 pub trait Network: Module + Clone {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
@@ -90,6 +101,19 @@ pub trait Network: Module + Clone {
     fn weight_layers(&self) -> Vec<WeightLayerView>;
     /// This network with its weights replaced by `layers` (as read from a saved model).
     fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String>;
+    /// Σ θ² over every weight layer (the L2 penalty of binary-dropout training).
+    fn theta_squared(&self) -> Tensor<1>;
+    /// The batch-norm layers, input to output (none for the LeNets).
+    fn norm_layers(&self) -> Vec<NormLayerView> {
+        Vec::new()
+    }
+    /// This network with its batch-norm layers replaced by `layers`.
+    fn with_norm_layers(self, layers: &[NormLayerView]) -> Result<Self, String> {
+        match layers {
+            [] => Ok(self),
+            [first, ..] => Err(format!("{}: this network has no batch norm", first.name)),
+        }
+    }
 }
 
 /// The view named `name` among `layers`, or an error naming it.

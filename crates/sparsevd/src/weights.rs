@@ -84,6 +84,11 @@ impl<const D: usize> VariationalWeights<D> {
         }
     }
 
+    /// Σ θ² (for an L2 penalty).
+    pub fn theta_squared(&self) -> Tensor<1> {
+        self.theta.val().square().sum()
+    }
+
     /// These weights with θ, log σ² and bias replaced by `view`'s (a saved model), keeping the
     /// structure; an error says what does not match.
     pub fn with_values(self, view: &WeightLayerView) -> Result<Self, String> {
