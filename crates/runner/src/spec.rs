@@ -253,8 +253,13 @@ impl Experiment {
                 (Some(changes), Some(toml::Value::Table(base))) => {
                     let mut merged = base.clone();
                     merge(&mut merged, changes);
-                    Protocol::deserialize(toml::Value::Table(merged))
-                        .map_err(|e| format!("variant[{i}].protocol: {e}"))
+                    Protocol::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                        let field = format!("variant[{i}].protocol");
+                        let at = locate(text, &field)
+                            .map(|(line, column)| format!("line {line}, column {column}: "))
+                            .unwrap_or_default();
+                        format!("{at}{field}: {}", e.to_string().trim_end())
+                    })
                 }
                 _ => Ok(spec.protocol.clone()),
             })
@@ -735,7 +740,7 @@ paper = { net = "lenet300", method = "sparse_vd" }
             ),
             (
                 text.replace("lr = 1e-5", "rate = 1e-5"),
-                vec!["variant[0].protocol", "unknown field `rate`"],
+                vec!["line 21", "variant[0].protocol", "unknown field `rate`"],
             ),
             (
                 text.replace("start_from = \"bd\"", "start_from = \"nope\""),
