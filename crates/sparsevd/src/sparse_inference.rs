@@ -1,18 +1,22 @@
 //! Inference with the removed weights actually gone: each dense layer's kept weights stored in
-//! compressed sparse rows (CSR) over its inputs, so that a forward pass touches only the kept
-//! weights and skips inputs that are zero (after ReLU, most are). Pure host code, no tensors.
+//! compressed sparse rows (CSR) of Wᵀ, one row per output unit (the `[d_out, d_in]` layout), so
+//! that a forward pass touches only the kept weights. Pure host code, no tensors.
 
 use crate::mode::WeightLayerView;
 use rayon::prelude::*;
 
-/// y = x·W + b for W of shape `[d_in, d_out]` with only the kept entries stored: row `i` (one
-/// input) holds `cols[row_start[i]..row_start[i + 1]]` and the matching `values`.
+/// y = x·W + b for W of shape `[d_in, d_out]` with only the kept entries stored: output unit
+/// `j` sums `values[k]·x[inputs[k]]` over `k` in `row_start[j]..row_start[j + 1]`.
+///
+/// Rows over outputs rather than inputs: at batch 1 each output accumulates in a register
+/// instead of being loaded and stored once per weight, and at larger batches each output row
+/// stays in cache while its inputs stream past.
 #[derive(Debug, Clone)]
 pub struct CsrDense {
     pub d_in: usize,
     pub d_out: usize,
     pub row_start: Vec<u32>,
-    pub cols: Vec<u32>,
+    pub inputs: Vec<u32>,
     pub values: Vec<f32>,
     pub bias: Vec<f32>,
 }
@@ -27,24 +31,24 @@ impl CsrDense {
             ));
         };
         let kept = view.kept(threshold);
-        let mut row_start = Vec::with_capacity(d_in + 1);
-        let (mut cols, mut values) = (Vec::new(), Vec::new());
+        let mut row_start = Vec::with_capacity(d_out + 1);
+        let (mut inputs, mut values) = (Vec::new(), Vec::new());
         row_start.push(0);
-        for i in 0..d_in {
-            for j in 0..d_out {
+        for j in 0..d_out {
+            for i in 0..d_in {
                 let k = i * d_out + j;
                 if kept[k] && view.theta[k] != 0.0 {
-                    cols.push(j as u32);
+                    inputs.push(i as u32);
                     values.push(view.theta[k]);
                 }
             }
-            row_start.push(cols.len() as u32);
+            row_start.push(inputs.len() as u32);
         }
         Ok(Self {
             d_in,
             d_out,
             row_start,
-            cols,
+            inputs,
             values,
             bias: view.bias.clone(),
         })
@@ -54,40 +58,54 @@ impl CsrDense {
         self.values.len()
     }
 
-    /// Bytes of the stored layer (values, column indices, row starts, bias).
+    /// Bytes of the stored layer (values, input indices, row starts, bias).
     pub fn bytes(&self) -> usize {
-        4 * (self.values.len() + self.cols.len() + self.row_start.len() + self.bias.len())
+        4 * (self.values.len() + self.inputs.len() + self.row_start.len() + self.bias.len())
     }
 
-    /// `out = x·W + b` for a batch stored input-major: `x[i * batch + b]` is input `i` of
-    /// example `b`, and likewise `out[j * batch + b]`. Each kept weight costs one pass over the
-    /// batch (a vectorised multiply-add); inputs that are zero for the whole batch are skipped.
-    fn forward_batch(&self, x: &[f32], batch: usize, out: &mut [f32]) {
-        for (j, &b) in self.bias.iter().enumerate() {
-            out[j * batch..(j + 1) * batch].fill(b);
-        }
-        for i in 0..self.d_in {
-            let (start, end) = (self.row_start[i] as usize, self.row_start[i + 1] as usize);
-            let xi = &x[i * batch..(i + 1) * batch];
-            if start == end || xi.iter().all(|&v| v == 0.0) {
-                continue;
-            }
-            let entries = self.cols[start..end].iter().zip(&self.values[start..end]);
-            if let [x] = xi {
-                // One example: a scalar update, without the per-weight slice of the batch loop.
-                for (&c, &v) in entries {
-                    out[c as usize] += x * v;
+    /// `out = x·W + b` for a batch of `batch` examples, written input-major:
+    /// `out[j * batch + b]` is output `j` of example `b`.
+    fn forward_batch(&self, x: Batch<'_>, batch: usize, out: &mut [f32]) {
+        // One example is in both layouts; the register path is the faster one for it.
+        let x = match x {
+            Batch::InputMajor(x) if batch == 1 => Batch::ExampleMajor(x),
+            x => x,
+        };
+        for (j, row) in out.chunks_exact_mut(batch).enumerate() {
+            let (start, end) = (self.row_start[j] as usize, self.row_start[j + 1] as usize);
+            let entries = || self.inputs[start..end].iter().zip(&self.values[start..end]);
+            match x {
+                Batch::ExampleMajor(x) => {
+                    // Each output of each example is a short dot product kept in a register.
+                    for (y, example) in row.iter_mut().zip(x.chunks_exact(self.d_in)) {
+                        *y = self.bias[j]
+                            + entries()
+                                .map(|(&i, &v)| example[i as usize] * v)
+                                .sum::<f32>();
+                    }
                 }
-                continue;
-            }
-            for (&c, &v) in entries {
-                let row = &mut out[c as usize * batch..(c as usize + 1) * batch];
-                for (o, &xv) in row.iter_mut().zip(xi) {
-                    *o += xv * v;
+                Batch::InputMajor(x) => {
+                    // Each kept weight is one vectorised multiply-add over the batch.
+                    row.fill(self.bias[j]);
+                    for (&i, &v) in entries() {
+                        let xi = &x[i as usize * batch..(i as usize + 1) * batch];
+                        for (o, &xv) in row.iter_mut().zip(xi) {
+                            *o += xv * v;
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// A batch of layer inputs in one of two layouts.
+#[derive(Debug, Clone, Copy)]
+enum Batch<'a> {
+    /// `x[b * d_in + i]`: the images as they come (input `i` of example `b`).
+    ExampleMajor(&'a [f32]),
+    /// `x[i * batch + b]`: what a layer writes for the next one.
+    InputMajor(&'a [f32]),
 }
 
 /// A fully connected network of [`CsrDense`] layers with ReLU between them.
@@ -141,21 +159,22 @@ impl SparseMlp {
             .max()
             .unwrap_or(0)
             .max(d_in);
-        // Two input-major buffers that take turns as a layer's input and output.
+        // Two input-major buffers that take turns as a layer's output and the next one's input.
         let (mut a, mut b) = (vec![0f32; widest * batch], vec![0f32; widest * batch]);
         let last = self.layers.len() - 1;
         let mut predictions = Vec::new();
         for chunk in chunks {
             let m = chunk.len() / d_in;
-            for (e, image) in chunk.chunks_exact(d_in).enumerate() {
-                for (i, &v) in image.iter().enumerate() {
-                    a[i * m + e] = v;
-                }
-            }
             let mut width = d_in;
             for (l, layer) in self.layers.iter().enumerate() {
                 let out = &mut b[..layer.d_out * m];
-                layer.forward_batch(&a[..width * m], m, out);
+                // The images are read where they are: transposing them cost more than the first
+                // layer's few kept weights.
+                let input = match l {
+                    0 => Batch::ExampleMajor(chunk),
+                    _ => Batch::InputMajor(&a[..width * m]),
+                };
+                layer.forward_batch(input, m, out);
                 if l != last {
                     out.iter_mut().for_each(|v| *v = v.max(0.0));
                 }
@@ -210,12 +229,18 @@ mod tests {
         );
         let layer = CsrDense::from_view(&v, 3.0).unwrap();
         assert_eq!(layer.nonzeros(), 4);
-        assert_eq!(layer.row_start, vec![0, 1, 3, 4]);
-        // Two examples, input-major: x₁ = (1, 0, 2), x₂ = (0, 1, 0).
-        let mut out = [0.0; 4];
-        layer.forward_batch(&[1.0, 0.0, 0.0, 1.0, 2.0, 0.0], 2, &mut out);
+        assert_eq!(layer.row_start, vec![0, 2, 4]);
+        assert_eq!(layer.inputs, vec![0, 1, 1, 2]);
+        // Two examples x₁ = (1, 0, 2), x₂ = (0, 1, 0), in both layouts.
         // x₁: column 1 = 1·1 + 2·0 + 0.5, column 2 = 2·6 − 0.5; x₂: 3 + 0.5 and 4 − 0.5.
-        assert_eq!(out, [1.5, 3.5, 11.5, 3.5]);
+        let want = [1.5, 3.5, 11.5, 3.5];
+        let mut out = [0.0; 4];
+        let input_major = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0];
+        layer.forward_batch(Batch::InputMajor(&input_major), 2, &mut out);
+        assert_eq!(out, want);
+        let example_major = [1.0, 0.0, 2.0, 0.0, 1.0, 0.0];
+        layer.forward_batch(Batch::ExampleMajor(&example_major), 2, &mut out);
+        assert_eq!(out, want);
     }
 
     #[test]
