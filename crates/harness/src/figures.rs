@@ -225,3 +225,82 @@ pub fn first_layer_masks(
     }
     Ok(written)
 }
+
+/// The paper's VGG-like figure: test error of the binary-dropout (dense) net and of Sparse VD,
+/// and Sparse VD's compression, against the width multiplier k; ours from the finished variants
+/// beside the paper's values (read off its figure). Nothing for other nets.
+pub fn width_sweep(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+    figures_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    if exp.spec.net != runner::spec::Net::Vgglike {
+        return Ok(Vec::new());
+    }
+    let paper = runner::paper_reference_for(&exp.path)?;
+    let (mut error, mut compression) = (Vec::new(), Vec::new());
+    let mut shortened = false;
+    let mut ours_finished = false;
+    for (method, name) in [("dense", "binary dropout"), ("sparse_vd", "Sparse VD")] {
+        // (k, error %, compression) per width, ours and the paper's.
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for variant in exp
+            .spec
+            .variants
+            .iter()
+            .filter(|v| v.paper.method == method)
+        {
+            let k = variant.width.unwrap_or_default();
+            if let Some(r) = paper.find("vgglike", method, Some(k)) {
+                theirs.push((k, r.error_pct, r.compression.unwrap_or(1.0)));
+            }
+            let dir = results_dir.join(&exp.spec.name).join(&variant.name);
+            if let Ok(summary) = output::read_summary(&dir) {
+                shortened |= summary.shortened;
+                ours.push((k, summary.test_error_pct, summary.compression));
+            }
+        }
+        ours_finished |= !ours.is_empty();
+        for (who, points) in [("ours", &ours), ("paper", &theirs)] {
+            let series = |y: fn(&(f64, f64, f64)) -> f64| Series {
+                label: format!("{name} ({who})"),
+                points: points.iter().map(|p| (p.0, y(p))).collect(),
+            };
+            if !points.is_empty() {
+                error.push(series(|p| p.1));
+                if method == "sparse_vd" {
+                    compression.push(series(|p| p.2));
+                }
+            }
+        }
+    }
+    let status = match (ours_finished, shortened) {
+        (false, _) => " (paper only: no run of ours yet)",
+        (true, true) => " (ours include shortened runs)",
+        (true, false) => "",
+    };
+    let figure = LineFigure {
+        title: format!(
+            "{}: error and compression vs width k{status}",
+            exp.spec.name
+        ),
+        x_label: "width multiplier k".into(),
+        panels: vec![
+            Panel {
+                y_label: "test error (%)".into(),
+                log_y: false,
+                series: error,
+                legend: Corner::UpperRight,
+            },
+            Panel {
+                y_label: "compression |W| / |W≠0| (×)".into(),
+                log_y: true,
+                series: compression,
+                legend: Corner::LowerRight,
+            },
+        ],
+    };
+    let stem = figures_dir.join(format!("{}_width_sweep", exp.spec.name));
+    plotting::render(&figure, &stem)?;
+    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+}

@@ -192,6 +192,7 @@ fn draw_figures(
     let written = [
         figures::training_curves(exp, results_dir, figures_dir)?,
         figures::first_layer_masks(exp, results_dir, figures_dir)?,
+        figures::width_sweep(exp, results_dir, figures_dir)?,
     ];
     print_written(written.iter().flatten());
     Ok(())

@@ -173,6 +173,11 @@ fn draw_panel<DB: DrawingBackend>(
         .build_cartesian_2d(x_min..x_max, (y_min - pad)..(y_max + pad))?;
     // Enough decimals to tell neighbouring ticks apart.
     let decimals = (2.0 - (y_max - y_min).max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize;
+    let x_decimals = if integer_x {
+        0
+    } else {
+        (1.0 - (x_max - x_min).max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize
+    };
     let y_format = |v: &f64| {
         if panel.log_y {
             let value = 10f64.powf(*v);
@@ -191,7 +196,7 @@ fn draw_panel<DB: DrawingBackend>(
         .x_labels(x_ticks)
         .y_desc(&panel.y_label)
         .y_label_formatter(&y_format)
-        .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+        .x_label_formatter(&|x: &f64| format!("{x:.x_decimals$}"))
         .label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
