@@ -10,7 +10,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use datasets::Mnist;
 use runner::spec::Optimizer;
 use runner::train::{Batch, StepSettings, evaluate, optimizer, train_step};
-use sparsevd::{Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network};
+use sparsevd::{
+    Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network, VggLikeConfig,
+};
 use std::hint::black_box;
 
 const BATCH: usize = 100;
@@ -33,9 +35,10 @@ fn adam() -> Optimizer {
     }
 }
 
-fn synthetic_batch(device: &Device) -> Batch {
+/// A batch of `pixels`-value random images with random labels.
+fn synthetic_batch(device: &Device, pixels: usize) -> Batch {
     Batch {
-        x: Tensor::random([BATCH, 784], Distribution::Normal(0.0, 0.3), device),
+        x: Tensor::random([BATCH, pixels], Distribution::Normal(0.0, 0.3), device),
         y: Tensor::<1, Int>::random([BATCH], Distribution::Uniform(0.0, 10.0), device),
     }
 }
@@ -80,7 +83,7 @@ fn layers(c: &mut Criterion) {
     });
 }
 
-fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Device) {
+fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, pixels: usize, device: &Device) {
     let mut optim = optimizer(&adam());
     let settings = StepSettings {
         train_size: 60_000,
@@ -93,7 +96,7 @@ fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Devi
     let mut model = Some(model);
     c.bench_function(name, |b| {
         b.iter(|| {
-            let batch = synthetic_batch(device);
+            let batch = synthetic_batch(device, pixels);
             let (next, losses) =
                 train_step(model.take().expect("model"), &mut optim, batch, &settings);
             model = Some(next);
@@ -105,11 +108,29 @@ fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, device: &Devi
 fn steps(c: &mut Criterion) {
     let device = device();
     let lenet300 = MlpConfig::lenet300(Some(-10.0)).init(&device);
-    bench_step(c, "step_lenet300_sparse_vd", lenet300, &device);
+    bench_step(c, "step_lenet300_sparse_vd", lenet300, 784, &device);
     let lenet5 = LeNet5Config::new()
         .with_log_sigma2_init(Some(-10.0))
         .init(&device);
-    bench_step(c, "step_lenet5_sparse_vd", lenet5, &device);
+    bench_step(c, "step_lenet5_sparse_vd", lenet5, 784, &device);
+}
+
+/// VGG-like Sparse VD training steps on the CPU, for the time per CIFAR-10 epoch (500 steps);
+/// wider nets take minutes per sample here.
+fn vgg_steps(c: &mut Criterion) {
+    let device = device();
+    for k in [0.25, 0.5] {
+        let net = VggLikeConfig::new(k)
+            .with_log_sigma2_init(Some(-15.0))
+            .init(&device);
+        bench_step(
+            c,
+            &format!("step_vgglike_k{k}_sparse_vd"),
+            net,
+            3072,
+            &device,
+        );
+    }
 }
 
 fn evaluation_and_data(c: &mut Criterion) {
@@ -181,4 +202,9 @@ criterion_group! {
     config = Criterion::default().sample_size(10);
     targets = sparse_inference
 }
-criterion_main!(benches, inference);
+criterion_group! {
+    name = vgg;
+    config = Criterion::default().sample_size(10);
+    targets = vgg_steps
+}
+criterion_main!(benches, inference, vgg);
