@@ -5,7 +5,7 @@
 use burn::module::Module;
 use datasets::Mnist;
 use runner::output;
-use sparsevd::{MlpConfig, Network, SparseMlp, WeightLayerView};
+use sparsevd::{MlpConfig, Network, SparseNet, WeightLayerView};
 use std::path::PathBuf;
 
 #[test]
@@ -35,7 +35,7 @@ fn csr_model_predicts_like_the_dense_masked_model() {
         expected
     );
 
-    let sparse = SparseMlp::from_views(&views, threshold).unwrap();
+    let sparse = SparseNet::mlp(&views, threshold).unwrap();
     for batch in [1, 100] {
         assert_eq!(sparse.predict(images, batch), expected, "batch {batch}");
     }

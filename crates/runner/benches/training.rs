@@ -170,7 +170,7 @@ fn sparse_inference(c: &mut Criterion) {
         .init(&device)
         .with_weight_layers(&masked)
         .expect("model matches LeNet-300-100");
-    let sparse = sparsevd::SparseMlp::from_views(&views, 3.0).expect("dense layers");
+    let sparse = sparsevd::SparseNet::mlp(&views, 3.0).expect("dense layers");
     let mnist = Mnist::load(&datasets::data_dir(None)).expect("MNIST (see README, Data)");
     let images = &mnist.test.images;
     for batch in [1, 100] {

@@ -21,5 +21,5 @@ pub use kl::{
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
 pub use mode::{ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
-pub use sparse_inference::{CsrDense, SparseMlp};
+pub use sparse_inference::{CsrDense, SparseConv, SparseNet, SparseOp};
 pub use vgglike::{VggLike, VggLikeConfig};

@@ -1,16 +1,14 @@
-//! Inference with the removed weights actually gone: each dense layer's kept weights stored in
-//! compressed sparse rows (CSR) of Wᵀ, one row per output unit (the `[d_out, d_in]` layout), so
-//! that a forward pass touches only the kept weights. Pure host code, no tensors.
+//! Inference with the removed weights actually gone. Dense layers keep their surviving weights
+//! in compressed sparse rows (CSR) of Wᵀ, one row per output unit; convolutions keep, per output
+//! channel, the list of surviving taps (input channel, ky, kx). A forward pass touches only the
+//! kept weights. Pure host code, no tensors; one image at a time, images spread over rayon's
+//! threads for batches.
 
 use crate::mode::WeightLayerView;
 use rayon::prelude::*;
 
 /// y = x·W + b for W of shape `[d_in, d_out]` with only the kept entries stored: output unit
-/// `j` sums `values[k]·x[inputs[k]]` over `k` in `row_start[j]..row_start[j + 1]`.
-///
-/// Rows over outputs rather than inputs: at batch 1 each output accumulates in a register
-/// instead of being loaded and stored once per weight, and at larger batches each output row
-/// stays in cache while its inputs stream past.
+/// `j` sums `values[k]·x[inputs[k]]` over `k` in `row_start[j]..row_start[j + 1]`, in a register.
 #[derive(Debug, Clone)]
 pub struct CsrDense {
     pub d_in: usize,
@@ -63,35 +61,98 @@ impl CsrDense {
         4 * (self.values.len() + self.inputs.len() + self.row_start.len() + self.bias.len())
     }
 
-    /// `out = x·W + b` for a batch of `batch` examples, written input-major:
-    /// `out[j * batch + b]` is output `j` of example `b`.
-    fn forward_batch(&self, x: Batch<'_>, batch: usize, out: &mut [f32]) {
-        // One example is in both layouts; the register path is the faster one for it.
-        let x = match x {
-            Batch::InputMajor(x) if batch == 1 => Batch::ExampleMajor(x),
-            x => x,
-        };
-        for (j, row) in out.chunks_exact_mut(batch).enumerate() {
+    fn forward(&self, x: &[f32], out: &mut [f32]) {
+        for (j, y) in out.iter_mut().enumerate() {
             let (start, end) = (self.row_start[j] as usize, self.row_start[j + 1] as usize);
-            let entries = || self.inputs[start..end].iter().zip(&self.values[start..end]);
-            match x {
-                Batch::ExampleMajor(x) => {
-                    // Each output of each example is a short dot product kept in a register.
-                    for (y, example) in row.iter_mut().zip(x.chunks_exact(self.d_in)) {
-                        *y = self.bias[j]
-                            + entries()
-                                .map(|(&i, &v)| example[i as usize] * v)
-                                .sum::<f32>();
-                    }
-                }
-                Batch::InputMajor(x) => {
-                    // Each kept weight is one vectorised multiply-add over the batch.
-                    row.fill(self.bias[j]);
-                    for (&i, &v) in entries() {
-                        let xi = &x[i as usize * batch..(i as usize + 1) * batch];
-                        for (o, &xv) in row.iter_mut().zip(xi) {
-                            *o += xv * v;
-                        }
+            *y = self.bias[j]
+                + self.inputs[start..end]
+                    .iter()
+                    .zip(&self.values[start..end])
+                    .map(|(&i, &v)| x[i as usize] * v)
+                    .sum::<f32>();
+        }
+    }
+}
+
+/// A stride-1 "valid" convolution with only its kept weights: output channel `o` adds
+/// `values[t]` × (input channel `channel[t]` shifted by `(dy[t], dx[t])`) for `t` in
+/// `tap_start[o]..tap_start[o + 1]`.
+#[derive(Debug, Clone)]
+pub struct SparseConv {
+    pub channels_in: usize,
+    pub channels_out: usize,
+    pub kernel: usize,
+    pub tap_start: Vec<u32>,
+    pub channel: Vec<u16>,
+    pub dy: Vec<u8>,
+    pub dx: Vec<u8>,
+    pub values: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl SparseConv {
+    /// Keep the weights of `view` (θ `[out, in, k, k]`) with log α < `threshold`.
+    pub fn from_view(view: &WeightLayerView, threshold: f64) -> Result<Self, String> {
+        let &[channels_out, channels_in, kernel, kw] = view.shape.as_slice() else {
+            return Err(format!(
+                "{}: not a convolution (shape {:?})",
+                view.name, view.shape
+            ));
+        };
+        if kernel != kw || channels_in > u16::MAX as usize || kernel > u8::MAX as usize {
+            return Err(format!(
+                "{}: unsupported kernel {:?}",
+                view.name, view.shape
+            ));
+        }
+        let kept = view.kept(threshold);
+        let mut conv = SparseConv {
+            channels_in,
+            channels_out,
+            kernel,
+            tap_start: vec![0],
+            channel: Vec::new(),
+            dy: Vec::new(),
+            dx: Vec::new(),
+            values: Vec::new(),
+            bias: view.bias.clone(),
+        };
+        for (k, (&theta, &keep)) in view.theta.iter().zip(&kept).enumerate() {
+            if keep && theta != 0.0 {
+                conv.channel
+                    .push((k / (kernel * kernel) % channels_in) as u16);
+                conv.dy.push((k / kernel % kernel) as u8);
+                conv.dx.push((k % kernel) as u8);
+                conv.values.push(theta);
+            }
+            if (k + 1) % (channels_in * kernel * kernel) == 0 {
+                conv.tap_start.push(conv.values.len() as u32);
+            }
+        }
+        Ok(conv)
+    }
+
+    pub fn nonzeros(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Bytes of the stored layer (values, 4 bytes of position per tap, tap starts, bias).
+    pub fn bytes(&self) -> usize {
+        4 * (2 * self.values.len() + self.tap_start.len() + self.bias.len())
+    }
+
+    /// `x` is `[channels_in, h, w]`; `out` receives `[channels_out, h − k + 1, w − k + 1]`.
+    fn forward(&self, x: &[f32], [h, w]: [usize; 2], out: &mut [f32]) {
+        let (oh, ow) = (h + 1 - self.kernel, w + 1 - self.kernel);
+        for (o, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+            plane.fill(self.bias[o]);
+            for t in self.tap_start[o] as usize..self.tap_start[o + 1] as usize {
+                let (v, dy, dx) = (self.values[t], self.dy[t] as usize, self.dx[t] as usize);
+                let input = &x[self.channel[t] as usize * h * w..];
+                for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
+                    let src = &input[(y + dy) * w + dx..][..ow];
+                    for (o, &s) in row.iter_mut().zip(src) {
+                        *o += v * s;
                     }
                 }
             }
@@ -99,98 +160,167 @@ impl CsrDense {
     }
 }
 
-/// A batch of layer inputs in one of two layouts.
-#[derive(Debug, Clone, Copy)]
-enum Batch<'a> {
-    /// `x[b * d_in + i]`: the images as they come (input `i` of example `b`).
-    ExampleMajor(&'a [f32]),
-    /// `x[i * batch + b]`: what a layer writes for the next one.
-    InputMajor(&'a [f32]),
-}
-
-/// A fully connected network of [`CsrDense`] layers with ReLU between them.
+/// One step of a [`SparseNet`].
 #[derive(Debug, Clone)]
-pub struct SparseMlp {
-    pub layers: Vec<CsrDense>,
+pub enum SparseOp {
+    Conv(SparseConv),
+    Dense(CsrDense),
+    Relu,
+    /// ReLU then 2×2 max-pool with stride 2 (the same as pooling first).
+    ReluMaxPool,
 }
 
-impl SparseMlp {
-    pub fn from_views(views: &[WeightLayerView], threshold: f64) -> Result<Self, String> {
-        let layers = views
-            .iter()
-            .map(|v| CsrDense::from_view(v, threshold))
-            .collect::<Result<Vec<_>, _>>()?;
-        for pair in layers.windows(2) {
-            if pair[0].d_out != pair[1].d_in {
-                return Err(format!(
-                    "layer widths do not chain: {} then {}",
-                    pair[0].d_out, pair[1].d_in
-                ));
+/// A network of sparse layers applied to images of shape `[channels, height, width]`.
+#[derive(Debug, Clone)]
+pub struct SparseNet {
+    pub input: [usize; 3],
+    pub ops: Vec<SparseOp>,
+}
+
+impl SparseNet {
+    /// Dense layers with ReLU between them (LeNet-300-100), on flat inputs.
+    pub fn mlp(views: &[WeightLayerView], threshold: f64) -> Result<Self, String> {
+        let mut ops = Vec::new();
+        for (i, view) in views.iter().enumerate() {
+            if i > 0 {
+                ops.push(SparseOp::Relu);
             }
+            ops.push(SparseOp::Dense(CsrDense::from_view(view, threshold)?));
         }
-        Ok(Self { layers })
+        let first = views.first().ok_or("no layers")?;
+        Self::checked([1, 1, first.shape[0]], ops)
+    }
+
+    /// LeNet-5-Caffe: conv → ReLU → pool → conv → ReLU → pool → dense → ReLU → dense, on 28×28.
+    pub fn lenet5(views: &[WeightLayerView], threshold: f64) -> Result<Self, String> {
+        let [conv1, conv2, dense1, dense2] = views else {
+            return Err(format!("LeNet-5 has 4 weight layers, got {}", views.len()));
+        };
+        let ops = vec![
+            SparseOp::Conv(SparseConv::from_view(conv1, threshold)?),
+            SparseOp::ReluMaxPool,
+            SparseOp::Conv(SparseConv::from_view(conv2, threshold)?),
+            SparseOp::ReluMaxPool,
+            SparseOp::Dense(CsrDense::from_view(dense1, threshold)?),
+            SparseOp::Relu,
+            SparseOp::Dense(CsrDense::from_view(dense2, threshold)?),
+        ];
+        Self::checked([1, 28, 28], ops)
+    }
+
+    /// The net, if every op accepts the shape the previous one produces.
+    fn checked(input: [usize; 3], ops: Vec<SparseOp>) -> Result<Self, String> {
+        let net = Self { input, ops };
+        net.shapes()?;
+        Ok(net)
+    }
+
+    /// The shape after each op.
+    fn shapes(&self) -> Result<Vec<[usize; 3]>, String> {
+        let mut shape = self.input;
+        let mut shapes = Vec::new();
+        for op in &self.ops {
+            let [c, h, w] = shape;
+            shape = match op {
+                SparseOp::Conv(conv) if conv.channels_in == c && h >= conv.kernel => {
+                    [conv.channels_out, h + 1 - conv.kernel, w + 1 - conv.kernel]
+                }
+                SparseOp::Dense(dense) if dense.d_in == c * h * w => [1, 1, dense.d_out],
+                SparseOp::Relu => shape,
+                SparseOp::ReluMaxPool => [c, h / 2, w / 2],
+                _ => return Err(format!("a layer does not accept input of shape {shape:?}")),
+            };
+            shapes.push(shape);
+        }
+        Ok(shapes)
     }
 
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(CsrDense::bytes).sum()
+        self.ops
+            .iter()
+            .map(|op| match op {
+                SparseOp::Conv(c) => c.bytes(),
+                SparseOp::Dense(d) => d.bytes(),
+                _ => 0,
+            })
+            .sum()
     }
 
-    /// Predicted class of each example of `images` (rows of `d_in` floats), `batch` at a time.
-    /// Batches of more than one image are spread over rayon's threads (as the dense backend's
-    /// matmuls are); single images are processed one after another, as a latency measure.
+    /// Predicted class of each image of `images` (rows of `c·h·w` floats). With `batch = 1`
+    /// the images are classified one after another (a latency measure); larger batches are
+    /// spread over rayon's threads.
     pub fn predict(&self, images: &[f32], batch: usize) -> Vec<u8> {
-        let chunk = batch * self.layers[0].d_in;
+        let shapes = self.shapes().expect("checked when built");
+        let image_len: usize = self.input.iter().product();
+        let classify_all = |chunk: &[f32]| -> Vec<u8> {
+            let widest = shapes
+                .iter()
+                .map(|s| s.iter().product())
+                .fold(image_len, usize::max);
+            let (mut a, mut b) = (vec![0f32; widest], vec![0f32; widest]);
+            chunk
+                .chunks_exact(image_len)
+                .map(|image| self.classify(image, &shapes, &mut a, &mut b))
+                .collect()
+        };
         if batch == 1 {
-            return self.predict_chunks(images.chunks(chunk), batch);
+            return classify_all(images);
         }
         images
-            .par_chunks(chunk)
-            .map(|c| self.predict_chunks(std::iter::once(c), batch))
-            .collect::<Vec<_>>()
-            .concat()
+            .par_chunks(batch * image_len)
+            .flat_map_iter(classify_all)
+            .collect()
     }
 
-    fn predict_chunks<'a>(&self, chunks: impl Iterator<Item = &'a [f32]>, batch: usize) -> Vec<u8> {
-        let d_in = self.layers[0].d_in;
-        let widest = self
-            .layers
-            .iter()
-            .map(|l| l.d_out)
-            .max()
-            .unwrap_or(0)
-            .max(d_in);
-        // Two input-major buffers that take turns as a layer's output and the next one's input.
-        let (mut a, mut b) = (vec![0f32; widest * batch], vec![0f32; widest * batch]);
-        let last = self.layers.len() - 1;
-        let mut predictions = Vec::new();
-        for chunk in chunks {
-            let m = chunk.len() / d_in;
-            let mut width = d_in;
-            for (l, layer) in self.layers.iter().enumerate() {
-                let out = &mut b[..layer.d_out * m];
-                // The images are read where they are: transposing them cost more than the first
-                // layer's few kept weights.
-                let input = match l {
-                    0 => Batch::ExampleMajor(chunk),
-                    _ => Batch::InputMajor(&a[..width * m]),
-                };
-                layer.forward_batch(input, m, out);
-                if l != last {
-                    out.iter_mut().for_each(|v| *v = v.max(0.0));
+    /// One image through every op, using `a` and `b` as alternating buffers.
+    fn classify<'a>(
+        &self,
+        image: &[f32],
+        shapes: &[[usize; 3]],
+        mut a: &'a mut [f32],
+        mut b: &'a mut [f32],
+    ) -> u8 {
+        let mut shape = self.input;
+        let mut len = image.len();
+        a[..len].copy_from_slice(image);
+        for (op, &next) in self.ops.iter().zip(shapes) {
+            let next_len = next.iter().product();
+            let (x, out) = (&a[..len], &mut b[..next_len]);
+            match op {
+                SparseOp::Conv(conv) => conv.forward(x, [shape[1], shape[2]], out),
+                SparseOp::Dense(dense) => dense.forward(x, out),
+                SparseOp::Relu => {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = v.max(0.0);
+                    }
                 }
-                std::mem::swap(&mut a, &mut b);
-                width = layer.d_out;
+                SparseOp::ReluMaxPool => relu_max_pool(x, shape, out),
             }
-            predictions.extend((0..m).map(|e| argmax((0..width).map(|j| a[j * m + e]))));
+            std::mem::swap(&mut a, &mut b);
+            (shape, len) = (next, next_len);
         }
-        predictions
+        argmax(&a[..len])
+    }
+}
+
+/// ReLU and 2×2 max-pool (stride 2) of `x` of shape `[c, h, w]`.
+fn relu_max_pool(x: &[f32], [c, h, w]: [usize; 3], out: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    for ch in 0..c {
+        for y in 0..oh {
+            for xo in 0..ow {
+                let at = |dy: usize, dx: usize| x[ch * h * w + (2 * y + dy) * w + 2 * xo + dx];
+                let m = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                out[ch * oh * ow + y * ow + xo] = m.max(0.0);
+            }
+        }
     }
 }
 
 /// Index of the largest value; the first on ties, as burn's argmax.
-fn argmax(values: impl Iterator<Item = f32>) -> u8 {
+fn argmax(values: &[f32]) -> u8 {
     let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
+    for (i, &v) in values.iter().enumerate() {
         if v > best_value {
             (best, best_value) = (i, v);
         }
@@ -205,7 +335,7 @@ mod tests {
     fn view(
         theta: Vec<f32>,
         log_alpha: Vec<f32>,
-        shape: [usize; 2],
+        shape: &[usize],
         bias: Vec<f32>,
     ) -> WeightLayerView {
         WeightLayerView {
@@ -224,33 +354,86 @@ mod tests {
         let v = view(
             vec![1., 2., 3., 4., 5., 6.],
             vec![0., 5., 0., 0., 4., 0.],
-            [3, 2],
+            &[3, 2],
             vec![0.5, -0.5],
         );
         let layer = CsrDense::from_view(&v, 3.0).unwrap();
         assert_eq!(layer.nonzeros(), 4);
         assert_eq!(layer.row_start, vec![0, 2, 4]);
         assert_eq!(layer.inputs, vec![0, 1, 1, 2]);
-        // Two examples x₁ = (1, 0, 2), x₂ = (0, 1, 0), in both layouts.
-        // x₁: column 1 = 1·1 + 2·0 + 0.5, column 2 = 2·6 − 0.5; x₂: 3 + 0.5 and 4 − 0.5.
-        let want = [1.5, 3.5, 11.5, 3.5];
+        // x = (1, 0, 2): column 1 = 1·1 + 0·3 + 0.5, column 2 = 0·4 + 2·6 − 0.5.
+        let mut out = [0.0; 2];
+        layer.forward(&[1.0, 0.0, 2.0], &mut out);
+        assert_eq!(out, [1.5, 11.5]);
+    }
+
+    #[test]
+    fn sparse_conv_matches_the_direct_convolution() {
+        // 2 output channels, 2 input channels, 2×2 kernel on a 2-channel 3×3 image.
+        let theta: Vec<f32> = (0..16).map(|i| i as f32 - 7.0).collect();
+        let log_alpha: Vec<f32> = (0..16)
+            .map(|i| if i % 3 == 0 { 5.0 } else { 0.0 })
+            .collect();
+        let v = view(
+            theta.clone(),
+            log_alpha.clone(),
+            &[2, 2, 2, 2],
+            vec![0.25, -1.0],
+        );
+        let conv = SparseConv::from_view(&v, 3.0).unwrap();
+        assert_eq!(conv.nonzeros(), 9, "6 of 16 removed, and θ = 0 at index 7");
+        let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0.0; 8];
+        conv.forward(&x, [3, 3], &mut out);
+        for o in 0..2 {
+            for y in 0..2 {
+                for xo in 0..2 {
+                    let mut want = v.bias[o];
+                    for c in 0..2 {
+                        for dy in 0..2 {
+                            for dx in 0..2 {
+                                let k = ((o * 2 + c) * 2 + dy) * 2 + dx;
+                                if log_alpha[k] < 3.0 {
+                                    want += theta[k] * x[c * 9 + (y + dy) * 3 + xo + dx];
+                                }
+                            }
+                        }
+                    }
+                    let got = out[o * 4 + y * 2 + xo];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "({o}, {y}, {xo}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relu_max_pool_takes_the_positive_maximum_of_each_window() {
+        let x = [
+            1.0, -2.0, 3.0, 4.0, -1.0, -5.0, -6.0, -7.0, 0.5, 9.0, 2.0, 0.0, -1.0, -2.0, -3.0, -4.0,
+        ];
         let mut out = [0.0; 4];
-        let input_major = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0];
-        layer.forward_batch(Batch::InputMajor(&input_major), 2, &mut out);
-        assert_eq!(out, want);
-        let example_major = [1.0, 0.0, 2.0, 0.0, 1.0, 0.0];
-        layer.forward_batch(Batch::ExampleMajor(&example_major), 2, &mut out);
-        assert_eq!(out, want);
+        relu_max_pool(&x, [1, 4, 4], &mut out);
+        assert_eq!(out, [1.0, 4.0, 9.0, 2.0]);
     }
 
     #[test]
     fn network_applies_relu_between_layers_only() {
-        let first = view(vec![1., -1.], vec![0., 0.], [1, 2], vec![0., 0.]);
-        let mut second = view(vec![1., 0., 0., 1.], vec![0.; 4], [2, 2], vec![0., 0.]);
+        let first = view(vec![1., -1.], vec![0., 0.], &[1, 2], vec![0., 0.]);
+        let mut second = view(vec![1., 0., 0., 1.], vec![0.; 4], &[2, 2], vec![0., 0.]);
         second.name = "e".into();
-        let net = SparseMlp::from_views(&[first, second], 3.0).unwrap();
+        let net = SparseNet::mlp(&[first, second], 3.0).unwrap();
         // x = 2: hidden (2, −2) → ReLU (2, 0) → logits (2, 0) → class 0; x = −2 → class 1.
         assert_eq!(net.predict(&[2.0, -2.0], 1), vec![0, 1]);
         assert_eq!(net.predict(&[2.0, -2.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn layers_that_do_not_chain_are_an_error() {
+        let first = view(vec![1.; 6], vec![0.; 6], &[3, 2], vec![0.; 2]);
+        let second = view(vec![1.; 6], vec![0.; 6], &[3, 2], vec![0.; 2]);
+        assert!(SparseNet::mlp(&[first, second], 3.0).is_err());
     }
 }
