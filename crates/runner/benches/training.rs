@@ -156,36 +156,61 @@ fn evaluation_and_data(c: &mut Criterion) {
     });
 }
 
-/// The committed LeNet-300-100 Sparse VD model on all 10,000 test images at batch 1 and 100:
-/// the dense masked model (removed weights zeroed once, plain matmuls on burn flex) against the
-/// same model exported to CSR layers.
+/// The committed Sparse VD models (LeNet-300-100, and LeNet-5 once its run is committed) on all
+/// 10,000 test images at batch 1 and 100: the dense masked model (removed weights zeroed once,
+/// burn flex) against the same model with only its kept weights ([`sparsevd::SparseNet`]).
 fn sparse_inference(c: &mut Criterion) {
     runner::cpu::prepare_for_training();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results/lenet300/sparse_vd");
-    let views = runner::output::read_model(&dir).expect("committed LeNet-300-100 model");
-    let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
     let device = Device::flex();
-    let dense = MlpConfig::lenet300(None)
-        .init(&device)
-        .with_weight_layers(&masked)
-        .expect("model matches LeNet-300-100");
-    let sparse = sparsevd::SparseNet::mlp(&views, 3.0).expect("dense layers");
     let mnist = Mnist::load(&datasets::data_dir(None)).expect("MNIST (see README, Data)");
     let images = &mnist.test.images;
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results");
+    for net in ["lenet300", "lenet5"] {
+        let dir = results.join(net).join("sparse_vd");
+        let Ok(views) = runner::output::read_model(&dir) else {
+            eprintln!("{}: no committed model, skipped", dir.display());
+            continue;
+        };
+        let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
+        if net == "lenet300" {
+            let dense = MlpConfig::lenet300(None).init(&device);
+            let sparse = sparsevd::SparseNet::mlp(&views, 3.0);
+            bench_inference(c, net, dense, &masked, sparse, images, &device);
+        } else {
+            let dense = LeNet5Config::new().init(&device);
+            let sparse = sparsevd::SparseNet::lenet5(&views, 3.0);
+            bench_inference(c, net, dense, &masked, sparse, images, &device);
+        }
+    }
+}
+
+/// `dense` (a plain net given the `masked` weights) against `sparse`, at batch 1 and 100.
+fn bench_inference<N: Network>(
+    c: &mut Criterion,
+    net: &str,
+    dense: N,
+    masked: &[sparsevd::WeightLayerView],
+    sparse: Result<sparsevd::SparseNet, String>,
+    images: &[f32],
+    device: &Device,
+) {
+    let dense = dense
+        .with_weight_layers(masked)
+        .expect("the committed model fits its net");
+    let sparse = sparse.expect("the committed model's layers");
     for batch in [1, 100] {
         c.bench_function(
-            &format!("infer_lenet300_dense_masked_batch{batch}_10000_images"),
+            &format!("infer_{net}_dense_masked_batch{batch}_10000_images"),
             |b| {
                 b.iter(|| {
                     black_box(runner::train::predict(
-                        &dense, images, 784, 3.0, batch, &device,
+                        &dense, images, 784, 3.0, batch, device,
                     ))
                 })
             },
         );
         c.bench_function(
-            &format!("infer_lenet300_csr_batch{batch}_10000_images"),
+            &format!("infer_{net}_sparse_batch{batch}_10000_images"),
             |b| b.iter(|| black_box(sparse.predict(images, batch))),
         );
     }
