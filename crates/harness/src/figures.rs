@@ -251,7 +251,7 @@ pub fn width_sweep(
             .filter(|v| v.paper.method == method)
         {
             let k = variant.width.unwrap_or_default();
-            if let Some(r) = paper.find("vgglike", method, Some(k)) {
+            if let Some(r) = paper.find(&variant.paper) {
                 theirs.push((k, r.error_pct, r.compression.unwrap_or(1.0)));
             }
             let dir = results_dir.join(&exp.spec.name).join(&variant.name);

@@ -52,7 +52,13 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
     for (net, net_name, file) in NETS {
         let exp = LoadedExperiment::load(&repo.join(file))?;
         for (method, method_name) in METHODS {
-            if let Some(p) = paper.find(net, method, None) {
+            let key = runner::spec::PaperKey {
+                net: net.to_string(),
+                method: method.to_string(),
+                k: None,
+                dataset: None,
+            };
+            if let Some(p) = paper.find(&key) {
                 rows.push(Row {
                     net: net_name.into(),
                     method: method_name.into(),

@@ -135,7 +135,7 @@ pub fn run_experiment(
             variant,
             planned_epochs: spec.protocol_of(index).epochs,
             protocol: &protocol,
-            train: subset(&data.train, protocol.train_subset),
+            train: training_split(&data.train, &protocol),
             test: subset(&data.test, protocol.test_subset),
             dir: &variant_dir,
             paper: &paper,
@@ -198,6 +198,22 @@ pub fn load_data(spec: &Experiment, data_dir: &Path) -> Result<Data, RunError> {
     })
 }
 
+/// The training examples a variant trains on: the protocol's subset, with the labels replaced
+/// by a seeded permutation of themselves for a random-labels run.
+fn training_split<'a>(train: &'a Split, protocol: &spec::Protocol) -> Cow<'a, Split> {
+    let split = subset(train, protocol.train_subset);
+    if !protocol.random_labels {
+        return split;
+    }
+    let mut split = split.into_owned();
+    let order = rng::permutation(
+        split.len(),
+        rng::derive_seed(protocol.seed, train::STREAM_LABELS, 0),
+    );
+    split.labels = order.iter().map(|&i| split.labels[i]).collect();
+    Cow::Owned(split)
+}
+
 /// The first `n` examples of `split` (all of it without `n`), copied only when shortened.
 fn subset(split: &Split, n: Option<usize>) -> Cow<'_, Split> {
     match n {
@@ -243,6 +259,7 @@ pub fn with_network<J: WithNetwork>(
         Net::Lenet300 => job.run(
             MlpConfig::lenet300(log_sigma2)
                 .with_init_std(protocol.init.theta_std)
+                .with_dropout_keep(variant.keep)
                 .init(device),
         ),
         Net::Lenet5 => job.run(
@@ -417,7 +434,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     if let Some(n) = protocol.test_subset {
         shortened_how.push(format!("first {n} test images"));
     }
-    let reference = paper.find(&variant.paper.net, &variant.paper.method, variant.paper.k);
+    let reference = paper.find(&variant.paper);
     let summary = Summary {
         experiment: spec.name.clone(),
         variant: variant.name.clone(),
@@ -436,6 +453,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         paper_error_pct: reference.map(|r| r.error_pct),
         paper_compression: reference.and_then(|r| r.compression),
         wall_time_s: wall,
+        train_error_pct: last.train_error_pct,
     };
     let provenance = Provenance {
         experiment_file: exp.path.display().to_string(),
@@ -527,15 +545,44 @@ fn write_comparison(
             continue;
         }
         let summary = output::read_summary(&variant_dir)?;
-        rows.push((
-            summary,
-            paper
-                .find(&variant.paper.net, &variant.paper.method, variant.paper.k)
-                .cloned(),
-        ));
+        rows.push((summary, paper.find(&variant.paper).cloned()));
     }
     if !rows.is_empty() {
         output::write_comparison(dir, &exp.spec.name, &rows)?;
     }
     Ok(rows.into_iter().map(|(s, _)| s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_labels_are_a_seeded_permutation_of_the_training_labels() {
+        let exp = spec::Experiment::parse(include_str!("../../../experiments/random_labels.toml"))
+            .expect("the committed experiment file");
+        let train = Split {
+            images: vec![0.0; 1000],
+            labels: (0..1000).map(|i| (i % 10) as u8).collect(),
+            image_shape: [1, 1, 1],
+        };
+        let permuted = training_split(&train, exp.protocol_of(0));
+        let again = training_split(&train, exp.protocol_of(0));
+        assert_eq!(permuted.labels, again.labels, "a function of the seed");
+        let moved = permuted
+            .labels
+            .iter()
+            .zip(&train.labels)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(moved > 800, "only {moved} of 1000 labels changed");
+        let mut sorted = permuted.labels.clone();
+        sorted.sort_unstable();
+        let mut original = train.labels.clone();
+        original.sort_unstable();
+        assert_eq!(sorted, original, "the same labels, reassigned");
+        let mut kept = exp.protocol_of(0).clone();
+        kept.random_labels = false;
+        assert_eq!(training_split(&train, &kept).labels, train.labels);
+    }
 }

@@ -69,6 +69,11 @@ pub fn write_epochs(
     ]
     .map(String::from)
     .to_vec();
+    // Only runs that evaluate the training set have the column.
+    let train_error = records.iter().any(|r| r.train_error_pct.is_some());
+    if train_error {
+        header.push("train_error_pct".into());
+    }
     header.extend(layer_names.iter().map(|n| format!("removed_pct_{n}")));
     header.push("seconds".into());
     let rows: Vec<Vec<String>> = records
@@ -84,6 +89,9 @@ pub fn write_epochs(
                 format!("{:.2}", r.test_error_pct),
                 format!("{:.3}", r.compression),
             ];
+            if train_error {
+                row.push(format!("{:.2}", r.train_error_pct.unwrap_or(f64::NAN)));
+            }
             row.extend(r.removed_pct_per_layer.iter().map(|p| format!("{p:.3}")));
             row.push(format!("{:.2}", r.seconds));
             row
@@ -110,6 +118,9 @@ pub struct Summary {
     pub paper_error_pct: Option<f64>,
     pub paper_compression: Option<f64>,
     pub wall_time_s: f64,
+    /// Final error on the training set, when the protocol evaluates it.
+    #[serde(default)]
+    pub train_error_pct: Option<f64>,
 }
 
 pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), OutputError> {
@@ -219,16 +230,37 @@ pub fn write_comparison(
 ) -> Result<(), OutputError> {
     let mut md = format!("# {title}: ours beside the paper\n\n");
     md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers.\n\n");
-    md.push_str("| variant | epochs | ours: error % | paper: error % | ours: compression | paper: compression | ours: % removed per layer | paper: % removed per layer |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    // Runs that evaluated the training set (random labels) also get train accuracy and the
+    // share of all weights removed, as the paper reports them.
+    let with_train = rows.iter().any(|(s, _)| s.train_error_pct.is_some());
+    let mut header = vec![
+        "variant",
+        "epochs",
+        "ours: error %",
+        "paper: error %",
+        "ours: compression",
+        "paper: compression",
+        "ours: % removed per layer",
+        "paper: % removed per layer",
+    ];
+    if with_train {
+        header.extend([
+            "ours: train accuracy %",
+            "paper: train accuracy %",
+            "ours: % removed",
+            "paper: % removed",
+        ]);
+    }
+    md.push_str(&format!("| {} |\n", header.join(" | ")));
+    md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    let number = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let times = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}×"));
     for (s, paper) in rows {
         let epochs = if s.shortened {
             format!("{} (shortened run)", s.epochs)
         } else {
             s.epochs.to_string()
         };
-        let error = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-        let times = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}×"));
         let paper_layers = paper
             .as_ref()
             .and_then(|p| p.removed_pct_per_layer.as_ref())
@@ -238,17 +270,25 @@ pub fn write_comparison(
                     .collect::<Vec<_>>()
                     .join(" / ")
             });
-        md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
-            s.variant,
+        let mut cells = vec![
+            s.variant.clone(),
             epochs,
-            s.test_error_pct,
-            error(paper.as_ref().map(|p| p.error_pct)),
+            format!("{:.2}", s.test_error_pct),
+            number(paper.as_ref().map(|p| p.error_pct)),
             times(Some(s.compression)),
             times(paper.as_ref().and_then(|p| p.compression)),
             s.removed_pct_per_layer.replace(';', " / "),
             paper_layers,
-        ));
+        ];
+        if with_train {
+            cells.extend([
+                number(s.train_error_pct.map(|e| 100.0 - e)),
+                number(paper.as_ref().and_then(|p| p.train_accuracy_pct)),
+                number(Some(100.0 - 100.0 / s.compression)),
+                number(paper.as_ref().and_then(|p| p.removed_pct)),
+            ]);
+        }
+        md.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     write_atomic(&experiment_dir.join(COMPARISON_MD), md.as_bytes())
 }
@@ -289,6 +329,7 @@ pub fn read_epoch_records(dir: &Path) -> Result<Vec<EpochRecord>, OutputError> {
         column("compression")?,
         column("seconds")?,
     );
+    let train_error = table.column("train_error_pct");
     Ok((0..table.rows.len())
         .map(|i| EpochRecord {
             epoch: epoch[i] as usize,
@@ -298,6 +339,7 @@ pub fn read_epoch_records(dir: &Path) -> Result<Vec<EpochRecord>, OutputError> {
             data_term: data[i],
             kl: kl[i],
             test_error_pct: error[i],
+            train_error_pct: train_error.as_ref().map(|c| c[i]),
             compression: compression[i],
             removed_pct_per_layer: removed.iter().map(|&c| table.rows[i][c]).collect(),
             seconds: seconds[i],

@@ -1,5 +1,6 @@
 //! The paper's numbers, carried by the project as `experiments/paper_reference.toml`.
 
+use crate::spec::PaperKey;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -33,11 +34,17 @@ impl PaperReference {
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The row for `net` and `method` on the net's usual data set (for VGG-like, at width
-    /// `k`).
-    pub fn find(&self, net: &str, method: &str, k: Option<f64>) -> Option<&PaperResult> {
+    /// The row a variant's `paper = { ... }` key names: `net`, `method`, width `k` (VGG-like)
+    /// and `dataset` (the net's usual data set when absent).
+    pub fn find(&self, key: &PaperKey) -> Option<&PaperResult> {
         self.results.iter().find(|r| {
-            r.net == net && r.method == method && r.k == k && !r.dataset.contains("random")
+            r.net == key.net
+                && r.method == key.method
+                && r.k == key.k
+                && match &key.dataset {
+                    Some(dataset) => &r.dataset == dataset,
+                    None => !r.dataset.contains("random"),
+                }
         })
     }
 }

@@ -90,6 +90,13 @@ pub struct Protocol {
     /// λ of an L2 penalty λ·Σθ² added to the mean cross-entropy (0 = none).
     #[serde(default)]
     pub l2: f64,
+    /// Replace the training labels by a seeded random permutation of them (test labels stay
+    /// true): the random-labels experiment.
+    #[serde(default)]
+    pub random_labels: bool,
+    /// Also evaluate the error on the training set after every epoch (`train_error_pct`).
+    #[serde(default)]
+    pub evaluate_train_set: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +149,9 @@ pub struct Variant {
     pub tolerance: Option<Tolerance>,
     /// Width multiplier k (VGG-like only, where it is required).
     pub width: Option<f64>,
+    /// Keep probability p of binary dropout on every layer's input (LeNet-300-100's
+    /// `binary_dropout` layer, where it is required; VGG-like uses the paper's fixed rates).
+    pub keep: Option<f64>,
     /// Start from this variant's final weights (its batch norms too) instead of a fresh
     /// initialisation; log σ² starts at `protocol.init.log_sigma2`.
     pub start_from: Option<String>,
@@ -168,6 +178,9 @@ pub struct PaperKey {
     pub method: String,
     /// VGG-like's width multiplier, for the paper's VGG-like rows.
     pub k: Option<f64>,
+    /// The paper's data set name when it is not the net's usual one (e.g.
+    /// `mnist_random_labels`).
+    pub dataset: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -375,11 +388,35 @@ impl Experiment {
                 }
                 _ => {}
             }
-            if v.layer == LayerKind::BinaryDropout && self.net != Net::Vgglike {
-                return fail(
-                    &format!("variant[{i}].layer"),
-                    "binary_dropout is defined for vgglike only (its pretraining net)".into(),
-                );
+            match (v.layer, self.net, v.keep) {
+                (LayerKind::BinaryDropout, Net::Lenet300, None) => {
+                    return fail(
+                        &format!("variant[{i}]"),
+                        "expected keep, the probability p of keeping a value, e.g. keep = 0.5"
+                            .into(),
+                    );
+                }
+                (LayerKind::BinaryDropout, Net::Lenet300, Some(p)) if !(p > 0.0 && p <= 1.0) => {
+                    return fail(
+                        &format!("variant[{i}].keep"),
+                        format!("expected a probability in (0, 1], got {p}"),
+                    );
+                }
+                (LayerKind::BinaryDropout, Net::Lenet5, _) => {
+                    return fail(
+                        &format!("variant[{i}].layer"),
+                        "binary_dropout is defined for lenet300 and vgglike".into(),
+                    );
+                }
+                (LayerKind::BinaryDropout, Net::Lenet300, _) => {}
+                (_, _, Some(_)) => {
+                    return fail(
+                        &format!("variant[{i}].keep"),
+                        "expected no keep: it applies to lenet300's binary_dropout layer only"
+                            .into(),
+                    );
+                }
+                _ => {}
             }
             if let Some(source) = &v.start_from {
                 let Some(j) = self.variant_index(source) else {
@@ -676,6 +713,29 @@ paper = { net = "lenet300", method = "sparse_vd" }
             "layer = \"sparse_vd\"",
             "layer = \"sparse\"",
             &["unknown variant `sparse`"],
+        );
+    }
+
+    #[test]
+    fn dropout_keep_is_required_where_it_applies_only() {
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"binary_dropout\"",
+            &["variant[0]", "expected keep"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"binary_dropout\"\nkeep = 1.5",
+            &["variant[0].keep", "probability"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"sparse_vd\"\nkeep = 0.5",
+            &["variant[0].keep", "expected no keep"],
+        );
+        assert_eq!(
+            error_after("layer = \"sparse_vd\"", "layer = \"binary_dropout\"\nkeep = 0.5"),
+            ""
         );
     }
 

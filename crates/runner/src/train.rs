@@ -13,6 +13,7 @@ use sparsevd::{ForwardMode, Network};
 pub(crate) const STREAM_INIT: u64 = 1;
 const STREAM_SHUFFLE: u64 = 2;
 const STREAM_NOISE: u64 = 3;
+pub(crate) const STREAM_LABELS: u64 = 4;
 
 /// Test images per evaluation batch (memory, not results, depends on it).
 const EVAL_BATCH: usize = 1000;
@@ -31,6 +32,8 @@ pub struct EpochRecord {
     /// Σ KL over all weights at the epoch's last step (0 for plain nets).
     pub kl: f64,
     pub test_error_pct: f64,
+    /// Error on the training set (its labels as trained on), when the protocol asks for it.
+    pub train_error_pct: Option<f64>,
     pub compression: f64,
     /// % of weights removed per weight layer, input to output.
     #[serde(skip)]
@@ -273,6 +276,9 @@ pub fn train<N: Network>(
             });
         }
         let eval = evaluate(&model, test, p.threshold, device);
+        let train_error_pct = p
+            .evaluate_train_set
+            .then(|| evaluate(&model, train, p.threshold, device).error_pct);
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -281,6 +287,7 @@ pub fn train<N: Network>(
             data_term: data_sum / steps as f64,
             kl: last_kl,
             test_error_pct: eval.error_pct,
+            train_error_pct,
             compression: metrics::compression_ratio(&eval.layers),
             removed_pct_per_layer: eval.layers.iter().map(LayerCount::removed_pct).collect(),
             seconds: started.elapsed().as_secs_f64(),

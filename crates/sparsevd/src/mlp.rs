@@ -14,12 +14,17 @@ pub struct MlpConfig {
     pub init_std: f64,
     /// Initial log σ² of every weight; `None` makes the plain ("original") network.
     pub log_sigma2_init: Option<f64>,
+    /// Binary dropout on every layer's input in training, keeping each value with this
+    /// probability p (Srivastava et al.'s dropout net); `None` for none.
+    pub dropout_keep: Option<f64>,
 }
 
-/// Dense layers with ReLU between them and none after the last.
+/// Dense layers with ReLU between them and none after the last; optionally binary dropout on
+/// each layer's input (x ⊙ m / p, m ~ Bernoulli(p), training only).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub layers: Vec<Dense>,
+    pub dropout_keep: Option<f64>,
 }
 
 impl MlpConfig {
@@ -38,7 +43,10 @@ impl MlpConfig {
                     .init(device)
             })
             .collect();
-        Mlp { layers }
+        Mlp {
+            layers,
+            dropout_keep: self.dropout_keep,
+        }
     }
 }
 
@@ -48,6 +56,9 @@ impl Network for Mlp {
         let mut x = input;
         let mut kl: Option<Tensor<1>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(keep) = self.dropout_keep {
+                x = mode.dropout(x, keep, i as u64);
+            }
             let (out, layer_kl) = layer.forward(x, mode.for_layer(i as u64));
             kl = add_kl(kl, layer_kl);
             x = if i == last { out } else { relu(out) };
@@ -83,6 +94,38 @@ impl Network for Mlp {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Mlp { layers })
+        Ok(Mlp { layers, ..self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::host_vec;
+
+    #[test]
+    fn dropout_acts_in_training_only() {
+        let device = Device::flex();
+        let plain = MlpConfig::new(vec![20, 30, 5]).init(&device);
+        let dropped = Mlp {
+            dropout_keep: Some(0.5),
+            ..plain.clone()
+        };
+        let x = Tensor::<2>::ones([4, 20], &device);
+        let run = |net: &Mlp, mode| host_vec(net.forward(x.clone(), mode).logits.into_data());
+        let eval = ForwardMode::Eval { threshold: 3.0 };
+        assert_eq!(run(&plain, eval), run(&dropped, eval));
+        let train = |noise_seed| ForwardMode::Train {
+            mask_threshold: None,
+            noise_seed,
+        };
+        assert_eq!(
+            run(&plain, train(1)),
+            run(&plain, train(2)),
+            "no noise without dropout"
+        );
+        assert_eq!(run(&dropped, train(1)), run(&dropped, train(1)));
+        assert_ne!(run(&dropped, train(1)), run(&dropped, train(2)));
+        assert_ne!(run(&dropped, train(1)), run(&plain, train(1)));
     }
 }

@@ -18,7 +18,21 @@ pub enum ForwardMode {
     Eval { threshold: f64 },
 }
 
+/// Noise streams of dropout masks start here, after the weight layers' streams.
+const DROPOUT_STREAMS: u64 = 1000;
+
 impl ForwardMode {
+    /// Binary dropout of `x`, keeping each value with probability `keep`, in training (mask
+    /// number `index` of the network); `x` unchanged in evaluation.
+    pub fn dropout<const D: usize>(self, x: Tensor<D>, keep: f64, index: u64) -> Tensor<D> {
+        match self.for_layer(DROPOUT_STREAMS + index) {
+            ForwardMode::Train { noise_seed, .. } => {
+                crate::noise::binary_dropout(x, keep, noise_seed)
+            }
+            ForwardMode::Eval { .. } => x,
+        }
+    }
+
     /// The mode for the network's weight layer number `index`: in training, a noise seed of its
     /// own, so that no two layers draw the same ζ.
     pub fn for_layer(self, index: u64) -> Self {

@@ -12,7 +12,6 @@ use crate::dense::{Dense, DenseConfig};
 use crate::mode::{
     ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
 };
-use crate::noise::binary_dropout;
 use crate::weights::host_vec;
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
@@ -47,8 +46,6 @@ const INPUT_CHANNELS: usize = 3;
 const INPUT_SIDE: usize = 32;
 const CLASSES: usize = 10;
 const BN_EPSILON: f64 = 1e-3;
-/// Noise streams of the dropout masks start here, after the weight layers' streams.
-const DROPOUT_STREAMS: u64 = 1000;
 
 #[derive(Config, Debug)]
 pub struct VggLikeConfig {
@@ -118,19 +115,17 @@ impl VggLikeConfig {
 
 impl VggLike {
     /// Binary dropout of rate `drop` in training when this is the dropout net; identity
-    /// otherwise. `stream` tells the masks of different positions apart.
+    /// otherwise. `index` tells the masks of different positions apart.
     fn drop<const D: usize>(
         &self,
         x: Tensor<D>,
         drop: f64,
         mode: ForwardMode,
-        stream: u64,
+        index: u64,
     ) -> Tensor<D> {
-        match (self.dropout, mode.for_layer(DROPOUT_STREAMS + stream)) {
-            (true, ForwardMode::Train { noise_seed, .. }) => {
-                binary_dropout(x, 1.0 - drop, noise_seed)
-            }
-            _ => x,
+        match self.dropout {
+            true => mode.dropout(x, 1.0 - drop, index),
+            false => x,
         }
     }
 
