@@ -23,9 +23,14 @@ pub fn training_curves(
             continue;
         }
         let table = output::read_epochs(&dir)?;
-        shortened |= output::read_provenance(&dir)
-            .map(|p| p.shortened)
-            .unwrap_or(true);
+        // A run without a summary has not finished (it may be training now, or resumable).
+        let finished = dir.join(output::SUMMARY_CSV).is_file();
+        shortened |= output::read_provenance(&dir).is_ok_and(|p| p.shortened);
+        let label = if finished {
+            variant.name.clone()
+        } else {
+            format!("{} (in progress)", variant.name)
+        };
         let epochs = table
             .column("epoch")
             .context("epochs.csv has no epoch column")?;
@@ -34,7 +39,7 @@ pub fn training_curves(
                 .column(column)
                 .with_context(|| format!("{}: no {column} column", dir.display()))?;
             Ok(Series {
-                label: variant.name.clone(),
+                label: label.clone(),
                 points: epochs.iter().copied().zip(values).collect(),
             })
         };
