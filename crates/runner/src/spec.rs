@@ -734,7 +734,10 @@ paper = { net = "lenet300", method = "sparse_vd" }
             &["variant[0].keep", "expected no keep"],
         );
         assert_eq!(
-            error_after("layer = \"sparse_vd\"", "layer = \"binary_dropout\"\nkeep = 0.5"),
+            error_after(
+                "layer = \"sparse_vd\"",
+                "layer = \"binary_dropout\"\nkeep = 0.5"
+            ),
             ""
         );
     }
