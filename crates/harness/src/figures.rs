@@ -67,12 +67,7 @@ pub fn training_curves(
                 series: error,
                 legend: Corner::UpperRight,
             },
-            Panel {
-                y_label: "compression |W| / |W≠0| (×)".into(),
-                log_y: true,
-                series: compression,
-                legend: Corner::LowerRight,
-            },
+            compression_panel(compression),
             Panel {
                 y_label: "KL weight β".into(),
                 log_y: false,
@@ -81,9 +76,28 @@ pub fn training_curves(
             },
         ],
     };
-    let stem = figures_dir.join(format!("{}_training", exp.spec.name));
-    plotting::render(&figure, &stem)?;
+    write(&figure, figures_dir, &format!("{}_training", exp.spec.name))
+}
+
+/// Write `figure` as `<figures_dir>/<name>.svg` and `.png`; returns both paths.
+pub fn write(
+    figure: &impl plotting::Figure,
+    figures_dir: &Path,
+    name: &str,
+) -> Result<Vec<PathBuf>> {
+    let stem = figures_dir.join(name);
+    plotting::render(figure, &stem)?;
     Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+}
+
+/// Compression per series, on a log axis.
+fn compression_panel(series: Vec<Series>) -> Panel {
+    Panel {
+        y_label: "compression |W| / |W≠0| (×)".into(),
+        log_y: true,
+        series,
+        legend: Corner::LowerRight,
+    }
 }
 
 /// The paper's KL figure: −KL from the sigmoid approximation, from Kingma et al.'s cubic
@@ -129,9 +143,7 @@ pub fn kl_approximation(figures_dir: &Path) -> Result<Vec<PathBuf>> {
             },
         ],
     };
-    let stem = figures_dir.join("kl_approximation");
-    plotting::render(&figure, &stem)?;
-    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+    write(&figure, figures_dir, "kl_approximation")
 }
 
 /// First-layer masks of every finished Sparse VD variant: for LeNet-300-100 how many of each
@@ -224,9 +236,8 @@ pub fn first_layer_masks(
             // filters); other nets get none.
             _ => continue,
         };
-        let stem = figures_dir.join(format!("{}_{}_first_layer", exp.spec.name, variant.name));
-        plotting::render(&figure, &stem)?;
-        written.extend([stem.with_extension("svg"), stem.with_extension("png")]);
+        let name = format!("{}_{}_first_layer", exp.spec.name, variant.name);
+        written.extend(write(&figure, figures_dir, &name)?);
     }
     Ok(written)
 }
@@ -297,15 +308,12 @@ pub fn width_sweep(
                 series: error,
                 legend: Corner::UpperRight,
             },
-            Panel {
-                y_label: "compression |W| / |W≠0| (×)".into(),
-                log_y: true,
-                series: compression,
-                legend: Corner::LowerRight,
-            },
+            compression_panel(compression),
         ],
     };
-    let stem = figures_dir.join(format!("{}_width_sweep", exp.spec.name));
-    plotting::render(&figure, &stem)?;
-    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+    write(
+        &figure,
+        figures_dir,
+        &format!("{}_width_sweep", exp.spec.name),
+    )
 }

@@ -157,9 +157,7 @@ fn removed_per_layer_figure(rows: &[Row], figures_dir: &Path) -> Result<Vec<Path
         x_label: "weight layer, input to output".into(),
         panels,
     };
-    let stem = figures_dir.join("table1_removed_per_layer");
-    plotting::render(&figure, &stem)?;
-    Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+    crate::figures::write(&figure, figures_dir, "table1_removed_per_layer")
 }
 
 fn fmt_error(e: f64) -> String {

@@ -413,100 +413,96 @@ fn float_tensor(
     Ok(Some((view.shape().to_vec(), values)))
 }
 
-/// The batch-norm layers of a `model.safetensors` written by [`write_model`] (none for a net
-/// without batch norm).
-pub fn read_norms(dir: &Path) -> Result<Vec<NormLayerView>, OutputError> {
+/// Open `dir`'s `model.safetensors` and hand its tensors to `read`; any failure becomes a read
+/// error naming the file.
+fn with_model_file<T>(
+    dir: &Path,
+    read: impl FnOnce(&safetensors::SafeTensors<'_>) -> Result<T, String>,
+) -> Result<T, OutputError> {
     let path = dir.join(MODEL_SAFETENSORS);
-    let read_err = |m: String| OutputError::Read {
-        path: path.clone(),
-        message: m,
-    };
-    let bytes = std::fs::read(&path).map_err(|e| read_err(e.to_string()))?;
-    let tensors =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
+    let bytes = std::fs::read(&path).map_err(|e| e.to_string());
+    bytes
+        .and_then(|bytes| {
+            let tensors =
+                safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+            read(&tensors)
+        })
+        .map_err(|message| OutputError::Read { path, message })
+}
+
+/// Names of the layers whose tensor `<name>.<suffix>` is in the file, ordered by
+/// `(is a later kind, number in the name)`.
+fn layer_names(
+    tensors: &safetensors::SafeTensors<'_>,
+    suffix: &str,
+    later_kind: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut names: Vec<String> = tensors
         .names()
         .iter()
-        .filter_map(|n| n.strip_suffix(".running_mean").map(String::from))
+        .filter_map(|n| n.strip_suffix(suffix).map(String::from))
         .collect();
     names.sort_by_key(|n| {
-        (
-            n.contains("dense"),
-            n.trim_start_matches(|c: char| !c.is_ascii_digit())
-                .parse::<u32>()
-                .unwrap_or(0),
-        )
+        let number = n.trim_start_matches(|c: char| !c.is_ascii_digit());
+        (later_kind(n), number.parse::<u32>().unwrap_or(0))
     });
     names
-        .into_iter()
-        .map(|name| {
-            let part = |p: &str| -> Result<Vec<f32>, OutputError> {
-                float_tensor(&tensors, &format!("{name}.{p}"))
-                    .map_err(&read_err)?
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| read_err(format!("{name}.{p} missing")))
-            };
-            Ok(NormLayerView {
-                gamma: part("gamma")?,
-                beta: part("beta")?,
-                running_mean: part("running_mean")?,
-                running_var: part("running_var")?,
-                name,
+}
+
+/// The batch-norm layers of a `model.safetensors` written by [`write_model`] (none for a net
+/// without batch norm), input to output.
+pub fn read_norms(dir: &Path) -> Result<Vec<NormLayerView>, OutputError> {
+    with_model_file(dir, |tensors| {
+        layer_names(tensors, ".running_mean", |n| n.contains("dense"))
+            .into_iter()
+            .map(|name| {
+                let part = |p: &str| -> Result<Vec<f32>, String> {
+                    float_tensor(tensors, &format!("{name}.{p}"))?
+                        .map(|(_, v)| v)
+                        .ok_or_else(|| format!("{name}.{p} missing"))
+                };
+                Ok(NormLayerView {
+                    gamma: part("gamma")?,
+                    beta: part("beta")?,
+                    running_mean: part("running_mean")?,
+                    running_var: part("running_var")?,
+                    name,
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
 }
 
 /// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
 /// output (convolutions before dense layers, then by number). log α is recomputed on the host
 /// with the formula of the forward pass.
 pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
-    let path = dir.join(MODEL_SAFETENSORS);
-    let read_err = |m: String| OutputError::Read {
-        path: path.clone(),
-        message: m,
-    };
-    let bytes = std::fs::read(&path).map_err(|e| read_err(e.to_string()))?;
-    let tensors =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
-    let floats = |name: &str| float_tensor(&tensors, name).map_err(read_err);
-    let mut names: Vec<String> = tensors
-        .names()
-        .iter()
-        .filter_map(|n| n.strip_suffix(".theta").map(String::from))
-        .collect();
-    let order = |n: &String| {
-        (
-            !n.starts_with("conv"),
-            n.trim_start_matches(|c: char| c.is_alphabetic())
-                .parse::<u32>()
-                .unwrap_or(0),
-        )
-    };
-    names.sort_by_key(order);
-    names
-        .into_iter()
-        .map(|name| {
-            let (shape, theta) = floats(&format!("{name}.theta"))?.expect("listed above");
-            let log_sigma2 = floats(&format!("{name}.log_sigma2"))?.map(|(_, v)| v);
-            let bias = floats(&format!("{name}.bias"))?
-                .ok_or_else(|| read_err(format!("{name}.bias missing")))?
-                .1;
-            let clip = sparsevd::LOG_ALPHA_CLIP as f32;
-            let log_alpha = log_sigma2.as_ref().map(|s| {
-                s.iter()
-                    .zip(&theta)
-                    .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
-                    .collect()
-            });
-            Ok(WeightLayerView {
-                name,
-                shape,
-                theta,
-                log_sigma2,
-                log_alpha,
-                bias,
+    with_model_file(dir, |tensors| {
+        let floats = |name: &str| float_tensor(tensors, name);
+        layer_names(tensors, ".theta", |n| !n.starts_with("conv"))
+            .into_iter()
+            .map(|name| {
+                let (shape, theta) = floats(&format!("{name}.theta"))?.expect("listed above");
+                let log_sigma2 = floats(&format!("{name}.log_sigma2"))?.map(|(_, v)| v);
+                let bias = floats(&format!("{name}.bias"))?
+                    .ok_or_else(|| format!("{name}.bias missing"))?
+                    .1;
+                let clip = sparsevd::LOG_ALPHA_CLIP as f32;
+                let log_alpha = log_sigma2.as_ref().map(|s| {
+                    s.iter()
+                        .zip(&theta)
+                        .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
+                        .collect()
+                });
+                Ok(WeightLayerView {
+                    name,
+                    shape,
+                    theta,
+                    log_sigma2,
+                    log_alpha,
+                    bias,
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
 }
