@@ -77,7 +77,10 @@ fn sparse_vd_stage_starts_from_the_pretrained_stage() {
         assert!(log_sigma2.iter().all(|&s| (-15.1..-14.9).contains(&s)));
     }
     assert_eq!(
-        output::read_norms(&results.join("bd")).unwrap().len(),
+        output::read_model_and_norms(&results.join("bd"))
+            .unwrap()
+            .1
+            .len(),
         14,
         "batch norms are saved"
     );

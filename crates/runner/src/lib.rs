@@ -333,8 +333,7 @@ pub fn evaluate_saved(
         }
     }
     let dir = experiment_dir(exp, options).join(&variant.name);
-    let layers = output::read_model(&dir)?;
-    let norms = output::read_norms(&dir)?;
+    let (layers, norms) = output::read_model_and_norms(&dir)?;
     let data = load_data(&exp.spec, &options.data_dir)?;
     let eval = Eval {
         layers,
@@ -512,7 +511,8 @@ fn start_from<N: Network>(
             "the variant this one starts from has not finished".into(),
         ));
     }
-    let layers: Vec<WeightLayerView> = output::read_model(source_dir)?
+    let (layers, norms) = output::read_model_and_norms(source_dir)?;
+    let layers: Vec<WeightLayerView> = layers
         .into_iter()
         .map(|view| WeightLayerView {
             log_sigma2: (layer == LayerKind::SparseVd)
@@ -521,7 +521,6 @@ fn start_from<N: Network>(
             ..view
         })
         .collect();
-    let norms = output::read_norms(source_dir)?;
     eprintln!(
         "starting from the final weights in {}",
         source_dir.display()

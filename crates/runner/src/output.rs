@@ -449,60 +449,69 @@ fn layer_names(
     names
 }
 
-/// The batch-norm layers of a `model.safetensors` written by [`write_model`] (none for a net
-/// without batch norm), input to output.
-pub fn read_norms(dir: &Path) -> Result<Vec<NormLayerView>, OutputError> {
-    with_model_file(dir, |tensors| {
-        layer_names(tensors, ".running_mean", |n| n.contains("dense"))
-            .into_iter()
-            .map(|name| {
-                let part = |p: &str| -> Result<Vec<f32>, String> {
-                    float_tensor(tensors, &format!("{name}.{p}"))?
-                        .map(|(_, v)| v)
-                        .ok_or_else(|| format!("{name}.{p} missing"))
-                };
-                Ok(NormLayerView {
-                    gamma: part("gamma")?,
-                    beta: part("beta")?,
-                    running_mean: part("running_mean")?,
-                    running_var: part("running_var")?,
-                    name,
-                })
-            })
-            .collect()
-    })
-}
-
 /// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
 /// output (convolutions before dense layers, then by number). log α is recomputed on the host
 /// with the formula of the forward pass.
 pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
+    with_model_file(dir, weight_views)
+}
+
+/// The weight layers and the batch-norm layers (none for a net without batch norm) of a
+/// `model.safetensors`, from one read of the file.
+pub fn read_model_and_norms(
+    dir: &Path,
+) -> Result<(Vec<WeightLayerView>, Vec<NormLayerView>), OutputError> {
     with_model_file(dir, |tensors| {
-        let floats = |name: &str| float_tensor(tensors, name);
-        layer_names(tensors, ".theta", |n| !n.starts_with("conv"))
-            .into_iter()
-            .map(|name| {
-                let (shape, theta) = floats(&format!("{name}.theta"))?.expect("listed above");
-                let log_sigma2 = floats(&format!("{name}.log_sigma2"))?.map(|(_, v)| v);
-                let bias = floats(&format!("{name}.bias"))?
-                    .ok_or_else(|| format!("{name}.bias missing"))?
-                    .1;
-                let clip = sparsevd::LOG_ALPHA_CLIP as f32;
-                let log_alpha = log_sigma2.as_ref().map(|s| {
-                    s.iter()
-                        .zip(&theta)
-                        .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
-                        .collect()
-                });
-                Ok(WeightLayerView {
-                    name,
-                    shape,
-                    theta,
-                    log_sigma2,
-                    log_alpha,
-                    bias,
-                })
-            })
-            .collect()
+        Ok((weight_views(tensors)?, norm_views(tensors)?))
     })
+}
+
+fn weight_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<WeightLayerView>, String> {
+    let floats = |name: &str| float_tensor(tensors, name);
+    layer_names(tensors, ".theta", |n| !n.starts_with("conv"))
+        .into_iter()
+        .map(|name| {
+            let (shape, theta) = floats(&format!("{name}.theta"))?.expect("listed above");
+            let log_sigma2 = floats(&format!("{name}.log_sigma2"))?.map(|(_, v)| v);
+            let bias = floats(&format!("{name}.bias"))?
+                .ok_or_else(|| format!("{name}.bias missing"))?
+                .1;
+            let clip = sparsevd::LOG_ALPHA_CLIP as f32;
+            let log_alpha = log_sigma2.as_ref().map(|s| {
+                s.iter()
+                    .zip(&theta)
+                    .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
+                    .collect()
+            });
+            Ok(WeightLayerView {
+                name,
+                shape,
+                theta,
+                log_sigma2,
+                log_alpha,
+                bias,
+            })
+        })
+        .collect()
+}
+
+/// Batch-norm layers, input to output.
+fn norm_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<NormLayerView>, String> {
+    layer_names(tensors, ".running_mean", |n| n.contains("dense"))
+        .into_iter()
+        .map(|name| {
+            let part = |p: &str| -> Result<Vec<f32>, String> {
+                float_tensor(tensors, &format!("{name}.{p}"))?
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| format!("{name}.{p} missing"))
+            };
+            Ok(NormLayerView {
+                gamma: part("gamma")?,
+                beta: part("beta")?,
+                running_mean: part("running_mean")?,
+                running_var: part("running_var")?,
+                name,
+            })
+        })
+        .collect()
 }

@@ -59,7 +59,8 @@ pub fn mix(seed: u64, index: u64) -> u64 {
     splitmix(seed ^ splitmix(index.wrapping_add(0x9E37_79B9_7F4A_7C15)))
 }
 
-fn splitmix(mut z: u64) -> u64 {
+/// The SplitMix64 finaliser (Steele, Lea, Flood 2014): a bijective, well-mixing hash of a word.
+pub fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -123,9 +123,10 @@ impl VggLike {
         mode: ForwardMode,
         index: u64,
     ) -> Tensor<D> {
-        match self.dropout {
-            true => mode.dropout(x, 1.0 - drop, index),
-            false => x,
+        if self.dropout {
+            mode.dropout(x, 1.0 - drop, index)
+        } else {
+            x
         }
     }
 
