@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 use datasets::Mnist;
 use runner::output;
-use sparsevd::{LeNet5Config, MlpConfig, Network, SparseNet, WeightLayerView};
+use sparsevd::{LeNet5Config, MlpConfig, Network, Posterior, SparseNet, WeightLayerView};
 use std::path::PathBuf;
 
 const THRESHOLD: f64 = 3.0;
@@ -46,8 +46,8 @@ fn sparse_models_predict_like_the_dense_masked_models() {
     let views = output::read_model(&results.join("lenet300/sparse_vd")).unwrap();
     let sizes = check(
         &views,
-        MlpConfig::lenet300(Some(-10.0)).init(&device),
-        MlpConfig::lenet300(None).init(&device),
+        MlpConfig::lenet300(Posterior::sparse_vd(-10.0)).init(&device),
+        MlpConfig::lenet300(Posterior::Point).init(&device),
         SparseNet::mlp(&views, THRESHOLD).unwrap(),
         images,
     );
@@ -66,7 +66,7 @@ fn sparse_models_predict_like_the_dense_masked_models() {
     let sizes = check(
         &views,
         LeNet5Config::new()
-            .with_log_sigma2_init(Some(-10.0))
+            .with_posterior(Posterior::sparse_vd(-10.0))
             .init(&device),
         LeNet5Config::new().init(&device),
         SparseNet::lenet5(&views, THRESHOLD).unwrap(),

@@ -11,7 +11,8 @@ use datasets::Mnist;
 use runner::spec::Optimizer;
 use runner::train::{Batch, StepSettings, evaluate, optimizer, train_step};
 use sparsevd::{
-    Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network, VggLikeConfig,
+    Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network, Posterior,
+    VggLikeConfig,
 };
 use std::hint::black_box;
 
@@ -46,7 +47,7 @@ fn synthetic_batch(device: &Device, pixels: usize) -> Batch {
 fn layers(c: &mut Criterion) {
     let device = device();
     let dense = DenseConfig::new(784, 300)
-        .with_log_sigma2_init(Some(-10.0))
+        .with_posterior(Posterior::sparse_vd(-10.0))
         .init(&device);
     let x = Tensor::<2>::random([BATCH, 784], Distribution::Normal(0.0, 0.3), &device);
     c.bench_function("dense_svd_784x300_fwd_bwd", |b| {
@@ -56,7 +57,7 @@ fn layers(c: &mut Criterion) {
         })
     });
     let conv = Conv2dConfig::new(20, 50, 5)
-        .with_log_sigma2_init(Some(-10.0))
+        .with_posterior(Posterior::sparse_vd(-10.0))
         .init(&device);
     let x = Tensor::<4>::random([BATCH, 20, 12, 12], Distribution::Normal(0.0, 0.3), &device);
     c.bench_function("conv_svd_20to50_5x5_fwd_bwd", |b| {
@@ -73,7 +74,7 @@ fn layers(c: &mut Criterion) {
         Tensor::<2>::random([800, 500], Distribution::Uniform(-12.0, 0.0), &device).require_grad();
     c.bench_function("kl_800x500_fwd_bwd", |b| {
         b.iter(|| {
-            let terms = sparsevd::KlTerms::new(
+            let terms = sparsevd::KlTerms::additive(
                 &theta.to_data().try_to_vec::<f32>().expect("f32"),
                 &log_sigma2.to_data().try_to_vec::<f32>().expect("f32"),
             );
@@ -107,10 +108,10 @@ fn bench_step<N: Network>(c: &mut Criterion, name: &str, model: N, pixels: usize
 
 fn steps(c: &mut Criterion) {
     let device = device();
-    let lenet300 = MlpConfig::lenet300(Some(-10.0)).init(&device);
+    let lenet300 = MlpConfig::lenet300(Posterior::sparse_vd(-10.0)).init(&device);
     bench_step(c, "step_lenet300_sparse_vd", lenet300, 784, &device);
     let lenet5 = LeNet5Config::new()
-        .with_log_sigma2_init(Some(-10.0))
+        .with_posterior(Posterior::sparse_vd(-10.0))
         .init(&device);
     bench_step(c, "step_lenet5_sparse_vd", lenet5, 784, &device);
 }
@@ -121,7 +122,7 @@ fn vgg_steps(c: &mut Criterion) {
     let device = device();
     for k in [0.25, 0.5] {
         let net = VggLikeConfig::new(k)
-            .with_log_sigma2_init(Some(-15.0))
+            .with_posterior(Posterior::sparse_vd(-15.0))
             .init(&device);
         bench_step(
             c,
@@ -136,12 +137,12 @@ fn vgg_steps(c: &mut Criterion) {
 fn evaluation_and_data(c: &mut Criterion) {
     let device = device();
     let mnist = Mnist::load(&datasets::data_dir(None)).expect("MNIST (see README, Data)");
-    let lenet300 = MlpConfig::lenet300(Some(-10.0)).init(&device);
+    let lenet300 = MlpConfig::lenet300(Posterior::sparse_vd(-10.0)).init(&device);
     c.bench_function("eval_lenet300_10000_test_images", |b| {
         b.iter(|| black_box(evaluate(&lenet300, &mnist.test, 3.0, &device).error_pct))
     });
     let lenet5 = LeNet5Config::new()
-        .with_log_sigma2_init(Some(-10.0))
+        .with_posterior(Posterior::sparse_vd(-10.0))
         .init(&device);
     c.bench_function("eval_lenet5_10000_test_images", |b| {
         b.iter(|| black_box(evaluate(&lenet5, &mnist.test, 3.0, &device).error_pct))
@@ -173,7 +174,7 @@ fn sparse_inference(c: &mut Criterion) {
         };
         let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
         if net == "lenet300" {
-            let dense = MlpConfig::lenet300(None).init(&device);
+            let dense = MlpConfig::lenet300(Posterior::Point).init(&device);
             let sparse = sparsevd::SparseNet::mlp(&views, 3.0);
             bench_inference(c, net, dense, &masked, sparse, images, &device);
         } else {

@@ -17,7 +17,9 @@ use datasets::{Cifar10, Mnist, Split};
 use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
-use sparsevd::{LeNet5Config, MlpConfig, Network, VggLikeConfig, WeightLayerView};
+use sparsevd::{
+    Dropout, LeNet5Config, MlpConfig, Network, Posterior, VggLikeConfig, WeightLayerView,
+};
 use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -254,18 +256,18 @@ pub fn with_network<J: WithNetwork>(
     job: J,
 ) -> J::Output {
     device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
-    let log_sigma2 = (variant.layer == LayerKind::SparseVd).then_some(protocol.init.log_sigma2);
+    let posterior = posterior(variant, &protocol.init);
     match net {
         Net::Lenet300 => job.run(
-            MlpConfig::lenet300(log_sigma2)
+            MlpConfig::lenet300(posterior)
                 .with_init_std(protocol.init.theta_std)
-                .with_dropout_keep(variant.keep)
+                .with_dropout(input_dropout(variant))
                 .init(device),
         ),
         Net::Lenet5 => job.run(
             LeNet5Config::new()
                 .with_dense_init_std(protocol.init.theta_std)
-                .with_log_sigma2_init(log_sigma2)
+                .with_posterior(posterior)
                 .init(device),
         ),
         Net::Vgglike => job.run(
@@ -274,10 +276,42 @@ pub fn with_network<J: WithNetwork>(
                     .width
                     .expect("validated: VGG-like variants have a width"),
             )
-            .with_log_sigma2_init(log_sigma2)
+            .with_posterior(posterior)
             .with_dropout(variant.layer == LayerKind::BinaryDropout)
             .init(device),
         ),
+    }
+}
+
+/// The posterior of the weights of `variant`'s layers under `init`.
+fn posterior(variant: &Variant, init: &spec::Init) -> Posterior {
+    let log_alpha_init = || {
+        init.log_alpha
+            .expect("validated: layers that learn log α have init.log_alpha")
+    };
+    match variant.layer {
+        LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout => {
+            Posterior::Point
+        }
+        LayerKind::VariationalDropout => Posterior::VariationalDropout {
+            log_alpha_init: log_alpha_init(),
+            sharing: variant
+                .alpha
+                .expect("validated: variational_dropout layers have alpha"),
+        },
+        LayerKind::SparseVdLogAlpha => Posterior::SparseVdLogAlpha {
+            log_alpha_init: log_alpha_init(),
+        },
+        LayerKind::SparseVd => Posterior::sparse_vd(init.log_sigma2),
+    }
+}
+
+/// The dropout on every layer input of a LeNet-300-100 variant, if any.
+fn input_dropout(variant: &Variant) -> Option<Dropout> {
+    match (variant.layer, variant.keep) {
+        (LayerKind::BinaryDropout, Some(keep)) => Some(Dropout::Binary { keep }),
+        (LayerKind::GaussianDropout, Some(keep)) => Some(Dropout::Gaussian { keep }),
+        _ => None,
     }
 }
 
@@ -394,7 +428,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         );
         state = saved;
     } else if let Some(source) = &variant.start_from {
-        model = start_from(model, &dir.with_file_name(source), variant.layer, protocol)?;
+        model = start_from(model, &dir.with_file_name(source), variant, protocol)?;
     }
     let resumed_after_epoch = state.epochs_completed;
     let settings = train::TrainSettings {
@@ -493,11 +527,11 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
 }
 
 /// `model` with the final weights (and batch norms) of the finished variant in `source_dir`,
-/// log σ² set to the protocol's initial value where `layer` has it.
+/// the noise parameter of `variant`'s layers (log σ² or log α) at the protocol's initial value.
 fn start_from<N: Network>(
     model: N,
     source_dir: &Path,
-    layer: LayerKind,
+    variant: &Variant,
     protocol: &spec::Protocol,
 ) -> Result<N, RunError> {
     let missing = |message: String| {
@@ -514,11 +548,21 @@ fn start_from<N: Network>(
     let (layers, norms) = output::read_model_and_norms(source_dir)?;
     let layers: Vec<WeightLayerView> = layers
         .into_iter()
-        .map(|view| WeightLayerView {
-            log_sigma2: (layer == LayerKind::SparseVd)
-                .then(|| vec![protocol.init.log_sigma2 as f32; view.theta.len()]),
-            log_alpha: None,
-            ..view
+        .map(|view| {
+            let fill = |v: f64| Some(vec![v as f32; view.theta.len()]);
+            let (log_sigma2, log_alpha) = match posterior(variant, &protocol.init) {
+                Posterior::Point => (None, None),
+                Posterior::SparseVd { log_sigma2_init } => (fill(log_sigma2_init), None),
+                Posterior::SparseVdLogAlpha { log_alpha_init }
+                | Posterior::VariationalDropout { log_alpha_init, .. } => {
+                    (None, fill(log_alpha_init))
+                }
+            };
+            WeightLayerView {
+                log_sigma2,
+                log_alpha,
+                ..view
+            }
         })
         .collect();
     eprintln!(

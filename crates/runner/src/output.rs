@@ -164,8 +164,9 @@ pub fn read_provenance(dir: &Path) -> Result<Provenance, OutputError> {
     })
 }
 
-/// `model.safetensors`: per weight layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only)
-/// and `<name>.bias`, float32, θ and log σ² shaped `[d_in, d_out]` for dense layers; per
+/// `model.safetensors`: per weight layer `<name>.theta`, `<name>.log_sigma2` (Sparse VD only),
+/// `<name>.log_alpha` (clipped, one per weight; layers that learn log α only) and `<name>.bias`,
+/// float32, θ, log σ² and log α shaped `[d_in, d_out]` for dense layers; per
 /// batch-norm layer `<name>.gamma`, `.beta`, `.running_mean`, `.running_var`.
 pub fn write_model(
     dir: &Path,
@@ -196,8 +197,14 @@ pub fn write_model(
             l.shape.clone(),
             bytes(&l.theta),
         ));
-        if let Some(s) = &l.log_sigma2 {
-            named.push((format!("{}.log_sigma2", l.name), l.shape.clone(), bytes(s)));
+        match (&l.log_sigma2, &l.log_alpha) {
+            (Some(s), _) => {
+                named.push((format!("{}.log_sigma2", l.name), l.shape.clone(), bytes(s)))
+            }
+            (None, Some(a)) => {
+                named.push((format!("{}.log_alpha", l.name), l.shape.clone(), bytes(a)))
+            }
+            (None, None) => {}
         }
         named.push((
             format!("{}.bias", l.name),
@@ -477,12 +484,15 @@ fn weight_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<WeightLaye
                 .ok_or_else(|| format!("{name}.bias missing"))?
                 .1;
             let clip = sparsevd::LOG_ALPHA_CLIP as f32;
-            let log_alpha = log_sigma2.as_ref().map(|s| {
-                s.iter()
-                    .zip(&theta)
-                    .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
-                    .collect()
-            });
+            let log_alpha = match &log_sigma2 {
+                Some(s) => Some(
+                    s.iter()
+                        .zip(&theta)
+                        .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
+                        .collect(),
+                ),
+                None => floats(&format!("{name}.log_alpha"))?.map(|(_, v)| v),
+            };
             Ok(WeightLayerView {
                 name,
                 shape,

@@ -1,6 +1,7 @@
 //! The declarative experiment file (`experiments/*.toml`). Unknown keys are errors.
 
 use serde::Deserialize;
+use sparsevd::AlphaSharing;
 use std::path::{Path, PathBuf};
 
 /// One experiment file: a data set, a net, a protocol, and the variants trained under it.
@@ -135,6 +136,9 @@ pub struct Init {
     pub theta_std: f64,
     /// Initial log σ² of every Sparse VD weight, also when a variant starts from another's.
     pub log_sigma2: f64,
+    /// Initial learned log α of `sparse_vd_log_alpha` and `variational_dropout` layers
+    /// (required when a variant has one).
+    pub log_alpha: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,9 +153,12 @@ pub struct Variant {
     pub tolerance: Option<Tolerance>,
     /// Width multiplier k (VGG-like only, where it is required).
     pub width: Option<f64>,
-    /// Keep probability p of binary dropout on every layer's input (LeNet-300-100's
-    /// `binary_dropout` layer, where it is required; VGG-like uses the paper's fixed rates).
+    /// Keep probability p of dropout on every layer's input (LeNet-300-100's `binary_dropout`
+    /// and `gaussian_dropout` layers, where it is required; VGG-like's binary dropout uses the
+    /// paper's fixed rates).
     pub keep: Option<f64>,
+    /// Which weights share one learned α (`variational_dropout` layers, where it is required).
+    pub alpha: Option<AlphaSharing>,
     /// Start from this variant's final weights (its batch norms too) instead of a fresh
     /// initialisation; log σ² starts at `protocol.init.log_sigma2`.
     pub start_from: Option<String>,
@@ -160,15 +167,50 @@ pub struct Variant {
     pub protocol_changes: Option<toml::Table>,
 }
 
+/// The layers of a variant: the links of the dropout family (formulas in `sparsevd::Posterior`
+/// and `sparsevd::Dropout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerKind {
     /// Deterministic dense layers (the paper's "original" network).
     Plain,
-    /// Sparse VD layers, additive (θ, log σ²) parameterization.
-    SparseVd,
     /// Deterministic layers with binary dropout (VGG-like's pretraining net).
     BinaryDropout,
+    /// Deterministic layers with Gaussian dropout, α = (1 − p)/p fixed.
+    GaussianDropout,
+    /// Kingma et al.'s variational dropout: learned α ≤ 1 per unit or per layer, cubic KL.
+    VariationalDropout,
+    /// Sparse VD, original (θ, log α) parameterization.
+    SparseVdLogAlpha,
+    /// Sparse VD layers, additive (θ, log σ²) parameterization.
+    SparseVd,
+}
+
+impl LayerKind {
+    /// Whether the layers learn a log α (and so need `init.log_alpha`).
+    pub fn learns_log_alpha(self) -> bool {
+        matches!(
+            self,
+            LayerKind::VariationalDropout | LayerKind::SparseVdLogAlpha
+        )
+    }
+
+    /// Whether the variant's layers take a keep-probability.
+    pub fn takes_keep(self) -> bool {
+        matches!(self, LayerKind::BinaryDropout | LayerKind::GaussianDropout)
+    }
+
+    /// The key written in experiment files.
+    pub fn key(self) -> &'static str {
+        match self {
+            LayerKind::Plain => "plain",
+            LayerKind::BinaryDropout => "binary_dropout",
+            LayerKind::GaussianDropout => "gaussian_dropout",
+            LayerKind::VariationalDropout => "variational_dropout",
+            LayerKind::SparseVdLogAlpha => "sparse_vd_log_alpha",
+            LayerKind::SparseVd => "sparse_vd",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,35 +430,80 @@ impl Experiment {
                 }
                 _ => {}
             }
+            let layer = v.layer.key();
             match (v.layer, self.net, v.keep) {
-                (LayerKind::BinaryDropout, Net::Lenet300, None) => {
+                (LayerKind::BinaryDropout, Net::Vgglike, None) => {}
+                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, Net::Lenet300, None) => {
                     return fail(
                         &format!("variant[{i}]"),
                         "expected keep, the probability p of keeping a value, e.g. keep = 0.5"
                             .into(),
                     );
                 }
-                (LayerKind::BinaryDropout, Net::Lenet300, Some(p)) if !(p > 0.0 && p <= 1.0) => {
+                (_, Net::Lenet300, Some(p)) if v.layer.takes_keep() && !(p > 0.0 && p <= 1.0) => {
                     return fail(
                         &format!("variant[{i}].keep"),
                         format!("expected a probability in (0, 1], got {p}"),
                     );
                 }
-                (LayerKind::BinaryDropout, Net::Lenet5, _) => {
+                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, Net::Lenet300, _) => {}
+                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, _, _) => {
                     return fail(
                         &format!("variant[{i}].layer"),
-                        "binary_dropout is defined for lenet300 and vgglike".into(),
+                        format!(
+                            "{layer} is defined for lenet300{}",
+                            if v.layer == LayerKind::BinaryDropout {
+                                " and vgglike"
+                            } else {
+                                ""
+                            }
+                        ),
                     );
                 }
-                (LayerKind::BinaryDropout, Net::Lenet300, _) => {}
                 (_, _, Some(_)) => {
                     return fail(
                         &format!("variant[{i}].keep"),
-                        "expected no keep: it applies to lenet300's binary_dropout layer only"
+                        "expected no keep: it applies to lenet300's binary_dropout and \
+                         gaussian_dropout layers only"
                             .into(),
                     );
                 }
                 _ => {}
+            }
+            match (v.layer, v.alpha) {
+                (LayerKind::VariationalDropout, None) => {
+                    return fail(
+                        &format!("variant[{i}]"),
+                        "expected alpha, which weights share one α: \"per_unit\" or \"per_layer\""
+                            .into(),
+                    );
+                }
+                (LayerKind::VariationalDropout, Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return fail(
+                        &format!("variant[{i}].alpha"),
+                        format!(
+                            "expected no alpha: it applies to variational_dropout layers, not {layer}"
+                        ),
+                    );
+                }
+            }
+            if v.layer.learns_log_alpha() && self.protocol_of(i).init.log_alpha.is_none() {
+                let changed = v
+                    .protocol_changes
+                    .as_ref()
+                    .is_some_and(|t| t.contains_key("init"));
+                let table = if changed {
+                    format!("variant[{i}].protocol.init")
+                } else {
+                    "protocol.init".into()
+                };
+                return fail(
+                    &table,
+                    format!(
+                        "expected log_alpha, the initial log α of {layer} layers, e.g. log_alpha = -4.0"
+                    ),
+                );
             }
             if let Some(source) = &v.start_from {
                 let Some(j) = self.variant_index(source) else {
@@ -739,6 +826,42 @@ paper = { net = "lenet300", method = "sparse_vd" }
                 "layer = \"binary_dropout\"\nkeep = 0.5"
             ),
             ""
+        );
+    }
+
+    #[test]
+    fn dropout_family_layers_need_their_own_fields_only() {
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"gaussian_dropout\"",
+            &["variant[0]", "expected keep"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"variational_dropout\"",
+            &["variant[0]", "expected alpha", "per_unit"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"sparse_vd\"\nalpha = \"per_unit\"",
+            &["variant[0].alpha", "expected no alpha"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"variational_dropout\"\nalpha = \"per_weight\"",
+            &["unknown variant `per_weight`", "per_unit"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            "layer = \"sparse_vd_log_alpha\"",
+            &["protocol.init", "expected log_alpha"],
+        );
+        assert_eq!(
+            error_after(
+                "log_sigma2 = -10.0 }",
+                "log_sigma2 = -10.0, log_alpha = -4.0 }\n\n[[variant]]\nname = \"vd\"\nlayer = \"variational_dropout\"\nalpha = \"per_layer\"\npaper = { net = \"lenet300\", method = \"variational_dropout\" }\n\n[[variant]]\nname = \"gd\"\nlayer = \"gaussian_dropout\"\nkeep = 0.5\npaper = { net = \"lenet300\", method = \"gaussian_dropout\" }"
+            ),
+            "",
         );
     }
 

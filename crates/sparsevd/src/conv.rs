@@ -1,6 +1,7 @@
-//! 2-D convolution layer: plain or Sparse VD, sharing [`VariationalWeights`] with the dense layer.
+//! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
 use crate::mode::{ForwardMode, WeightLayerView};
+use crate::posterior::Posterior;
 use crate::weights::VariationalWeights;
 use burn::config::Config;
 use burn::module::Module;
@@ -16,11 +17,12 @@ pub struct Conv2dConfig {
     /// Zero padding on every side (0 = "valid").
     #[config(default = 0)]
     pub padding: usize,
-    /// Initial log σ² of every weight; `None` makes a plain convolution.
-    pub log_sigma2_init: Option<f64>,
+    /// Posterior of the weights; a point posterior makes a plain convolution.
+    #[config(default = "Posterior::Point")]
+    pub posterior: Posterior,
 }
 
-/// Convolution with stride 1: γ = conv(x, θ) + b, θ of shape `[out, in, k, k]`; Sparse VD
+/// Convolution with stride 1: γ = conv(x, θ) + b, θ of shape `[out, in, k, k]`; variational
 /// training adds √(conv(x ⊙ x, σ²) + 1e-8) ⊙ ζ (see [`VariationalWeights`]).
 /// θ starts Glorot-uniform: U(−a, a), a = √(6 / (in·k² + out·k²)).
 #[derive(Module, Debug)]
@@ -41,7 +43,7 @@ impl Conv2dConfig {
         ];
         let theta = Tensor::random(shape, Distribution::Uniform(-bound, bound), device);
         Conv2d {
-            weights: VariationalWeights::new(theta, self.channels_out, self.log_sigma2_init),
+            weights: VariationalWeights::new(theta, 0, self.posterior),
             padding: self.padding,
         }
     }
@@ -86,7 +88,9 @@ mod tests {
                     TensorData::new(log_sigma2.to_vec(), [1, 1, 2, 2]),
                     &device,
                 ))),
+                log_alpha: None,
                 bias: Param::from_tensor(Tensor::from_data(TensorData::from([0.1f32]), &device)),
+                posterior: Posterior::sparse_vd(-10.0),
             },
             padding: 0,
         };
@@ -133,7 +137,7 @@ mod tests {
     fn glorot_uniform_bound_and_valid_output_shape() {
         let device = Device::flex();
         let layer = Conv2dConfig::new(1, 20, 5)
-            .with_log_sigma2_init(Some(-10.0))
+            .with_posterior(Posterior::sparse_vd(-10.0))
             .init(&device);
         let bound = (6.0f32 / (21.0 * 25.0)).sqrt();
         assert!(layer.view("c").theta.iter().all(|t| t.abs() <= bound));

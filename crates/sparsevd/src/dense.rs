@@ -1,6 +1,7 @@
-//! Dense layer: plain (the "original" baseline) or Sparse VD.
+//! Dense layer: plain (the "original" baseline) or variational.
 
 use crate::mode::{ForwardMode, WeightLayerView};
+use crate::posterior::Posterior;
 use crate::weights::VariationalWeights;
 use burn::config::Config;
 use burn::module::Module;
@@ -13,11 +14,13 @@ pub struct DenseConfig {
     /// Standard deviation of the N(0, std²) initialisation of θ.
     #[config(default = 0.01)]
     pub init_std: f64,
-    /// Initial log σ² of every weight; `None` makes a plain dense layer.
-    pub log_sigma2_init: Option<f64>,
+    /// Posterior of the weights; a point posterior makes a plain dense layer.
+    #[config(default = "Posterior::Point")]
+    pub posterior: Posterior,
 }
 
-/// Dense layer `y = x·θ + b`, θ of shape `[d_input, d_output]`; Sparse VD when it has log σ²
+/// Dense layer `y = x·θ + b`, θ of shape `[d_input, d_output]`, variational unless its
+/// posterior is a point
 /// (see [`VariationalWeights`] for the training and evaluation formulas).
 #[derive(Module, Debug)]
 pub struct Dense {
@@ -29,7 +32,7 @@ impl DenseConfig {
         let shape = [self.d_input, self.d_output];
         let theta = Tensor::random(shape, Distribution::Normal(0.0, self.init_std), device);
         Dense {
-            weights: VariationalWeights::new(theta, self.d_output, self.log_sigma2_init),
+            weights: VariationalWeights::new(theta, 1, self.posterior),
         }
     }
 }
@@ -68,10 +71,12 @@ mod tests {
             weights: VariationalWeights {
                 theta: Param::from_tensor(tensor2(&theta, [3, 2], device)),
                 log_sigma2: Some(Param::from_tensor(tensor2(&log_sigma2, [3, 2], device))),
+                log_alpha: None,
                 bias: Param::from_tensor(Tensor::from_data(
                     TensorData::from([0.3f32, -0.2]),
                     device,
                 )),
+                posterior: Posterior::sparse_vd(-10.0),
             },
         }
     }
@@ -170,7 +175,7 @@ mod tests {
     fn plain_layer_has_no_kl_and_no_noise() {
         let device = Device::flex();
         let mut layer = hand_made_layer(&device);
-        layer.weights.log_sigma2 = None;
+        layer.weights.posterior = Posterior::Point;
         let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
         let (a, kl) = layer.forward(
             x.clone(),

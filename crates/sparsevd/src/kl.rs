@@ -16,15 +16,18 @@ pub fn log_alpha<const D: usize>(theta: Tensor<D>, log_sigma2: Tensor<D>) -> Ten
     (log_sigma2 - (theta.square() + 1e-8).log()).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
 }
 
-/// Σ KL of one layer, its gradient with respect to θ and log σ², and log α, computed in one
-/// parallel pass over the weights on the host.
+/// Σ KL of one Sparse VD layer, its gradient with respect to the layer's parameters, and log α,
+/// computed in one parallel pass over the weights on the host.
 ///
-/// Per weight, with log α = clip(ℓ, −8, 8), ℓ = log σ² − log(θ² + 1e-8), z = k2 + k3·log α:
+/// Per weight, with log α = clip(ℓ, −8, 8), z = k2 + k3·log α:
 /// - KL ≈ k1 − k1·sigmoid(z) + 0.5·softplus(−log α), where softplus(−log α) is the stable
 ///   form of log(1 + 1/α) (it never forms 1/α);
-/// - ∂KL/∂log α = −k1·k3·sigmoid(z)·(1 − sigmoid(z)) − 0.5·sigmoid(−log α), and 0 where ℓ is
-///   outside [−8, 8] (the clip passes no gradient);
-/// - ∂KL/∂log σ² = ∂KL/∂log α, ∂KL/∂θ = ∂KL/∂log α · (−2θ / (θ² + 1e-8)).
+/// - ∂KL/∂ℓ = −k1·k3·sigmoid(z)·(1 − sigmoid(z)) − 0.5·sigmoid(−log α), and 0 where ℓ is
+///   outside [−8, 8] (the clip passes no gradient).
+///
+/// In the additive parameterization ([`KlTerms::additive`]) ℓ = log σ² − log(θ² + 1e-8), so
+/// ∂KL/∂log σ² = ∂KL/∂ℓ and ∂KL/∂θ = ∂KL/∂ℓ · (−2θ / (θ² + 1e-8)); in the original one
+/// ([`KlTerms::of_log_alpha`]) ℓ is the learned log α itself and KL does not depend on θ.
 ///
 /// Why not burn's autodiff: the same formula as a chain of ~15 elementwise tensor ops and their
 /// backward steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was
@@ -33,42 +36,57 @@ pub fn log_alpha<const D: usize>(theta: Tensor<D>, log_sigma2: Tensor<D>) -> Ten
 pub struct KlTerms {
     pub kl: f64,
     pub log_alpha: Vec<f32>,
-    pub d_theta: Vec<f32>,
-    pub d_log_sigma2: Vec<f32>,
+    /// ∂KL/∂θ; `None` when KL does not depend on θ.
+    pub d_theta: Option<Vec<f32>>,
+    /// ∂KL/∂ of the learned noise parameter (log σ² or log α).
+    pub d_noise: Vec<f32>,
 }
 
 /// Weights per parallel chunk; fixed, so that the f64 sum of KL does not depend on threads.
 const CHUNK: usize = 1 << 14;
 
 impl KlTerms {
-    pub fn new(theta: &[f32], log_sigma2: &[f32]) -> Self {
+    /// The terms of the additive (θ, log σ²) parameterization.
+    pub fn additive(theta: &[f32], log_sigma2: &[f32]) -> Self {
         assert_eq!(theta.len(), log_sigma2.len(), "θ and log σ² differ in size");
-        let n = theta.len();
-        let mut terms = KlTerms {
-            kl: 0.0,
-            log_alpha: vec![0.0; n],
-            d_theta: vec![0.0; n],
-            d_log_sigma2: vec![0.0; n],
-        };
-        let chunk_kl: Vec<f64> = terms
-            .log_alpha
+        Self::from_weights(theta.len(), true, |i| {
+            additive_term(theta[i], log_sigma2[i])
+        })
+    }
+
+    /// The terms of the original (θ, log α) parameterization, `log_alpha` unclipped.
+    pub fn of_log_alpha(log_alpha: &[f32]) -> Self {
+        Self::from_weights(log_alpha.len(), false, |i| sigmoid_kl(log_alpha[i]))
+    }
+
+    fn from_weights(
+        n: usize,
+        depends_on_theta: bool,
+        term: impl Fn(usize) -> WeightTerm + Sync,
+    ) -> Self {
+        let (mut log_alpha, mut d_theta, mut d_noise) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let chunk_kl: Vec<f64> = log_alpha
             .par_chunks_mut(CHUNK)
-            .zip(terms.d_theta.par_chunks_mut(CHUNK))
-            .zip(terms.d_log_sigma2.par_chunks_mut(CHUNK))
+            .zip(d_theta.par_chunks_mut(CHUNK))
+            .zip(d_noise.par_chunks_mut(CHUNK))
             .enumerate()
-            .map(|(c, ((la, dt), ds))| {
+            .map(|(c, ((la, dt), dn))| {
                 let start = c * CHUNK;
                 let mut kl = 0.0;
                 for i in 0..la.len() {
-                    let w = weight_term(theta[start + i], log_sigma2[start + i]);
+                    let w = term(start + i);
                     kl += w.kl as f64;
-                    (la[i], dt[i], ds[i]) = (w.log_alpha, w.d_theta, w.d_log_alpha);
+                    (la[i], dt[i], dn[i]) = (w.log_alpha, w.d_theta, w.d_log_alpha);
                 }
                 kl
             })
             .collect();
-        terms.kl = chunk_kl.iter().sum();
-        terms
+        KlTerms {
+            kl: chunk_kl.iter().sum(),
+            log_alpha,
+            d_theta: depends_on_theta.then_some(d_theta),
+            d_noise,
+        }
     }
 
     /// Where log α ≥ `threshold` (the weights that the train clip and evaluation remove).
@@ -86,17 +104,22 @@ impl KlTerms {
         Tensor::from_data(TensorData::new(removed, shape), device)
     }
 
-    /// Σ KL as a scalar tensor whose gradient with respect to `theta` and `log_sigma2` (the
-    /// tensors these terms were computed from) is [`KlTerms::d_theta`] and
-    /// [`KlTerms::d_log_sigma2`]: KL + Σ (θ − θ̄)·∂KL/∂θ + Σ (log σ² − log σ̄²)·∂KL/∂log σ²,
-    /// with θ̄, log σ̄² detached copies, so that the added sums are exactly 0.
-    pub fn into_tensor<const D: usize>(self, theta: Tensor<D>, log_sigma2: Tensor<D>) -> Tensor<1> {
+    /// Σ KL as a scalar tensor whose gradient with respect to `theta` and `noise` (the tensors
+    /// these terms were computed from) is [`KlTerms::d_theta`] and [`KlTerms::d_noise`]:
+    /// KL + Σ (θ − θ̄)·∂KL/∂θ + Σ (ν − ν̄)·∂KL/∂ν, with θ̄, ν̄ detached copies, so that the added
+    /// sums are exactly 0.
+    pub fn into_tensor<const D: usize>(self, theta: Tensor<D>, noise: Tensor<D>) -> Tensor<1> {
         let device = theta.device();
         let shape: [usize; D] = theta.dims();
         let constant = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape), &device);
         let linear =
             |x: Tensor<D>, slope: Vec<f32>| ((x.clone() - x.detach()) * constant(slope)).sum();
-        linear(theta, self.d_theta) + linear(log_sigma2, self.d_log_sigma2) + self.kl
+        let noise_term = linear(noise, self.d_noise);
+        let zero_sum = match self.d_theta {
+            Some(d_theta) => linear(theta, d_theta) + noise_term,
+            None => noise_term,
+        };
+        zero_sum + self.kl
     }
 }
 
@@ -108,11 +131,19 @@ struct WeightTerm {
     d_log_alpha: f32,
 }
 
-fn weight_term(theta: f32, log_sigma2: f32) -> WeightTerm {
+fn additive_term(theta: f32, log_sigma2: f32) -> WeightTerm {
+    let theta2 = theta * theta + 1e-8;
+    let term = sigmoid_kl(log_sigma2 - theta2.ln());
+    WeightTerm {
+        d_theta: term.d_log_alpha * (-2.0 * theta / theta2),
+        ..term
+    }
+}
+
+/// KL, clipped log α and ∂KL/∂ℓ at unclipped log α = ℓ (`d_theta` left 0).
+fn sigmoid_kl(unclipped: f32) -> WeightTerm {
     let (k1, k2, k3) = (K1 as f32, K2 as f32, K3 as f32);
     let clip = LOG_ALPHA_CLIP as f32;
-    let theta2 = theta * theta + 1e-8;
-    let unclipped = log_sigma2 - theta2.ln();
     let log_alpha = unclipped.clamp(-clip, clip);
     let sig = 1.0 / (1.0 + (-(k2 + k3 * log_alpha)).exp());
     // e = exp(−|log α|) gives both softplus(−log α) and sigmoid(−log α) without overflow.
@@ -133,7 +164,7 @@ fn weight_term(theta: f32, log_sigma2: f32) -> WeightTerm {
     WeightTerm {
         kl: k1 - k1 * sig + 0.5 * softplus_neg,
         log_alpha,
-        d_theta: d_log_alpha * (-2.0 * theta / theta2),
+        d_theta: 0.0,
         d_log_alpha,
     }
 }
@@ -164,8 +195,17 @@ pub fn neg_kl_monte_carlo(log_alpha: f64, normals: &[f64]) -> f64 {
 /// 0.5·log α + 1.16145124·α − 1.50204118·α² + 0.58629921·α³ − (γ + ln 2)/2.
 pub fn neg_kl_kingma(log_alpha: f64) -> f64 {
     let a = log_alpha.exp();
-    0.5 * log_alpha + 1.161_451_24 * a - 1.502_041_18 * a * a + 0.586_299_21 * a * a * a
-        - NEG_KL_LIMIT
+    0.5 * log_alpha + KINGMA[0] * a + KINGMA[1] * a * a + KINGMA[2] * a * a * a - NEG_KL_LIMIT
+}
+
+/// c1, c2, c3 of Kingma et al.'s cubic approximation.
+const KINGMA: [f64; 3] = [1.161_451_24, -1.502_041_18, 0.586_299_21];
+
+/// KL per weight under Kingma et al.'s cubic approximation, elementwise: −[`neg_kl_kingma`].
+pub fn kl_kingma<const D: usize>(log_alpha: Tensor<D>) -> Tensor<D> {
+    let a = log_alpha.clone().exp();
+    let cubic = ((a.clone() * KINGMA[2] + KINGMA[1]) * a.clone() + KINGMA[0]) * a;
+    (log_alpha * 0.5 + cubic).neg() + NEG_KL_LIMIT
 }
 
 /// About `n` standard normal values from a regular lattice of (u1, u2) pairs through
@@ -220,7 +260,7 @@ mod tests {
     #[test]
     fn kl_terms_sum_the_scalar_formula() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::new(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2);
         let want: f64 = theta
             .iter()
             .zip(&log_sigma2)
@@ -251,37 +291,84 @@ mod tests {
     #[test]
     fn kl_gradient_matches_autodiff_of_the_formula() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::new(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2);
         let (d_theta, d_log_sigma2) = autodiff_gradient(&theta, &log_sigma2);
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
         for i in 0..theta.len() {
             assert!(
-                close(terms.d_log_sigma2[i], d_log_sigma2[i]),
+                close(terms.d_noise[i], d_log_sigma2[i]),
                 "∂KL/∂log σ² at θ = {}, log σ² = {}: {} vs autodiff {}",
                 theta[i],
                 log_sigma2[i],
-                terms.d_log_sigma2[i],
+                terms.d_noise[i],
                 d_log_sigma2[i]
             );
             assert!(
-                close(terms.d_theta[i], d_theta[i]),
+                close(terms.d_theta.as_ref().expect("additive")[i], d_theta[i]),
                 "∂KL/∂θ at θ = {}, log σ² = {}: {} vs autodiff {}",
                 theta[i],
                 log_sigma2[i],
-                terms.d_theta[i],
+                terms.d_theta.as_ref().expect("additive")[i],
                 d_theta[i]
             );
         }
         // Clipped weights get no gradient: log α = −12 and +12 are outside [−8, 8].
-        assert_eq!(terms.d_log_sigma2[0], 0.0);
-        assert_eq!(terms.d_log_sigma2[32], 0.0);
-        assert!(terms.d_log_sigma2[16] < 0.0);
+        assert_eq!(terms.d_noise[0], 0.0);
+        assert_eq!(terms.d_noise[32], 0.0);
+        assert!(terms.d_noise[16] < 0.0);
+    }
+
+    /// In the (θ, log α) parameterization KL is a function of log α alone: the same values as
+    /// the additive form at the same log α, ∂KL/∂log α from burn's autodiff of the formula,
+    /// nothing for θ, and no gradient where log α is clipped.
+    #[test]
+    fn kl_of_learned_log_alpha_matches_the_additive_form_and_autodiff() {
+        let (theta, log_sigma2) = grid();
+        let additive = KlTerms::additive(&theta, &log_sigma2);
+        let unclipped: Vec<f32> = theta
+            .iter()
+            .zip(&log_sigma2)
+            .map(|(t, s)| s - (t * t + 1e-8).ln())
+            .collect();
+        let terms = KlTerms::of_log_alpha(&unclipped);
+        assert!(terms.d_theta.is_none());
+        assert!((terms.kl - additive.kl).abs() < 1e-4);
+        assert_eq!(terms.log_alpha, additive.log_alpha);
+        // With θ = 1 in the grid's first 33 entries, ∂KL/∂log σ² = ∂KL/∂log α.
+        let (_, d_log_sigma2) = autodiff_gradient(&theta, &log_sigma2);
+        for i in 0..33 {
+            assert!(
+                (terms.d_noise[i] - d_log_sigma2[i]).abs() <= 1e-4 * (1.0 + d_log_sigma2[i].abs()),
+                "∂KL/∂log α at {}: {} vs {}",
+                unclipped[i],
+                terms.d_noise[i],
+                d_log_sigma2[i]
+            );
+        }
+        assert_eq!(terms.d_noise[0], 0.0, "log α = −12 is clipped");
+    }
+
+    /// Kingma et al.'s cubic KL at known points (the constant (γ + ln 2)/2 included).
+    #[test]
+    fn cubic_kl_has_known_values() {
+        let device = Device::flex();
+        let got = crate::weights::host_vec(
+            kl_kingma(Tensor::<1>::from_data(
+                TensorData::from([0.0f32, -4.0, -8.0]),
+                &device,
+            ))
+            .into_data(),
+        );
+        for (got, want) in got.iter().zip([0.389_472_15, 2.614_408_98, 4.634_791_97]) {
+            assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        assert!((neg_kl_kingma(-4.0) + 2.614_408_98).abs() < 1e-7);
     }
 
     #[test]
     fn kl_tensor_carries_value_and_gradient() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::new(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2);
         let device = Device::flex().autodiff();
         let tensor =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::from(v), &device).require_grad();
@@ -291,13 +378,18 @@ mod tests {
         assert!((value as f64 - terms.kl).abs() < 1e-3 * terms.kl.abs());
         let grads = (kl * 2.0).backward();
         let d_theta = crate::weights::host_vec(t.grad(&grads).expect("tracked").into_data());
-        let want: Vec<f32> = terms.d_theta.iter().map(|g| 2.0 * g).collect();
+        let want: Vec<f32> = terms
+            .d_theta
+            .expect("additive")
+            .iter()
+            .map(|g| 2.0 * g)
+            .collect();
         assert_eq!(d_theta, want);
     }
 
     #[test]
     fn removal_mask_follows_log_alpha() {
-        let terms = KlTerms::new(&[1.0, 1.0, 1.0], &[2.0, 3.5, 9.0]);
+        let terms = KlTerms::additive(&[1.0, 1.0, 1.0], &[2.0, 3.5, 9.0]);
         let mask = terms.log_alpha_at_least(3.0, [3], &Device::flex());
         let mask: Vec<bool> = mask.into_data().try_to_vec().expect("bool data");
         assert_eq!(mask, vec![false, true, true]);

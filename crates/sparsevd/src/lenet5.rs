@@ -4,6 +4,7 @@
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
 use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
+use crate::posterior::Posterior;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::max_pool2d;
@@ -15,8 +16,9 @@ pub struct LeNet5Config {
     /// Standard deviation of the N(0, std²) initialisation of the dense layers' θ.
     #[config(default = 0.01)]
     pub dense_init_std: f64,
-    /// Initial log σ² of every weight; `None` makes the plain ("original") network.
-    pub log_sigma2_init: Option<f64>,
+    /// Posterior of every weight; a point posterior makes the plain ("original") network.
+    #[config(default = "Posterior::Point")]
+    pub posterior: Posterior,
 }
 
 #[derive(Module, Debug)]
@@ -29,20 +31,16 @@ pub struct LeNet5 {
 
 impl LeNet5Config {
     pub fn init(&self, device: &Device) -> LeNet5 {
-        let s = self.log_sigma2_init;
+        let s = self.posterior;
         let dense = |i, o| {
             DenseConfig::new(i, o)
                 .with_init_std(self.dense_init_std)
-                .with_log_sigma2_init(s)
+                .with_posterior(s)
                 .init(device)
         };
         LeNet5 {
-            conv1: Conv2dConfig::new(1, 20, 5)
-                .with_log_sigma2_init(s)
-                .init(device),
-            conv2: Conv2dConfig::new(20, 50, 5)
-                .with_log_sigma2_init(s)
-                .init(device),
+            conv1: Conv2dConfig::new(1, 20, 5).with_posterior(s).init(device),
+            conv2: Conv2dConfig::new(20, 50, 5).with_posterior(s).init(device),
             dense1: dense(800, 500),
             dense2: dense(500, 10),
         }
@@ -108,7 +106,7 @@ mod tests {
     fn has_the_paper_weight_count_and_output_shape() {
         let device = Device::flex();
         let net = LeNet5Config::new()
-            .with_log_sigma2_init(Some(-10.0))
+            .with_posterior(Posterior::sparse_vd(-10.0))
             .init(&device);
         let weights: usize = net.weight_layers().iter().map(|l| l.theta.len()).sum();
         assert_eq!(weights, 430_500);

@@ -8,6 +8,7 @@ pub mod lenet5;
 pub mod mlp;
 pub mod mode;
 pub mod noise;
+pub mod posterior;
 pub mod sparse_inference;
 pub mod vgglike;
 pub mod weights;
@@ -15,11 +16,12 @@ pub mod weights;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use dense::{Dense, DenseConfig};
 pub use kl::{
-    KlTerms, LOG_ALPHA_CLIP, kl_approx_value, log_alpha, neg_kl_kingma, neg_kl_monte_carlo,
-    normal_lattice,
+    KlTerms, LOG_ALPHA_CLIP, kl_approx_value, kl_kingma, log_alpha, neg_kl_kingma,
+    neg_kl_monte_carlo, normal_lattice,
 };
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
-pub use mode::{ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
+pub use mode::{Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
+pub use posterior::{AlphaSharing, Posterior};
 pub use sparse_inference::{CsrDense, SparseConv, SparseNet, SparseOp};
 pub use vgglike::{VggLike, VggLikeConfig};

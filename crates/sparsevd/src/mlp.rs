@@ -1,7 +1,8 @@
 //! Fully connected classifier; LeNet-300-100 is `widths = [784, 300, 100, 10]`.
 
 use crate::dense::{Dense, DenseConfig};
-use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
+use crate::mode::{Dropout, ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
+use crate::posterior::Posterior;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, activation::relu};
@@ -12,24 +13,26 @@ pub struct MlpConfig {
     pub widths: Vec<usize>,
     #[config(default = 0.01)]
     pub init_std: f64,
-    /// Initial log σ² of every weight; `None` makes the plain ("original") network.
-    pub log_sigma2_init: Option<f64>,
-    /// Binary dropout on every layer's input in training, keeping each value with this
-    /// probability p (Srivastava et al.'s dropout net); `None` for none.
-    pub dropout_keep: Option<f64>,
+    /// Posterior of every weight; a point posterior makes the plain ("original") network.
+    #[config(default = "Posterior::Point")]
+    pub posterior: Posterior,
+    /// Dropout on every layer's input in training (Srivastava et al.'s dropout net, binary
+    /// or Gaussian); `None` for none.
+    pub dropout: Option<Dropout>,
 }
 
-/// Dense layers with ReLU between them and none after the last; optionally binary dropout on
-/// each layer's input (x ⊙ m / p, m ~ Bernoulli(p), training only).
+/// Dense layers with ReLU between them and none after the last; optionally dropout on each
+/// layer's input (training only, see [`Dropout`]).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub layers: Vec<Dense>,
-    pub dropout_keep: Option<f64>,
+    #[module(skip)]
+    pub dropout: Option<Dropout>,
 }
 
 impl MlpConfig {
-    pub fn lenet300(log_sigma2_init: Option<f64>) -> Self {
-        Self::new(vec![784, 300, 100, 10]).with_log_sigma2_init(log_sigma2_init)
+    pub fn lenet300(posterior: Posterior) -> Self {
+        Self::new(vec![784, 300, 100, 10]).with_posterior(posterior)
     }
 
     pub fn init(&self, device: &Device) -> Mlp {
@@ -38,14 +41,14 @@ impl MlpConfig {
             .windows(2)
             .map(|w| {
                 DenseConfig::new(w[0], w[1])
-                    .with_log_sigma2_init(self.log_sigma2_init)
+                    .with_posterior(self.posterior)
                     .with_init_std(self.init_std)
                     .init(device)
             })
             .collect();
         Mlp {
             layers,
-            dropout_keep: self.dropout_keep,
+            dropout: self.dropout,
         }
     }
 }
@@ -56,8 +59,8 @@ impl Network for Mlp {
         let mut x = input;
         let mut kl: Option<Tensor<1>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(keep) = self.dropout_keep {
-                x = mode.dropout(x, keep, i as u64);
+            if let Some(dropout) = self.dropout {
+                x = mode.dropout(x, dropout, i as u64);
             }
             let (out, layer_kl) = layer.forward(x, mode.for_layer(i as u64));
             kl = add_kl(kl, layer_kl);
@@ -108,7 +111,7 @@ mod tests {
         let device = Device::flex();
         let plain = MlpConfig::new(vec![20, 30, 5]).init(&device);
         let dropped = Mlp {
-            dropout_keep: Some(0.5),
+            dropout: Some(Dropout::Binary { keep: 0.5 }),
             ..plain.clone()
         };
         let x = Tensor::<2>::ones([4, 20], &device);

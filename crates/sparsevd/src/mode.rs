@@ -1,6 +1,7 @@
 //! What every network of this crate shares: how a forward pass is run, what it returns, and how
 //! its weight layers are shown to the rest of the harness.
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
 
@@ -18,18 +19,29 @@ pub enum ForwardMode {
     Eval { threshold: f64 },
 }
 
+/// Noise on a layer's input in training, keeping its mean: the first two links of the dropout
+/// family, both with keep-probability p.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum Dropout {
+    /// x ⊙ m / p, m ~ Bernoulli(p) (Srivastava et al. 2014).
+    Binary { keep: f64 },
+    /// x ⊙ r, r ~ N(1, α), α = (1 − p)/p: binary dropout's mean and variance.
+    Gaussian { keep: f64 },
+}
+
 /// Noise streams of dropout masks start here, after the weight layers' streams.
 const DROPOUT_STREAMS: u64 = 1000;
 
 impl ForwardMode {
-    /// Binary dropout of `x`, keeping each value with probability `keep`, in training (mask
-    /// number `index` of the network); `x` unchanged in evaluation.
-    pub fn dropout<const D: usize>(self, x: Tensor<D>, keep: f64, index: u64) -> Tensor<D> {
-        match self.for_layer(DROPOUT_STREAMS + index) {
-            ForwardMode::Train { noise_seed, .. } => {
-                crate::noise::binary_dropout(x, keep, noise_seed)
-            }
-            ForwardMode::Eval { .. } => x,
+    /// `dropout` of `x` in training (mask number `index` of the network); `x` unchanged in
+    /// evaluation.
+    pub fn dropout<const D: usize>(self, x: Tensor<D>, dropout: Dropout, index: u64) -> Tensor<D> {
+        let ForwardMode::Train { noise_seed, .. } = self.for_layer(DROPOUT_STREAMS + index) else {
+            return x;
+        };
+        match dropout {
+            Dropout::Binary { keep } => crate::noise::binary_dropout(x, keep, noise_seed),
+            Dropout::Gaussian { keep } => crate::noise::gaussian_dropout(x, keep, noise_seed),
         }
     }
 

@@ -10,8 +10,9 @@
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
 use crate::mode::{
-    ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
+    Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
 };
+use crate::posterior::Posterior;
 use crate::weights::host_vec;
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
@@ -51,8 +52,9 @@ const BN_EPSILON: f64 = 1e-3;
 pub struct VggLikeConfig {
     /// Width multiplier k: every layer width c becomes int(c·k).
     pub width: f64,
-    /// Initial log σ² of every weight; `None` makes a plain network.
-    pub log_sigma2_init: Option<f64>,
+    /// Posterior of every weight; a point posterior makes a plain network.
+    #[config(default = "Posterior::Point")]
+    pub posterior: Posterior,
     /// Binary dropout of the pretraining net.
     #[config(default = false)]
     pub dropout: bool,
@@ -75,7 +77,7 @@ fn scaled(c: usize, k: f64) -> usize {
 
 impl VggLikeConfig {
     pub fn init(&self, device: &Device) -> VggLike {
-        let s = self.log_sigma2_init;
+        let s = self.posterior;
         let norm = |features| {
             BatchNormConfig::new(features)
                 .with_epsilon(BN_EPSILON)
@@ -88,7 +90,7 @@ impl VggLikeConfig {
             convs.push(
                 Conv2dConfig::new(channels, out, 3)
                     .with_padding(1)
-                    .with_log_sigma2_init(s)
+                    .with_posterior(s)
                     .init(device),
             );
             conv_norms.push(norm(out));
@@ -99,7 +101,7 @@ impl VggLikeConfig {
         let dense = |i: usize, o: usize| {
             DenseConfig::new(i, o)
                 .with_init_std((2.0 / (i + o) as f64).sqrt())
-                .with_log_sigma2_init(s)
+                .with_posterior(s)
                 .init(device)
         };
         VggLike {
@@ -124,7 +126,7 @@ impl VggLike {
         index: u64,
     ) -> Tensor<D> {
         if self.dropout {
-            mode.dropout(x, 1.0 - drop, index)
+            mode.dropout(x, Dropout::Binary { keep: 1.0 - drop }, index)
         } else {
             x
         }
@@ -280,7 +282,7 @@ mod tests {
     fn has_the_paper_weight_count_and_output_shape() {
         let device = Device::flex();
         let net = VggLikeConfig::new(0.25)
-            .with_log_sigma2_init(Some(-15.0))
+            .with_posterior(Posterior::sparse_vd(-15.0))
             .init(&device);
         let weights: usize = net.weight_layers().iter().map(|l| l.theta.len()).sum();
         assert_eq!(weights, 937_392);

@@ -1,46 +1,72 @@
-//! The weights of one layer — θ, optional log σ², bias — and the Sparse VD forward pass that
-//! dense and convolutional layers share; they differ only in the linear map applied.
+//! The weights of one layer — θ, the learned noise parameter of its posterior, bias — and the
+//! variational forward pass that dense and convolutional layers share; they differ only in the
+//! linear map applied.
 
-use crate::kl::{KlTerms, log_alpha};
+use crate::kl::{KlTerms, LOG_ALPHA_CLIP, kl_kingma, log_alpha};
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
+use crate::posterior::{Posterior, VD_LOG_ALPHA_MAX};
 use burn::module::{Module, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Tensor, TensorData};
 
 /// Added under the square root of the LRT variance so that its gradient stays finite.
 const VARIANCE_EPS: f64 = 1e-8;
 
-/// θ (any shape whose leading or trailing axis is the output unit), log σ² of the same shape
-/// (absent for a plain layer), and one bias per output unit.
+/// θ (any shape with one output-unit axis), the noise parameter of the [`Posterior`] (log σ²
+/// of θ's shape for Sparse VD; log α of θ's shape, per unit or per layer for the log α
+/// posteriors; none for a point layer), and one bias per output unit.
 ///
-/// With log σ² present this is the Sparse VD posterior q(w_ij) = N(θ_ij, σ²_ij),
-/// α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8]. For a linear map `A` (matmul or convolution):
+/// With a variational posterior, q(w_ij) = N(θ_ij, σ²_ij), and for a linear map `A` (matmul or
+/// convolution):
 /// - training (local reparameterization): γ = A(x, θ) + b, δ = A(x ⊙ x, σ²),
 ///   output γ + √(δ + 1e-8) ⊙ ζ, ζ ~ N(0, 1) per output element (drawn from the mode's noise
-///   seed); the bias never enters δ;
+///   seed); the bias never enters δ. σ² = exp(log σ²) (Sparse VD) or α·θ² (log α posteriors);
 /// - evaluation: A(x, θ ⊙ [log α < threshold]) + b, deterministic.
 #[derive(Module, Debug)]
 pub struct VariationalWeights<const D: usize> {
     pub theta: Param<Tensor<D>>,
     pub log_sigma2: Option<Param<Tensor<D>>>,
+    pub log_alpha: Option<Param<Tensor<D>>>,
     pub bias: Param<Tensor<1>>,
+    #[module(skip)]
+    pub posterior: Posterior,
+}
+
+/// What a training pass needs from the posterior besides θ.
+struct TrainTerms<const D: usize> {
+    variance: Tensor<D>,
+    kl: Tensor<1>,
+    removed: Option<Tensor<D, Bool>>,
 }
 
 impl<const D: usize> VariationalWeights<D> {
-    /// Weights with initial θ, zero bias for `units` outputs, and log σ² = `log_sigma2_init`
-    /// everywhere (or none).
-    pub fn new(theta: Tensor<D>, units: usize, log_sigma2_init: Option<f64>) -> Self {
+    /// Weights with initial θ whose output unit is axis `unit_axis`, zero bias, and the noise
+    /// parameter of `posterior` at its initial value everywhere.
+    pub fn new(theta: Tensor<D>, unit_axis: usize, posterior: Posterior) -> Self {
         let device = theta.device();
+        let shape = theta.dims();
+        let log_sigma2 = match posterior {
+            Posterior::SparseVd { log_sigma2_init } => Some(log_sigma2_init),
+            _ => None,
+        };
+        let log_alpha = match posterior {
+            Posterior::SparseVdLogAlpha { log_alpha_init }
+            | Posterior::VariationalDropout { log_alpha_init, .. } => posterior
+                .log_alpha_shape(shape, unit_axis)
+                .map(|s| (s, log_alpha_init)),
+            _ => None,
+        };
         Self {
-            log_sigma2: log_sigma2_init
-                .map(|v| Param::from_tensor(Tensor::full(theta.shape(), v, &device))),
-            bias: Param::from_tensor(Tensor::zeros([units], &device)),
+            log_sigma2: log_sigma2.map(|v| Param::from_tensor(Tensor::full(shape, v, &device))),
+            log_alpha: log_alpha.map(|(s, v)| Param::from_tensor(Tensor::full(s, v, &device))),
+            bias: Param::from_tensor(Tensor::zeros([shape[unit_axis]], &device)),
             theta: Param::from_tensor(theta),
+            posterior,
         }
     }
 
     /// Apply the layer whose linear map is `map` (without bias); returns the output and this
-    /// layer's Σ KL (`None` for a plain layer and in evaluation). Output axis 1 is the unit axis.
+    /// layer's Σ KL (`None` for a point layer and in evaluation). Output axis 1 is the unit axis.
     pub fn forward<const E: usize>(
         &self,
         x: Tensor<E>,
@@ -51,36 +77,99 @@ impl<const D: usize> VariationalWeights<D> {
         let mut bias_shape = [1; E];
         bias_shape[1] = self.bias.dims()[0];
         let bias = self.bias.val().reshape(bias_shape);
-        let Some(log_sigma2) = self.log_sigma2.as_ref().map(Param::val) else {
+        if self.posterior == Posterior::Point {
             return (map(x, theta) + bias, None);
-        };
+        }
         match mode {
             ForwardMode::Eval { threshold } => {
-                let removed = log_alpha(theta.clone(), log_sigma2).greater_equal_elem(threshold);
-                let mean = theta.mask_fill(removed, 0.0);
-                (map(x, mean) + bias, None)
+                let removed = self
+                    .clipped_log_alpha()
+                    .expect("a variational posterior has log α")
+                    .greater_equal_elem(threshold);
+                (map(x, theta.mask_fill(removed, 0.0)) + bias, None)
             }
             ForwardMode::Train {
                 mask_threshold,
                 noise_seed,
             } => {
-                let terms = KlTerms::new(
+                let terms = self.train_terms(mask_threshold);
+                let mean = match terms.removed {
+                    Some(removed) => theta.mask_fill(removed, 0.0),
+                    None => theta,
+                };
+                let gamma = map(x.clone(), mean) + bias;
+                let delta = map(x.square(), terms.variance);
+                let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
+                (gamma + lrt_std(delta) * zeta, Some(terms.kl))
+            }
+        }
+    }
+
+    /// σ², Σ KL and the train clip's mask (weights with log α ≥ `mask_threshold`) of a
+    /// variational posterior.
+    fn train_terms(&self, mask_threshold: Option<f64>) -> TrainTerms<D> {
+        let theta = self.theta.val();
+        let (shape, device) = (theta.dims(), theta.device());
+        let noise = |p: &Option<Param<Tensor<D>>>| p.as_ref().map(Param::val).expect("built so");
+        match self.posterior {
+            Posterior::SparseVd { .. } => {
+                let log_sigma2 = noise(&self.log_sigma2);
+                let terms = KlTerms::additive(
                     &host_vec(theta.clone().into_data()),
                     &host_vec(log_sigma2.clone().into_data()),
                 );
-                let mean = match mask_threshold {
-                    Some(t) => theta.clone().mask_fill(
-                        terms.log_alpha_at_least(t, theta.dims(), &theta.device()),
-                        0.0,
-                    ),
-                    None => theta.clone(),
-                };
-                let gamma = map(x.clone(), mean) + bias;
-                let delta = map(x.square(), log_sigma2.clone().exp());
-                let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
-                let out = gamma + lrt_std(delta) * zeta;
-                (out, Some(terms.into_tensor(theta, log_sigma2)))
+                TrainTerms {
+                    removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
+                    variance: log_sigma2.clone().exp(),
+                    kl: terms.into_tensor(theta, log_sigma2),
+                }
             }
+            Posterior::SparseVdLogAlpha { .. } => {
+                let log_alpha = noise(&self.log_alpha);
+                let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone().into_data()));
+                let alpha = log_alpha
+                    .clone()
+                    .clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+                    .exp();
+                TrainTerms {
+                    removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
+                    variance: alpha * theta.clone().square(),
+                    kl: terms.into_tensor(theta, log_alpha),
+                }
+            }
+            Posterior::VariationalDropout { .. } => {
+                let log_alpha = noise(&self.log_alpha).clamp(-LOG_ALPHA_CLIP, VD_LOG_ALPHA_MAX);
+                let sharing =
+                    (theta.shape().num_elements() / log_alpha.shape().num_elements()) as f64;
+                TrainTerms {
+                    removed: mask_threshold
+                        .map(|t| log_alpha.clone().expand(shape).greater_equal_elem(t)),
+                    variance: log_alpha.clone().exp() * theta.square(),
+                    kl: kl_kingma(log_alpha).sum() * sharing,
+                }
+            }
+            Posterior::Point => unreachable!("a point layer has no noise"),
+        }
+    }
+
+    /// log α of every weight as the forward pass clips it; `None` for a point layer.
+    fn clipped_log_alpha(&self) -> Option<Tensor<D>> {
+        let theta = self.theta.val();
+        let learned = || self.log_alpha.as_ref().map(Param::val).expect("built so");
+        match self.posterior {
+            Posterior::Point => None,
+            Posterior::SparseVd { .. } => Some(log_alpha(
+                theta,
+                self.log_sigma2.as_ref().map(Param::val).expect("built so"),
+            )),
+            Posterior::SparseVdLogAlpha { .. } => {
+                Some(learned().clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP))
+            }
+            Posterior::VariationalDropout { .. } => Some(
+                learned()
+                    .clamp(-LOG_ALPHA_CLIP, VD_LOG_ALPHA_MAX)
+                    .expand(theta.dims()),
+            ),
         }
     }
 
@@ -89,8 +178,9 @@ impl<const D: usize> VariationalWeights<D> {
         self.theta.val().square().sum()
     }
 
-    /// These weights with θ, log σ² and bias replaced by `view`'s (a saved model), keeping the
-    /// structure; an error says what does not match.
+    /// These weights with θ, the noise parameter and bias replaced by `view`'s (a saved model),
+    /// keeping the structure; an error says what does not match. A per-unit or per-layer log α
+    /// is read back from the per-weight one that the view carries.
     pub fn with_values(self, view: &WeightLayerView) -> Result<Self, String> {
         let device = self.theta.val().device();
         let shape = self.theta.dims();
@@ -100,20 +190,20 @@ impl<const D: usize> VariationalWeights<D> {
                 view.name, view.shape, shape
             ));
         }
-        if view.log_sigma2.is_some() != self.log_sigma2.is_some() {
+        let stored = match (&view.log_sigma2, &view.log_alpha) {
+            (Some(_), _) => "log_sigma2",
+            (None, Some(_)) => "log_alpha",
+            (None, None) => "neither log_sigma2 nor log_alpha",
+        };
+        let expected = match self.posterior {
+            Posterior::Point => "neither log_sigma2 nor log_alpha",
+            Posterior::SparseVd { .. } => "log_sigma2",
+            _ => "log_alpha",
+        };
+        if stored != expected {
             return Err(format!(
-                "{}: log_sigma2 {} in the file but {} in the network",
-                view.name,
-                if view.log_sigma2.is_some() {
-                    "present"
-                } else {
-                    "absent"
-                },
-                if self.log_sigma2.is_some() {
-                    "expected"
-                } else {
-                    "not expected"
-                }
+                "{}: the file has {stored}, this network's layer expects {expected}",
+                view.name
             ));
         }
         if view.bias.len() != self.bias.dims()[0] {
@@ -127,30 +217,41 @@ impl<const D: usize> VariationalWeights<D> {
         let tensor = |values: &[f32]| {
             Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape), &device)
         };
+        let log_alpha = self.log_alpha.as_ref().map(|learned| {
+            let mut per_weight = tensor(view.log_alpha.as_deref().expect("checked above"));
+            for (axis, &size) in learned.dims().iter().enumerate() {
+                if size == 1 && shape[axis] > 1 {
+                    per_weight = per_weight.mean_dim(axis);
+                }
+            }
+            Param::from_tensor(per_weight)
+        });
         Ok(Self {
             theta: Param::from_tensor(tensor(&view.theta)),
             log_sigma2: view
                 .log_sigma2
                 .as_deref()
                 .map(|v| Param::from_tensor(tensor(v))),
+            log_alpha,
             bias: Param::from_tensor(Tensor::from_data(
                 TensorData::new(view.bias.clone(), [view.bias.len()]),
                 &device,
             )),
+            posterior: self.posterior,
         })
     }
 
     /// Copy to the host for counting, saving and plotting.
     pub fn view(&self, name: &str) -> WeightLayerView {
         let theta = self.theta.val();
-        let log_sigma2 = self.log_sigma2.as_ref().map(Param::val);
         WeightLayerView {
             name: name.to_string(),
             shape: theta.dims().to_vec(),
-            log_alpha: log_sigma2
-                .clone()
-                .map(|s| host_vec(log_alpha(theta.clone(), s).into_data())),
-            log_sigma2: log_sigma2.map(|s| host_vec(s.into_data())),
+            log_alpha: self.clipped_log_alpha().map(|a| host_vec(a.into_data())),
+            log_sigma2: self
+                .log_sigma2
+                .as_ref()
+                .map(|s| host_vec(s.val().into_data())),
             theta: host_vec(theta.into_data()),
             bias: host_vec(self.bias.val().into_data()),
         }
@@ -177,7 +278,191 @@ pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kl::kl_approx_value;
+    use crate::posterior::AlphaSharing;
     use burn::tensor::Device;
+
+    const THETA: [f32; 6] = [0.5, -1.0, 0.25, 2.0, -0.75, 0.1];
+    const X: [f32; 3] = [1.0, -2.0, 0.5];
+
+    /// A 3 → 2 layer with θ = `THETA`, bias (0.3, −0.2) and learned log α `log_alpha` of shape
+    /// `shape`.
+    fn log_alpha_layer(
+        posterior: Posterior,
+        log_alpha: &[f32],
+        shape: [usize; 2],
+        device: &Device,
+    ) -> VariationalWeights<2> {
+        let tensor = |v: &[f32], s: [usize; 2]| {
+            Param::from_tensor(Tensor::from_data(TensorData::new(v.to_vec(), s), device))
+        };
+        VariationalWeights {
+            theta: tensor(&THETA, [3, 2]),
+            log_sigma2: None,
+            log_alpha: Some(tensor(log_alpha, shape)),
+            bias: Param::from_tensor(Tensor::from_data(TensorData::from([0.3f32, -0.2]), device)),
+            posterior,
+        }
+    }
+
+    fn per_unit_vd() -> Posterior {
+        Posterior::VariationalDropout {
+            log_alpha_init: -4.0,
+            sharing: AlphaSharing::PerUnit,
+        }
+    }
+
+    /// Mean γ and variance δ = Σ x² α θ² of the LRT output for both log α posteriors; the
+    /// per-unit α of unit 1 is learned as e^0.5 but clipped to 1.
+    #[test]
+    fn log_alpha_posteriors_sample_with_variance_alpha_theta_squared() {
+        let device = Device::flex();
+        let per_weight = [-1.0f32, -2.0, -3.0, -0.5, -1.5, -4.0];
+        let cases = [
+            (
+                log_alpha_layer(
+                    Posterior::SparseVdLogAlpha {
+                        log_alpha_init: -4.0,
+                    },
+                    &per_weight,
+                    [3, 2],
+                    &device,
+                ),
+                per_weight,
+            ),
+            (
+                log_alpha_layer(per_unit_vd(), &[-1.0, 0.5], [1, 2], &device),
+                [-1.0, 0.0, -1.0, 0.0, -1.0, 0.0],
+            ),
+        ];
+        let samples = 40_000;
+        let batch: Vec<f32> = X.iter().copied().cycle().take(3 * samples).collect();
+        for (layer, log_alpha) in cases {
+            let input =
+                Tensor::<2>::from_data(TensorData::new(batch.clone(), [samples, 3]), &device);
+            let (out, kl) = layer.forward(
+                input,
+                ForwardMode::Train {
+                    mask_threshold: None,
+                    noise_seed: 3,
+                },
+                |x, w| x.matmul(w),
+            );
+            assert!(kl.is_some());
+            let out = host_vec(out.into_data());
+            for j in 0..2 {
+                let at = |i: usize| 2 * i + j;
+                let gamma: f64 =
+                    (0..3).map(|i| (X[i] * THETA[at(i)]) as f64).sum::<f64>() + [0.3, -0.2][j];
+                let delta: f64 = (0..3)
+                    .map(|i| {
+                        (X[i] as f64).powi(2)
+                            * (log_alpha[at(i)] as f64).exp()
+                            * (THETA[at(i)] as f64).powi(2)
+                    })
+                    .sum();
+                let column: Vec<f64> = out.iter().skip(j).step_by(2).map(|&v| v as f64).collect();
+                let mean = column.iter().sum::<f64>() / samples as f64;
+                let var =
+                    column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (samples - 1) as f64;
+                // Standard errors √(δ/n) of the mean and δ·√(2/n) of the variance; allow 4.
+                let n = samples as f64;
+                assert!(
+                    (mean - gamma).abs() < 4.0 * (delta / n).sqrt(),
+                    "unit {j}: {mean} vs {gamma}"
+                );
+                assert!(
+                    (var - delta).abs() < 4.0 * delta * (2.0 / n).sqrt(),
+                    "{:?} unit {j}: variance {var} vs δ {delta}",
+                    layer.posterior
+                );
+            }
+        }
+    }
+
+    /// Kingma's VD: Σ KL = (weights per α) · cubic KL at the clipped log α, and a log α above
+    /// the clip (α > 1) gets no gradient. Sparse VD (θ, log α): the sigmoid KL of each weight.
+    #[test]
+    fn kl_of_the_log_alpha_posteriors() {
+        let device = Device::flex().autodiff();
+        let train = ForwardMode::Train {
+            mask_threshold: None,
+            noise_seed: 1,
+        };
+        let input = || Tensor::<2>::from_data(TensorData::new(X.to_vec(), [1, 3]), &device);
+        let vd = log_alpha_layer(per_unit_vd(), &[-1.0, 0.5], [1, 2], &device);
+        let kl = vd
+            .forward(input(), train, |x, w| x.matmul(w))
+            .1
+            .expect("variational");
+        let value: f32 = kl.clone().into_scalar();
+        let cubic = |la: f64| -crate::kl::neg_kl_kingma(la);
+        assert!(
+            (value as f64 - 3.0 * (cubic(-1.0) + cubic(0.0))).abs() < 1e-4,
+            "{value}"
+        );
+        let grads = kl.backward();
+        let learned = vd.log_alpha.as_ref().expect("built so").val();
+        let d = host_vec(learned.grad(&grads).expect("tracked").into_data());
+        assert!(d[0] < 0.0, "KL falls as α grows below 1: {d:?}");
+        assert_eq!(d[1], 0.0, "clipped at α = 1: {d:?}");
+
+        let per_weight = [-9.0f32, -2.0, 0.0, 2.5, 4.0, 9.0];
+        let svd = log_alpha_layer(
+            Posterior::SparseVdLogAlpha {
+                log_alpha_init: -4.0,
+            },
+            &per_weight,
+            [3, 2],
+            &device,
+        );
+        let kl: f32 = svd
+            .forward(input(), train, |x, w| x.matmul(w))
+            .1
+            .expect("variational")
+            .into_scalar();
+        let want: f64 = per_weight
+            .iter()
+            .map(|&la| kl_approx_value((la as f64).clamp(-8.0, 8.0)))
+            .sum();
+        assert!((kl as f64 - want).abs() < 1e-4, "{kl} vs {want}");
+    }
+
+    /// Evaluation removes the weights whose own log α reaches the threshold; a per-unit log α
+    /// written out per weight reads back into the per-unit parameter.
+    #[test]
+    fn log_alpha_layers_mask_and_round_trip_through_a_view() {
+        let device = Device::flex();
+        let svd = log_alpha_layer(
+            Posterior::SparseVdLogAlpha {
+                log_alpha_init: -4.0,
+            },
+            &[-1.0, 3.5, -3.0, -0.5, -1.5, 9.0],
+            [3, 2],
+            &device,
+        );
+        let view = svd.view("d");
+        assert_eq!(view.kept(3.0), vec![true, false, true, true, true, false]);
+        assert_eq!(view.log_alpha.as_ref().expect("variational")[5], 8.0);
+
+        let vd = log_alpha_layer(per_unit_vd(), &[-1.0, -2.5], [1, 2], &device);
+        let view = vd.view("d");
+        assert_eq!(
+            view.log_alpha.as_deref(),
+            Some(&[-1.0f32, -2.5, -1.0, -2.5, -1.0, -2.5][..])
+        );
+        let fresh = VariationalWeights::new(Tensor::<2>::zeros([3, 2], &device), 1, per_unit_vd());
+        let restored = fresh.with_values(&view).expect("same structure");
+        let learned = restored.log_alpha.expect("built so").val();
+        assert_eq!(learned.dims(), [1, 2]);
+        assert_eq!(host_vec(learned.into_data()), vec![-1.0, -2.5]);
+        let point =
+            VariationalWeights::new(Tensor::<2>::zeros([3, 2], &device), 1, Posterior::Point);
+        let err = point
+            .with_values(&view)
+            .expect_err("point layer, log α in the file");
+        assert!(err.contains("log_alpha"), "{err}");
+    }
 
     #[test]
     fn lrt_std_has_the_value_and_slope_of_the_square_root() {

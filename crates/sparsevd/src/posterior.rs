@@ -1,0 +1,104 @@
+//! Which approximate posterior q(w) a layer's weights have: the links of the dropout family
+//! that live in the weights (binary and Gaussian dropout live on the layer inputs instead, see
+//! [`crate::mode::Dropout`]).
+
+use burn::config::Config;
+use burn::serde::{Deserialize, Serialize};
+
+/// The posterior of a layer's weights; every variational one is trained with the local
+/// reparameterization trick (see [`crate::weights::VariationalWeights`]).
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum Posterior {
+    /// Deterministic weights θ (no noise, no KL).
+    Point,
+    /// Sparse VD, additive parameterization (the paper's): q(w_ij) = N(θ_ij, σ²_ij), learned θ
+    /// and log σ² per weight, α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8], sigmoid KL.
+    SparseVd { log_sigma2_init: f64 },
+    /// Sparse VD in the original parameterization: learned θ and log α per weight (clipped to
+    /// [−8, 8]), σ²_ij = α_ij·θ²_ij, sigmoid KL. The gradient with respect to θ carries the
+    /// noise through σ², which is what the additive form removes.
+    SparseVdLogAlpha { log_alpha_init: f64 },
+    /// Kingma et al. (2015)'s variational dropout: q(w_ij) = N(θ_ij, α·θ²_ij) with one learned
+    /// log α per output unit or per layer, clipped to [−8, 0] (α ≤ 1, where the cubic KL
+    /// approximation holds), KL ≈ (γ + ln 2)/2 − (0.5·log α + c1·α + c2·α² + c3·α³) per weight.
+    VariationalDropout {
+        log_alpha_init: f64,
+        sharing: AlphaSharing,
+    },
+}
+
+/// How many weights share one α in [`Posterior::VariationalDropout`]; written `"per_unit"` or
+/// `"per_layer"` in experiment files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "burn::serde", rename_all = "snake_case")]
+pub enum AlphaSharing {
+    /// One α per output unit (dense column, conv output channel).
+    PerUnit,
+    /// One α for the whole layer.
+    PerLayer,
+}
+
+/// Upper clip of log α for Kingma's variational dropout: α ≤ 1.
+pub const VD_LOG_ALPHA_MAX: f64 = 0.0;
+
+impl Posterior {
+    /// The paper's Sparse VD with log σ² starting at `log_sigma2_init`.
+    pub fn sparse_vd(log_sigma2_init: f64) -> Self {
+        Posterior::SparseVd { log_sigma2_init }
+    }
+
+    /// Shape of the learned log α for weights θ of shape `theta` whose output unit is axis
+    /// `unit_axis`; `None` when the posterior has no log α parameter.
+    pub fn log_alpha_shape<const D: usize>(
+        &self,
+        theta: [usize; D],
+        unit_axis: usize,
+    ) -> Option<[usize; D]> {
+        match self {
+            Posterior::Point | Posterior::SparseVd { .. } => None,
+            Posterior::SparseVdLogAlpha { .. } => Some(theta),
+            Posterior::VariationalDropout { sharing, .. } => {
+                let mut shape = [1; D];
+                if *sharing == AlphaSharing::PerUnit {
+                    shape[unit_axis] = theta[unit_axis];
+                }
+                Some(shape)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_alpha_is_per_weight_per_unit_or_per_layer() {
+        let dense = [784, 300];
+        let vd = |sharing| Posterior::VariationalDropout {
+            log_alpha_init: -4.0,
+            sharing,
+        };
+        assert_eq!(Posterior::Point.log_alpha_shape(dense, 1), None);
+        assert_eq!(Posterior::sparse_vd(-10.0).log_alpha_shape(dense, 1), None);
+        assert_eq!(
+            Posterior::SparseVdLogAlpha {
+                log_alpha_init: -4.0
+            }
+            .log_alpha_shape(dense, 1),
+            Some(dense)
+        );
+        assert_eq!(
+            vd(AlphaSharing::PerUnit).log_alpha_shape(dense, 1),
+            Some([1, 300])
+        );
+        assert_eq!(
+            vd(AlphaSharing::PerUnit).log_alpha_shape([50, 20, 5, 5], 0),
+            Some([50, 1, 1, 1])
+        );
+        assert_eq!(
+            vd(AlphaSharing::PerLayer).log_alpha_shape([50, 20, 5, 5], 0),
+            Some([1, 1, 1, 1])
+        );
+    }
+}
