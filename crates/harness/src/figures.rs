@@ -4,20 +4,48 @@
 use anyhow::{Context, Result};
 use plotting::{Corner, LineFigure, Panel, Series};
 use runner::output;
-use runner::spec::LoadedExperiment;
+use runner::spec::{LayerKind, LoadedExperiment, Variant};
 use std::path::{Path, PathBuf};
 
-/// Per-epoch test error, compression and KL weight β of every finished variant.
-pub fn training_curves(
-    exp: &LoadedExperiment,
+/// One variant's per-epoch table, labelled for a legend.
+struct Curves {
+    label: String,
+    dir: PathBuf,
+    table: output::EpochTable,
+}
+
+impl Curves {
+    /// `column` against the epoch, with `f` applied to each value.
+    fn series(&self, column: &str, f: impl Fn(f64) -> f64) -> Result<Series> {
+        let epochs = self
+            .table
+            .column("epoch")
+            .context("epochs.csv has no epoch column")?;
+        let values = self
+            .table
+            .column(column)
+            .with_context(|| format!("{}: no {column} column", self.dir.display()))?;
+        Ok(Series {
+            label: self.label.clone(),
+            points: epochs
+                .iter()
+                .copied()
+                .zip(values.into_iter().map(f))
+                .collect(),
+        })
+    }
+}
+
+/// The curves of the variants of `exp` that `wanted` picks and that have an `epochs.csv`
+/// (unfinished ones labelled "(in progress)"), and whether any of them is a shortened run.
+fn variant_curves<'a>(
+    exp: &'a LoadedExperiment,
     results_dir: &Path,
-    figures_dir: &Path,
-) -> Result<Vec<PathBuf>> {
-    let mut error = Vec::new();
-    let mut compression = Vec::new();
-    let mut beta = Vec::new();
+    wanted: impl Fn(&Variant) -> bool,
+) -> Result<(Vec<(&'a Variant, Curves)>, bool)> {
+    let mut curves = Vec::new();
     let mut shortened = false;
-    for variant in &exp.spec.variants {
+    for variant in exp.spec.variants.iter().filter(|v| wanted(v)) {
         let dir = results_dir.join(&exp.spec.name).join(&variant.name);
         if !dir.join(output::EPOCHS_CSV).is_file() {
             continue;
@@ -31,34 +59,43 @@ pub fn training_curves(
         } else {
             format!("{} (in progress)", variant.name)
         };
-        let epochs = table
-            .column("epoch")
-            .context("epochs.csv has no epoch column")?;
-        let series = |column: &str| -> Result<Series> {
-            let values = table
-                .column(column)
-                .with_context(|| format!("{}: no {column} column", dir.display()))?;
-            Ok(Series {
-                label: label.clone(),
-                points: epochs.iter().copied().zip(values).collect(),
-            })
-        };
-        error.push(series("test_error_pct")?);
-        compression.push(series("compression")?);
-        if variant.layer == runner::spec::LayerKind::SparseVd {
-            beta.push(series("beta")?);
-        }
+        curves.push((variant, Curves { label, dir, table }));
     }
-    if error.is_empty() {
-        return Ok(Vec::new());
-    }
-    let label = if shortened {
+    Ok((curves, shortened))
+}
+
+fn shortened_label(shortened: bool) -> &'static str {
+    if shortened {
         " (includes shortened runs)"
     } else {
         ""
-    };
+    }
+}
+
+/// Per-epoch test error, compression and KL weight β of every variant.
+pub fn training_curves(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+    figures_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let (curves, shortened) = variant_curves(exp, results_dir, |_| true)?;
+    if curves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut error, mut compression, mut beta) = (Vec::new(), Vec::new(), Vec::new());
+    for (variant, c) in &curves {
+        error.push(c.series("test_error_pct", |v| v)?);
+        compression.push(c.series("compression", |v| v)?);
+        if variant.layer.is_variational() {
+            beta.push(c.series("beta", |v| v)?);
+        }
+    }
     let figure = LineFigure {
-        title: format!("{}: training curves{label}", exp.spec.name),
+        title: format!(
+            "{}: training curves{}",
+            exp.spec.name,
+            shortened_label(shortened)
+        ),
         x_label: "epoch".into(),
         panels: vec![
             Panel {
@@ -77,6 +114,66 @@ pub fn training_curves(
         ],
     };
     write(&figure, figures_dir, &format!("{}_training", exp.spec.name))
+}
+
+/// The paper's parameterization study: training loss, sparsity (% of weights removed) and test
+/// error per epoch of Sparse VD in the original (θ, log α) and the additive (θ, log σ²)
+/// parameterization. Only for experiments that have both.
+pub fn parameterization(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+    figures_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let studied = [LayerKind::SparseVdLogAlpha, LayerKind::SparseVd];
+    if !studied
+        .iter()
+        .all(|kind| exp.spec.variants.iter().any(|v| v.layer == *kind))
+    {
+        return Ok(Vec::new());
+    }
+    let (curves, shortened) = variant_curves(exp, results_dir, |v| studied.contains(&v.layer))?;
+    if curves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut loss, mut sparsity, mut error) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, c) in &curves {
+        loss.push(c.series("train_loss", |v| v)?);
+        sparsity.push(c.series("compression", |v| 100.0 - 100.0 / v)?);
+        error.push(c.series("test_error_pct", |v| v)?);
+    }
+    let figure = LineFigure {
+        title: format!(
+            "{}: Sparse VD, (θ, log α) vs additive (θ, log σ²){}",
+            exp.spec.name,
+            shortened_label(shortened)
+        ),
+        x_label: "epoch".into(),
+        panels: vec![
+            Panel {
+                y_label: "training loss (per example)".into(),
+                log_y: true,
+                series: loss,
+                legend: Corner::UpperRight,
+            },
+            Panel {
+                y_label: "weights removed (%)".into(),
+                log_y: false,
+                series: sparsity,
+                legend: Corner::LowerRight,
+            },
+            Panel {
+                y_label: "test error (%)".into(),
+                log_y: true,
+                series: error,
+                legend: Corner::UpperRight,
+            },
+        ],
+    };
+    write(
+        &figure,
+        figures_dir,
+        &format!("{}_parameterization", exp.spec.name),
+    )
 }
 
 /// Write `figure` as `<figures_dir>/<name>.svg` and `.png`; returns both paths.
@@ -159,7 +256,7 @@ pub fn first_layer_masks(
         .spec
         .variants
         .iter()
-        .filter(|v| v.layer == runner::spec::LayerKind::SparseVd)
+        .filter(|v| v.layer == LayerKind::SparseVd)
     {
         let dir = results_dir.join(&exp.spec.name).join(&variant.name);
         if !dir.join(output::SUMMARY_CSV).is_file() {

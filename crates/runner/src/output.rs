@@ -249,6 +249,7 @@ pub fn write_comparison(
         "paper: compression",
         "ours: % removed per layer",
         "paper: % removed per layer",
+        "ours: s / epoch",
     ];
     if with_train {
         header.extend([
@@ -286,6 +287,7 @@ pub fn write_comparison(
             times(paper.as_ref().and_then(|p| p.compression)),
             s.removed_pct_per_layer.replace(';', " / "),
             paper_layers,
+            format!("{:.1}", s.wall_time_s / s.epochs.max(1) as f64),
         ];
         if with_train {
             cells.extend([

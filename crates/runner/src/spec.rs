@@ -187,6 +187,14 @@ pub enum LayerKind {
 }
 
 impl LayerKind {
+    /// Whether the weights are variational (noisy in training, with a KL term).
+    pub fn is_variational(self) -> bool {
+        matches!(
+            self,
+            LayerKind::VariationalDropout | LayerKind::SparseVdLogAlpha | LayerKind::SparseVd
+        )
+    }
+
     /// Whether the layers learn a log α (and so need `init.log_alpha`).
     pub fn learns_log_alpha(self) -> bool {
         matches!(
