@@ -369,21 +369,20 @@ pub fn evaluate_saved(
     let dir = experiment_dir(exp, options).join(&variant.name);
     let (layers, norms) = output::read_model_and_norms(&dir)?;
     let data = load_data(&exp.spec, &options.data_dir)?;
+    // The variant's own protocol: the test images its summary was computed on.
+    let protocol = exp
+        .spec
+        .variant_index(&variant.name)
+        .map_or(&exp.spec.protocol, |i| exp.spec.protocol_of(i));
     let eval = Eval {
         layers,
         norms,
-        test: &data.test,
+        test: &subset(&data.test, protocol.test_subset),
         thresholds,
         device: &options.device,
         dir,
     };
-    with_network(
-        exp.spec.net,
-        variant,
-        &exp.spec.protocol,
-        &options.device,
-        eval,
-    )
+    with_network(exp.spec.net, variant, protocol, &options.device, eval)
 }
 
 /// Train `model` as the job says and write every result file.
