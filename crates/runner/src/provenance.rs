@@ -44,16 +44,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The commit of the repository at `dir`, or "unknown" outside git.
+/// The commit of the repository at `dir`, with `-dirty` when tracked files outside `results/`
+/// and `figures/` differ from it, or "unknown" outside git. Results and figures change while
+/// runs go on (logs, other variants' files) without changing what a run computes.
 pub fn git_commit(dir: &Path) -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .current_dir(dir)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".to_string())
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".to_string();
+    };
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":(top)",
+        ":(top,exclude)results",
+        ":(top,exclude)figures",
+    ]);
+    match changed {
+        Some(c) if c.is_empty() => commit,
+        _ => format!("{commit}-dirty"),
+    }
 }
 
 /// CPU model name from /proc/cpuinfo, for the device field on CPU backends.
@@ -80,4 +99,45 @@ pub fn threads() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_source_changes_make_the_commit_dirty() {
+        let repo = std::env::temp_dir().join(format!("provenance-git-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&repo);
+        std::fs::create_dir_all(repo.join("results")).unwrap();
+        std::fs::create_dir_all(repo.join("experiments")).unwrap();
+        let git = |args: &[&str]| {
+            let status = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .current_dir(&repo)
+                .output()
+                .unwrap()
+                .status;
+            assert!(status.success(), "git {args:?}");
+        };
+        std::fs::write(repo.join("experiments/a.toml"), "x = 1\n").unwrap();
+        std::fs::write(repo.join("results/run.log"), "epoch 1\n").unwrap();
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "c"]);
+        let experiments = repo.join("experiments");
+        let clean = git_commit(&experiments);
+        assert_eq!(clean.len(), 12, "{clean}");
+        assert!(clean.chars().all(|c| c.is_ascii_hexdigit()), "{clean}");
+        std::fs::write(repo.join("results/run.log"), "epoch 1\nepoch 2\n").unwrap();
+        assert_eq!(
+            git_commit(&experiments),
+            clean,
+            "a results log is not source"
+        );
+        std::fs::write(repo.join("experiments/a.toml"), "x = 2\n").unwrap();
+        assert_eq!(git_commit(&experiments), format!("{clean}-dirty"));
+        std::fs::remove_dir_all(&repo).unwrap();
+    }
 }
