@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value = "figures")]
         figures_dir: PathBuf,
     },
-    /// Redraw an experiment's figures from its results on disk.
+    /// Redraw an experiment's figures and rewrite its comparison table from its results on disk.
     Figures {
         experiment: PathBuf,
         #[arg(long, default_value = "results")]
@@ -196,6 +196,7 @@ fn draw_figures(
         figures::parameterization(exp, results_dir, figures_dir)?,
     ];
     print_written(written.iter().flatten());
+    runner::rewrite_comparison(exp, results_dir)?;
     Ok(())
 }
 

@@ -574,6 +574,13 @@ fn start_from<N: Network>(
         .map_err(missing)
 }
 
+/// Rewrite `results_dir/<experiment>/comparison.md` from the finished variants on disk (after a
+/// change to the table's columns, without retraining).
+pub fn rewrite_comparison(exp: &LoadedExperiment, results_dir: &Path) -> Result<(), RunError> {
+    let paper = paper_reference_for(&exp.path)?;
+    write_comparison(exp, &results_dir.join(&exp.spec.name), &paper).map(|_| ())
+}
+
 /// Rewrite the experiment's comparison table from the finished variants on disk.
 fn write_comparison(
     exp: &LoadedExperiment,
