@@ -98,12 +98,7 @@ pub fn training_curves(
         ),
         x_label: "epoch".into(),
         panels: vec![
-            Panel {
-                y_label: "test error (%)".into(),
-                log_y: true,
-                series: error,
-                legend: Corner::UpperRight,
-            },
+            error_panel(error),
             compression_panel(compression),
             Panel {
                 y_label: "KL weight β".into(),
@@ -161,12 +156,7 @@ pub fn parameterization(
                 series: sparsity,
                 legend: Corner::LowerRight,
             },
-            Panel {
-                y_label: "test error (%)".into(),
-                log_y: true,
-                series: error,
-                legend: Corner::UpperRight,
-            },
+            error_panel(error),
         ],
     };
     write(
@@ -185,6 +175,16 @@ pub fn write(
     let stem = figures_dir.join(name);
     plotting::render(figure, &stem)?;
     Ok(vec![stem.with_extension("svg"), stem.with_extension("png")])
+}
+
+/// Test error per series, on a log axis.
+fn error_panel(series: Vec<Series>) -> Panel {
+    Panel {
+        y_label: "test error (%)".into(),
+        log_y: true,
+        series,
+        legend: Corner::UpperRight,
+    }
 }
 
 /// Compression per series, on a log axis.

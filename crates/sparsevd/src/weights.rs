@@ -45,20 +45,21 @@ impl<const D: usize> VariationalWeights<D> {
     pub fn new(theta: Tensor<D>, unit_axis: usize, posterior: Posterior) -> Self {
         let device = theta.device();
         let shape = theta.dims();
-        let log_sigma2 = match posterior {
-            Posterior::SparseVd { log_sigma2_init } => Some(log_sigma2_init),
-            _ => None,
-        };
-        let log_alpha = match posterior {
+        let full = |s: [usize; D], v: f64| Some(Param::from_tensor(Tensor::full(s, v, &device)));
+        let (log_sigma2, log_alpha) = match posterior {
+            Posterior::Point => (None, None),
+            Posterior::SparseVd { log_sigma2_init } => (full(shape, log_sigma2_init), None),
             Posterior::SparseVdLogAlpha { log_alpha_init }
-            | Posterior::VariationalDropout { log_alpha_init, .. } => posterior
-                .log_alpha_shape(shape, unit_axis)
-                .map(|s| (s, log_alpha_init)),
-            _ => None,
+            | Posterior::VariationalDropout { log_alpha_init, .. } => {
+                let learned = posterior
+                    .log_alpha_shape(shape, unit_axis)
+                    .expect("these posteriors learn log α");
+                (None, full(learned, log_alpha_init))
+            }
         };
         Self {
-            log_sigma2: log_sigma2.map(|v| Param::from_tensor(Tensor::full(shape, v, &device))),
-            log_alpha: log_alpha.map(|(s, v)| Param::from_tensor(Tensor::full(s, v, &device))),
+            log_sigma2,
+            log_alpha,
             bias: Param::from_tensor(Tensor::zeros([shape[unit_axis]], &device)),
             theta: Param::from_tensor(theta),
             posterior,
