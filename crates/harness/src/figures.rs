@@ -72,7 +72,8 @@ fn shortened_label(shortened: bool) -> &'static str {
     }
 }
 
-/// Per-epoch test error, compression and KL weight β of every variant.
+/// Per-epoch test error (and training-set error where evaluated), compression and KL weight β
+/// of every variant.
 pub fn training_curves(
     exp: &LoadedExperiment,
     results_dir: &Path,
@@ -83,14 +84,19 @@ pub fn training_curves(
         return Ok(Vec::new());
     }
     let (mut error, mut compression, mut beta) = (Vec::new(), Vec::new(), Vec::new());
+    let mut train_error = Vec::new();
     for (variant, c) in &curves {
         error.push(c.series("test_error_pct", |v| v)?);
+        // Only runs that evaluate the training set (random labels) have this column.
+        if c.table.column("train_error_pct").is_some() {
+            train_error.push(c.series("train_error_pct", |v| v)?);
+        }
         compression.push(c.series("compression", |v| v)?);
         if variant.layer.is_variational() {
             beta.push(c.series("beta", |v| v)?);
         }
     }
-    let figure = LineFigure {
+    let mut figure = LineFigure {
         title: format!(
             "{}: training curves{}",
             exp.spec.name,
@@ -108,6 +114,17 @@ pub fn training_curves(
             },
         ],
     };
+    if !train_error.is_empty() {
+        figure.panels.insert(
+            1,
+            Panel {
+                y_label: "training-set error (%)".into(),
+                log_y: false,
+                series: train_error,
+                legend: Corner::LowerRight,
+            },
+        );
+    }
     write(&figure, figures_dir, &format!("{}_training", exp.spec.name))
 }
 
