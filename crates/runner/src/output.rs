@@ -460,7 +460,8 @@ fn layer_names(
 
 /// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
 /// output (convolutions before dense layers, then by number). log α is recomputed on the host
-/// with the formula of the forward pass.
+/// from log σ² with the formula of the forward pass, or read from `<name>.log_alpha` for layers
+/// that learn it.
 pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
     with_model_file(dir, weight_views)
 }

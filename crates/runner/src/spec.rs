@@ -439,36 +439,42 @@ impl Experiment {
                 _ => {}
             }
             let layer = v.layer.key();
-            match (v.layer, self.net, v.keep) {
-                (LayerKind::BinaryDropout, Net::Vgglike, None) => {}
-                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, Net::Lenet300, None) => {
+            let defined_here = match v.layer {
+                LayerKind::BinaryDropout => self.net != Net::Lenet5,
+                LayerKind::GaussianDropout => self.net == Net::Lenet300,
+                _ => true,
+            };
+            if !defined_here {
+                return fail(
+                    &format!("variant[{i}].layer"),
+                    format!(
+                        "{layer} is defined for lenet300{}",
+                        if v.layer == LayerKind::BinaryDropout {
+                            " and vgglike"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+            // VGG-like's binary dropout has the paper's fixed rates; only LeNet-300-100's
+            // dropout layers take a keep-probability.
+            let takes_keep = v.layer.takes_keep() && self.net == Net::Lenet300;
+            match (takes_keep, v.keep) {
+                (true, None) => {
                     return fail(
                         &format!("variant[{i}]"),
                         "expected keep, the probability p of keeping a value, e.g. keep = 0.5"
                             .into(),
                     );
                 }
-                (_, Net::Lenet300, Some(p)) if v.layer.takes_keep() && !(p > 0.0 && p <= 1.0) => {
+                (true, Some(p)) if !(p > 0.0 && p <= 1.0) => {
                     return fail(
                         &format!("variant[{i}].keep"),
                         format!("expected a probability in (0, 1], got {p}"),
                     );
                 }
-                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, Net::Lenet300, _) => {}
-                (LayerKind::BinaryDropout | LayerKind::GaussianDropout, _, _) => {
-                    return fail(
-                        &format!("variant[{i}].layer"),
-                        format!(
-                            "{layer} is defined for lenet300{}",
-                            if v.layer == LayerKind::BinaryDropout {
-                                " and vgglike"
-                            } else {
-                                ""
-                            }
-                        ),
-                    );
-                }
-                (_, _, Some(_)) => {
+                (false, Some(_)) => {
                     return fail(
                         &format!("variant[{i}].keep"),
                         "expected no keep: it applies to lenet300's binary_dropout and \

@@ -128,22 +128,20 @@ impl<const D: usize> VariationalWeights<D> {
             Posterior::SparseVdLogAlpha { .. } => {
                 let log_alpha = noise(&self.log_alpha);
                 let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone().into_data()));
-                let alpha = log_alpha
-                    .clone()
-                    .clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
-                    .exp();
                 TrainTerms {
                     removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
-                    variance: alpha * theta.clone().square(),
+                    variance: self.learned_log_alpha().exp() * theta.clone().square(),
                     kl: terms.into_tensor(theta, log_alpha),
                 }
             }
             Posterior::VariationalDropout { .. } => {
-                let log_alpha = noise(&self.log_alpha).clamp(-LOG_ALPHA_CLIP, VD_LOG_ALPHA_MAX);
+                let log_alpha = self.learned_log_alpha();
                 let sharing =
                     (theta.shape().num_elements() / log_alpha.shape().num_elements()) as f64;
                 TrainTerms {
+                    // α ≤ 1: a threshold above the clip removes nothing, so no mask is built.
                     removed: mask_threshold
+                        .filter(|&t| t <= VD_LOG_ALPHA_MAX)
                         .map(|t| log_alpha.clone().expand(shape).greater_equal_elem(t)),
                     variance: log_alpha.clone().exp() * theta.square(),
                     kl: kl_kingma(log_alpha).sum() * sharing,
@@ -153,24 +151,31 @@ impl<const D: usize> VariationalWeights<D> {
         }
     }
 
+    /// The learned log α in its own shape, clipped to its posterior's range: [−8, 8] for
+    /// Sparse VD (θ, log α), [−8, 0] for variational dropout.
+    fn learned_log_alpha(&self) -> Tensor<D> {
+        let upper = match self.posterior {
+            Posterior::VariationalDropout { .. } => VD_LOG_ALPHA_MAX,
+            _ => LOG_ALPHA_CLIP,
+        };
+        let learned = self.log_alpha.as_ref().map(Param::val);
+        learned
+            .expect("built so: this posterior learns log α")
+            .clamp(-LOG_ALPHA_CLIP, upper)
+    }
+
     /// log α of every weight as the forward pass clips it; `None` for a point layer.
     fn clipped_log_alpha(&self) -> Option<Tensor<D>> {
         let theta = self.theta.val();
-        let learned = || self.log_alpha.as_ref().map(Param::val).expect("built so");
         match self.posterior {
             Posterior::Point => None,
             Posterior::SparseVd { .. } => Some(log_alpha(
                 theta,
                 self.log_sigma2.as_ref().map(Param::val).expect("built so"),
             )),
-            Posterior::SparseVdLogAlpha { .. } => {
-                Some(learned().clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP))
+            Posterior::SparseVdLogAlpha { .. } | Posterior::VariationalDropout { .. } => {
+                Some(self.learned_log_alpha().expand(theta.dims()))
             }
-            Posterior::VariationalDropout { .. } => Some(
-                learned()
-                    .clamp(-LOG_ALPHA_CLIP, VD_LOG_ALPHA_MAX)
-                    .expand(theta.dims()),
-            ),
         }
     }
 
