@@ -1,7 +1,8 @@
-//! Integration test: every link of the dropout family (binary and Gaussian dropout, Kingma's
-//! variational dropout per layer and per unit, Sparse VD in both parameterizations) trains
-//! briefly on real MNIST (a subset), learns, keeps the constraints of its posterior in the
-//! trained weights, and evaluates the same from its saved model.
+//! Integration test: every link of the dropout family (binary dropout with one keep-probability
+//! per layer input, Gaussian dropout, Kingma's variational dropout per layer and per unit, Sparse
+//! VD (θ, log α) started where the additive posterior starts) trains briefly on real MNIST (a
+//! subset), learns, keeps the constraints of its posterior in the trained weights, and evaluates
+//! the same from its saved model.
 
 mod common;
 
@@ -28,7 +29,7 @@ test_subset = 2000
 [[variant]]
 name = "binary_dropout"
 layer = "binary_dropout"
-keep = 0.5
+keep = [0.8, 0.5, 0.5]
 paper = { net = "lenet300", method = "binary_dropout" }
 
 [[variant]]
@@ -53,6 +54,7 @@ paper = { net = "lenet300", method = "variational_dropout" }
 name = "sparse_vd_log_alpha"
 layer = "sparse_vd_log_alpha"
 paper = { net = "lenet300", method = "sparse_vd_log_alpha" }
+protocol = { init = { log_alpha = "from_log_sigma2" } }
 "#;
 
 #[test]

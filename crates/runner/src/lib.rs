@@ -18,7 +18,8 @@ use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
 use sparsevd::{
-    Dropout, LeNet5Config, MlpConfig, Network, Posterior, VggLikeConfig, WeightLayerView,
+    Dropout, LENET300_WIDTHS, LeNet5Config, LogAlphaInit, MlpConfig, Network, Posterior,
+    VggLikeConfig, WeightLayerView,
 };
 use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
 use std::borrow::Cow;
@@ -285,34 +286,45 @@ pub fn with_network<J: WithNetwork>(
 
 /// The posterior of the weights of `variant`'s layers under `init`.
 fn posterior(variant: &Variant, init: &spec::Init) -> Posterior {
-    let log_alpha_init = || {
-        init.log_alpha
-            .expect("validated: layers that learn log α have init.log_alpha")
-    };
-    match variant.layer {
-        LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout => {
+    let log_alpha_init = init
+        .log_alpha_init()
+        .filter(|_| variant.layer.learns_log_alpha());
+    match (variant.layer, log_alpha_init) {
+        (LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout, _) => {
             Posterior::Point
         }
-        LayerKind::VariationalDropout => Posterior::VariationalDropout {
-            log_alpha_init: log_alpha_init(),
-            sharing: variant
-                .alpha
-                .expect("validated: variational_dropout layers have alpha"),
-        },
-        LayerKind::SparseVdLogAlpha => Posterior::SparseVdLogAlpha {
-            log_alpha_init: log_alpha_init(),
-        },
-        LayerKind::SparseVd => Posterior::sparse_vd(init.log_sigma2),
+        (LayerKind::VariationalDropout, Some(LogAlphaInit::Constant { log_alpha })) => {
+            Posterior::VariationalDropout {
+                log_alpha_init: log_alpha,
+                sharing: variant
+                    .alpha
+                    .expect("validated: variational_dropout layers have alpha"),
+            }
+        }
+        (LayerKind::SparseVdLogAlpha, Some(log_alpha_init)) => {
+            Posterior::SparseVdLogAlpha { log_alpha_init }
+        }
+        (LayerKind::VariationalDropout | LayerKind::SparseVdLogAlpha, _) => {
+            unreachable!("validated: layers that learn log α have a valid init.log_alpha")
+        }
+        (LayerKind::SparseVd, _) => Posterior::sparse_vd(init.log_sigma2),
     }
 }
 
-/// The dropout on every layer input of a LeNet-300-100 variant, if any.
-fn input_dropout(variant: &Variant) -> Option<Dropout> {
-    match (variant.layer, variant.keep) {
-        (LayerKind::BinaryDropout, Some(keep)) => Some(Dropout::Binary { keep }),
-        (LayerKind::GaussianDropout, Some(keep)) => Some(Dropout::Gaussian { keep }),
-        _ => None,
-    }
+/// The dropout on each layer input of a LeNet-300-100 variant (empty for none).
+fn input_dropout(variant: &Variant) -> Vec<Dropout> {
+    let Some(keep) = &variant.keep else {
+        return Vec::new();
+    };
+    let dropout: fn(f64) -> Dropout = match variant.layer {
+        LayerKind::BinaryDropout => |keep| Dropout::Binary { keep },
+        LayerKind::GaussianDropout => |keep| Dropout::Gaussian { keep },
+        _ => return Vec::new(),
+    };
+    keep.per_layer(LENET300_WIDTHS.len() - 1)
+        .into_iter()
+        .map(dropout)
+        .collect()
 }
 
 impl WithNetwork for &VariantJob<'_> {
@@ -552,8 +564,10 @@ fn start_from<N: Network>(
             let (log_sigma2, log_alpha) = match posterior(variant, &protocol.init) {
                 Posterior::Point => (None, None),
                 Posterior::SparseVd { log_sigma2_init } => (fill(log_sigma2_init), None),
-                Posterior::SparseVdLogAlpha { log_alpha_init }
-                | Posterior::VariationalDropout { log_alpha_init, .. } => {
+                Posterior::SparseVdLogAlpha { log_alpha_init } => {
+                    (None, Some(log_alpha_init.values(&view.theta)))
+                }
+                Posterior::VariationalDropout { log_alpha_init, .. } => {
                     (None, fill(log_alpha_init))
                 }
             };

@@ -1,7 +1,7 @@
 //! The declarative experiment file (`experiments/*.toml`). Unknown keys are errors.
 
 use serde::Deserialize;
-use sparsevd::AlphaSharing;
+use sparsevd::{AlphaSharing, LENET300_WIDTHS, LogAlphaInit};
 use std::path::{Path, PathBuf};
 
 /// One experiment file: a data set, a net, a protocol, and the variants trained under it.
@@ -138,7 +138,34 @@ pub struct Init {
     pub log_sigma2: f64,
     /// Initial learned log α of `sparse_vd_log_alpha` and `variational_dropout` layers
     /// (required when a variant has one).
-    pub log_alpha: Option<f64>,
+    pub log_alpha: Option<InitialLogAlpha>,
+}
+
+/// `init.log_alpha`: one number for every weight, or `"from_log_sigma2"` (per weight, for
+/// `sparse_vd_log_alpha`): log α = log σ²₀ − log θ², where the additive posterior starts.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged, expecting = "expected a number or \"from_log_sigma2\"")]
+pub enum InitialLogAlpha {
+    Value(f64),
+    Rule(LogAlphaRule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogAlphaRule {
+    FromLogSigma2,
+}
+
+impl Init {
+    /// Where a per-weight learned log α starts, if `log_alpha` is set.
+    pub fn log_alpha_init(&self) -> Option<LogAlphaInit> {
+        self.log_alpha.map(|start| match start {
+            InitialLogAlpha::Value(log_alpha) => LogAlphaInit::Constant { log_alpha },
+            InitialLogAlpha::Rule(LogAlphaRule::FromLogSigma2) => LogAlphaInit::FromLogSigma2 {
+                log_sigma2: self.log_sigma2,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -153,10 +180,10 @@ pub struct Variant {
     pub tolerance: Option<Tolerance>,
     /// Width multiplier k (VGG-like only, where it is required).
     pub width: Option<f64>,
-    /// Keep probability p of dropout on every layer's input (LeNet-300-100's `binary_dropout`
-    /// and `gaussian_dropout` layers, where it is required; VGG-like's binary dropout uses the
+    /// Keep probability p of dropout on the layer inputs (LeNet-300-100's `binary_dropout` and
+    /// `gaussian_dropout` layers, where it is required; VGG-like's binary dropout uses the
     /// paper's fixed rates).
-    pub keep: Option<f64>,
+    pub keep: Option<Keep>,
     /// Which weights share one learned α (`variational_dropout` layers, where it is required).
     pub alpha: Option<AlphaSharing>,
     /// Start from this variant's final weights (its batch norms too) instead of a fresh
@@ -165,6 +192,28 @@ pub struct Variant {
     /// Protocol keys that differ for this variant, e.g. `protocol = { l2 = 1e-5 }`.
     #[serde(rename = "protocol")]
     pub protocol_changes: Option<toml::Table>,
+}
+
+/// Keep-probability of dropout: one p for every layer input (`keep = 0.5`), or one per layer
+/// input, the image first (`keep = [0.8, 0.5, 0.5]`, Srivastava et al.'s rates).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a probability, or a list of one per layer input, e.g. keep = [0.8, 0.5, 0.5]"
+)]
+pub enum Keep {
+    Every(f64),
+    PerLayer(Vec<f64>),
+}
+
+impl Keep {
+    /// p of each of `layers` layer inputs.
+    pub fn per_layer(&self, layers: usize) -> Vec<f64> {
+        match self {
+            Keep::Every(p) => vec![*p; layers],
+            Keep::PerLayer(ps) => ps.clone(),
+        }
+    }
 }
 
 /// The layers of a variant: the links of the dropout family (formulas in `sparsevd::Posterior`
@@ -460,7 +509,7 @@ impl Experiment {
             // VGG-like's binary dropout has the paper's fixed rates; only LeNet-300-100's
             // dropout layers take a keep-probability.
             let takes_keep = v.layer.takes_keep() && self.net == Net::Lenet300;
-            match (takes_keep, v.keep) {
+            match (takes_keep, &v.keep) {
                 (true, None) => {
                     return fail(
                         &format!("variant[{i}]"),
@@ -468,11 +517,29 @@ impl Experiment {
                             .into(),
                     );
                 }
-                (true, Some(p)) if !(p > 0.0 && p <= 1.0) => {
-                    return fail(
-                        &format!("variant[{i}].keep"),
-                        format!("expected a probability in (0, 1], got {p}"),
-                    );
+                (true, Some(keep)) => {
+                    let layers = LENET300_WIDTHS.len() - 1;
+                    if let Keep::PerLayer(ps) = keep
+                        && ps.len() != layers
+                    {
+                        return fail(
+                            &format!("variant[{i}].keep"),
+                            format!(
+                                "expected one probability per layer input ({layers}), got {}",
+                                ps.len()
+                            ),
+                        );
+                    }
+                    if let Some(p) = keep
+                        .per_layer(layers)
+                        .into_iter()
+                        .find(|p| !(*p > 0.0 && *p <= 1.0))
+                    {
+                        return fail(
+                            &format!("variant[{i}].keep"),
+                            format!("expected a probability in (0, 1], got {p}"),
+                        );
+                    }
                 }
                 (false, Some(_)) => {
                     return fail(
@@ -482,7 +549,7 @@ impl Experiment {
                             .into(),
                     );
                 }
-                _ => {}
+                (false, None) => {}
             }
             match (v.layer, v.alpha) {
                 (LayerKind::VariationalDropout, None) => {
@@ -502,22 +569,35 @@ impl Experiment {
                     );
                 }
             }
-            if v.layer.learns_log_alpha() && self.protocol_of(i).init.log_alpha.is_none() {
+            let init_table = || {
                 let changed = v
                     .protocol_changes
                     .as_ref()
                     .is_some_and(|t| t.contains_key("init"));
-                let table = if changed {
+                if changed {
                     format!("variant[{i}].protocol.init")
                 } else {
                     "protocol.init".into()
-                };
-                return fail(
-                    &table,
-                    format!(
-                        "expected log_alpha, the initial log α of {layer} layers, e.g. log_alpha = -4.0"
-                    ),
-                );
+                }
+            };
+            match (v.layer, self.protocol_of(i).init.log_alpha) {
+                (kind, None) if kind.learns_log_alpha() => {
+                    return fail(
+                        &init_table(),
+                        format!(
+                            "expected log_alpha, the initial log α of {layer} layers, e.g. log_alpha = -4.0"
+                        ),
+                    );
+                }
+                (LayerKind::VariationalDropout, Some(InitialLogAlpha::Rule(_))) => {
+                    return fail(
+                        &format!("{}.log_alpha", init_table()),
+                        "expected a number: from_log_sigma2 gives each weight its own log α, \
+                         and variational_dropout shares one per unit or per layer"
+                            .into(),
+                    );
+                }
+                _ => {}
             }
             if let Some(source) = &v.start_from {
                 let Some(j) = self.variant_index(source) else {
@@ -840,6 +920,73 @@ paper = { net = "lenet300", method = "sparse_vd" }
                 "layer = \"binary_dropout\"\nkeep = 0.5"
             ),
             ""
+        );
+    }
+
+    #[test]
+    fn keep_is_one_probability_or_one_per_layer_input() {
+        let binary = |keep: &str| format!("layer = \"binary_dropout\"\nkeep = {keep}");
+        assert_eq!(
+            error_after("layer = \"sparse_vd\"", &binary("[0.8, 0.5, 0.5]")),
+            ""
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            &binary("[0.8, 0.5]"),
+            &[
+                "variant[0].keep",
+                "one probability per layer input (3), got 2",
+            ],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            &binary("[0.8, 0.0, 0.5]"),
+            &["variant[0].keep", "probability in (0, 1], got 0"],
+        );
+        assert_error(
+            "layer = \"sparse_vd\"",
+            &binary("\"half\""),
+            &["keep", "a list of one per layer input"],
+        );
+        assert_eq!(
+            Keep::PerLayer(vec![0.8, 0.5, 0.5]).per_layer(3),
+            vec![0.8, 0.5, 0.5]
+        );
+        assert_eq!(Keep::Every(0.5).per_layer(3), vec![0.5; 3]);
+    }
+
+    #[test]
+    fn log_alpha_can_start_where_the_additive_posterior_starts() {
+        assert_eq!(
+            error_after(
+                "log_sigma2 = -10.0 }\n",
+                "log_sigma2 = -10.0 }\n\n[[variant]]\nname = \"la\"\nlayer = \"sparse_vd_log_alpha\"\npaper = { net = \"lenet300\", method = \"sparse_vd_log_alpha\" }\nprotocol = { init = { log_alpha = \"from_log_sigma2\" } }\n"
+            ),
+            ""
+        );
+        assert_error(
+            "log_sigma2 = -10.0 }",
+            "log_sigma2 = -10.0, log_alpha = \"from_log_sigma2\" }\n\n[[variant]]\nname = \"vd\"\nlayer = \"variational_dropout\"\nalpha = \"per_layer\"\npaper = { net = \"lenet300\", method = \"variational_dropout\" }",
+            &["protocol.init.log_alpha", "expected a number"],
+        );
+        assert_error(
+            "log_sigma2 = -10.0 }",
+            "log_sigma2 = -10.0, log_alpha = \"from_theta\" }",
+            &["log_alpha", "a number or \"from_log_sigma2\""],
+        );
+        let init = |log_alpha| Init {
+            theta_std: 0.01,
+            log_sigma2: -10.0,
+            log_alpha,
+        };
+        assert_eq!(init(None).log_alpha_init(), None);
+        assert_eq!(
+            init(Some(InitialLogAlpha::Value(-4.0))).log_alpha_init(),
+            Some(LogAlphaInit::Constant { log_alpha: -4.0 })
+        );
+        assert_eq!(
+            init(Some(InitialLogAlpha::Rule(LogAlphaRule::FromLogSigma2))).log_alpha_init(),
+            Some(LogAlphaInit::FromLogSigma2 { log_sigma2: -10.0 })
         );
     }
 

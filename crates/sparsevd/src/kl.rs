@@ -131,11 +131,16 @@ struct WeightTerm {
     d_log_alpha: f32,
 }
 
+/// ℓ = log σ² − log(θ² + 1e-8): one weight's log α in the additive parameterization, before
+/// the clip.
+pub fn additive_log_alpha(theta: f32, log_sigma2: f32) -> f32 {
+    log_sigma2 - (theta * theta + 1e-8).ln()
+}
+
 fn additive_term(theta: f32, log_sigma2: f32) -> WeightTerm {
-    let theta2 = theta * theta + 1e-8;
-    let term = sigmoid_kl(log_sigma2 - theta2.ln());
+    let term = sigmoid_kl(additive_log_alpha(theta, log_sigma2));
     WeightTerm {
-        d_theta: term.d_log_alpha * (-2.0 * theta / theta2),
+        d_theta: term.d_log_alpha * (-2.0 * theta / (theta * theta + 1e-8)),
         ..term
     }
 }

@@ -20,8 +20,8 @@ pub use kl::{
     neg_kl_monte_carlo, normal_lattice,
 };
 pub use lenet5::{LeNet5, LeNet5Config};
-pub use mlp::{Mlp, MlpConfig};
+pub use mlp::{LENET300_WIDTHS, Mlp, MlpConfig};
 pub use mode::{Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
-pub use posterior::{AlphaSharing, Posterior};
+pub use posterior::{AlphaSharing, LogAlphaInit, Posterior};
 pub use sparse_inference::{CsrDense, SparseConv, SparseNet, SparseOp};
 pub use vgglike::{VggLike, VggLikeConfig};

@@ -16,9 +16,10 @@ pub struct MlpConfig {
     /// Posterior of every weight; a point posterior makes the plain ("original") network.
     #[config(default = "Posterior::Point")]
     pub posterior: Posterior,
-    /// Dropout on every layer's input in training (Srivastava et al.'s dropout net, binary
-    /// or Gaussian); `None` for none.
-    pub dropout: Option<Dropout>,
+    /// Dropout on each layer's input in training (Srivastava et al.'s dropout net, binary or
+    /// Gaussian), one per layer; empty for none.
+    #[config(default = "Vec::new()")]
+    pub dropout: Vec<Dropout>,
 }
 
 /// Dense layers with ReLU between them and none after the last; optionally dropout on each
@@ -26,17 +27,21 @@ pub struct MlpConfig {
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub layers: Vec<Dense>,
+    /// One per layer input, or empty.
     #[module(skip)]
-    pub dropout: Option<Dropout>,
+    pub dropout: Vec<Dropout>,
 }
+
+/// LeNet-300-100's widths: input, hidden, classes.
+pub const LENET300_WIDTHS: [usize; 4] = [784, 300, 100, 10];
 
 impl MlpConfig {
     pub fn lenet300(posterior: Posterior) -> Self {
-        Self::new(vec![784, 300, 100, 10]).with_posterior(posterior)
+        Self::new(LENET300_WIDTHS.to_vec()).with_posterior(posterior)
     }
 
     pub fn init(&self, device: &Device) -> Mlp {
-        let layers = self
+        let layers: Vec<Dense> = self
             .widths
             .windows(2)
             .map(|w| {
@@ -46,9 +51,15 @@ impl MlpConfig {
                     .init(device)
             })
             .collect();
+        assert!(
+            self.dropout.is_empty() || self.dropout.len() == layers.len(),
+            "one dropout per layer input or none: {} for {} layers",
+            self.dropout.len(),
+            layers.len()
+        );
         Mlp {
             layers,
-            dropout: self.dropout,
+            dropout: self.dropout.clone(),
         }
     }
 }
@@ -59,7 +70,7 @@ impl Network for Mlp {
         let mut x = input;
         let mut kl: Option<Tensor<1>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(dropout) = self.dropout {
+            if let Some(&dropout) = self.dropout.get(i) {
                 x = mode.dropout(x, dropout, i as u64);
             }
             let (out, layer_kl) = layer.forward(x, mode.for_layer(i as u64));
@@ -111,7 +122,7 @@ mod tests {
         let device = Device::flex();
         let plain = MlpConfig::new(vec![20, 30, 5]).init(&device);
         let dropped = Mlp {
-            dropout: Some(Dropout::Binary { keep: 0.5 }),
+            dropout: vec![Dropout::Binary { keep: 0.5 }; 2],
             ..plain.clone()
         };
         let x = Tensor::<2>::ones([4, 20], &device);

@@ -17,7 +17,7 @@ pub enum Posterior {
     /// Sparse VD in the original parameterization: learned θ and log α per weight (clipped to
     /// [−8, 8]), σ²_ij = α_ij·θ²_ij, sigmoid KL. The gradient with respect to θ carries the
     /// noise through σ², which is what the additive form removes.
-    SparseVdLogAlpha { log_alpha_init: f64 },
+    SparseVdLogAlpha { log_alpha_init: LogAlphaInit },
     /// Kingma et al. (2015)'s variational dropout: q(w_ij) = N(θ_ij, α·θ²_ij) with one learned
     /// log α per output unit or per layer, clipped to [−8, 0] (α ≤ 1, where the cubic KL
     /// approximation holds), KL ≈ (γ + ln 2)/2 − (0.5·log α + c1·α + c2·α² + c3·α³) per weight.
@@ -26,6 +26,32 @@ pub enum Posterior {
         sharing: AlphaSharing,
     },
 }
+
+/// Where the learned per-weight log α of [`Posterior::SparseVdLogAlpha`] starts.
+#[derive(Config, Debug, PartialEq, Copy)]
+pub enum LogAlphaInit {
+    /// The same log α for every weight.
+    Constant { log_alpha: f64 },
+    /// log α_ij = clip(log σ²₀ − log(θ²_ij + 1e-8), −8, 8): the posterior q(w_ij) = N(θ_ij, σ²₀)
+    /// that the additive parameterization starts from with log σ² = log σ²₀, so that a
+    /// comparison of the two parameterizations starts from the same q(w).
+    FromLogSigma2 { log_sigma2: f64 },
+}
+
+impl LogAlphaInit {
+    /// The initial log α of each weight of initial value `theta`.
+    pub fn values(self, theta: &[f32]) -> Vec<f32> {
+        match self {
+            LogAlphaInit::Constant { log_alpha } => vec![log_alpha as f32; theta.len()],
+            LogAlphaInit::FromLogSigma2 { log_sigma2 } => theta
+                .iter()
+                .map(|&t| crate::kl::additive_log_alpha(t, log_sigma2 as f32).clamp(-CLIP, CLIP))
+                .collect(),
+        }
+    }
+}
+
+const CLIP: f32 = crate::kl::LOG_ALPHA_CLIP as f32;
 
 /// How many weights share one α in [`Posterior::VariationalDropout`]; written `"per_unit"` or
 /// `"per_layer"` in experiment files.
@@ -83,7 +109,7 @@ mod tests {
         assert_eq!(Posterior::sparse_vd(-10.0).log_alpha_shape(dense, 1), None);
         assert_eq!(
             Posterior::SparseVdLogAlpha {
-                log_alpha_init: -4.0
+                log_alpha_init: LogAlphaInit::Constant { log_alpha: -4.0 }
             }
             .log_alpha_shape(dense, 1),
             Some(dense)
@@ -100,5 +126,20 @@ mod tests {
             vd(AlphaSharing::PerLayer).log_alpha_shape([50, 20, 5, 5], 0),
             Some([1, 1, 1, 1])
         );
+    }
+
+    #[test]
+    fn log_alpha_starts_constant_or_where_the_additive_posterior_starts() {
+        let theta = [0.01f32, -0.1, 0.0, 1.0];
+        assert_eq!(
+            LogAlphaInit::Constant { log_alpha: -4.0 }.values(&theta),
+            vec![-4.0; 4]
+        );
+        // log σ² = −10: log α = −10 − log θ², clipped to [−8, 8] (θ = 0 gives −10 + 18.42).
+        let from = LogAlphaInit::FromLogSigma2 { log_sigma2: -10.0 }.values(&theta);
+        let expected = [-10.0 + 9.2103, -10.0 + 4.6052, 8.0, -8.0];
+        for (got, want) in from.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-3, "{from:?} vs {expected:?}");
+        }
     }
 }

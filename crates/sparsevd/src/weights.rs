@@ -49,11 +49,15 @@ impl<const D: usize> VariationalWeights<D> {
         let (log_sigma2, log_alpha) = match posterior {
             Posterior::Point => (None, None),
             Posterior::SparseVd { log_sigma2_init } => (full(shape, log_sigma2_init), None),
-            Posterior::SparseVdLogAlpha { log_alpha_init }
-            | Posterior::VariationalDropout { log_alpha_init, .. } => {
+            Posterior::SparseVdLogAlpha { log_alpha_init } => {
+                let values = log_alpha_init.values(&host_vec(theta.to_data()));
+                let log_alpha = Tensor::from_data(TensorData::new(values, shape), &device);
+                (None, Some(Param::from_tensor(log_alpha)))
+            }
+            Posterior::VariationalDropout { log_alpha_init, .. } => {
                 let learned = posterior
                     .log_alpha_shape(shape, unit_axis)
-                    .expect("these posteriors learn log α");
+                    .expect("variational dropout learns log α");
                 (None, full(learned, log_alpha_init))
             }
         };
@@ -285,7 +289,7 @@ pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::kl::kl_approx_value;
-    use crate::posterior::AlphaSharing;
+    use crate::posterior::{AlphaSharing, LogAlphaInit};
     use burn::tensor::Device;
 
     const THETA: [f32; 6] = [0.5, -1.0, 0.25, 2.0, -0.75, 0.1];
@@ -318,6 +322,33 @@ mod tests {
         }
     }
 
+    /// `FromLogSigma2` starts the (θ, log α) posterior at the additive one's α, clip included.
+    #[test]
+    fn log_alpha_from_log_sigma2_starts_where_the_additive_posterior_starts() {
+        let device = Device::flex();
+        let theta = || Tensor::<2>::from_data(TensorData::new(THETA.to_vec(), [3, 2]), &device);
+        let additive = VariationalWeights::new(theta(), 1, Posterior::sparse_vd(-1.0));
+        let original = VariationalWeights::new(
+            theta(),
+            1,
+            Posterior::SparseVdLogAlpha {
+                log_alpha_init: LogAlphaInit::FromLogSigma2 { log_sigma2: -1.0 },
+            },
+        );
+        let clipped = |w: &VariationalWeights<2>| {
+            host_vec(w.clipped_log_alpha().expect("variational").into_data())
+        };
+        let (a, b) = (clipped(&additive), clipped(&original));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+        // θ = 0.1: log α = −1 − log 0.01 = 3.6; θ = 2: −1 − log 4 = −2.39.
+        assert!(
+            (b[5] - 3.605).abs() < 1e-3 && (b[3] + 2.386).abs() < 1e-3,
+            "{b:?}"
+        );
+    }
+
     /// Mean γ and variance δ = Σ x² α θ² of the LRT output for both log α posteriors; the
     /// per-unit α of unit 1 is learned as e^0.5 but clipped to 1.
     #[test]
@@ -328,7 +359,7 @@ mod tests {
             (
                 log_alpha_layer(
                     Posterior::SparseVdLogAlpha {
-                        log_alpha_init: -4.0,
+                        log_alpha_init: LogAlphaInit::Constant { log_alpha: -4.0 },
                     },
                     &per_weight,
                     [3, 2],
@@ -416,7 +447,7 @@ mod tests {
         let per_weight = [-9.0f32, -2.0, 0.0, 2.5, 4.0, 9.0];
         let svd = log_alpha_layer(
             Posterior::SparseVdLogAlpha {
-                log_alpha_init: -4.0,
+                log_alpha_init: LogAlphaInit::Constant { log_alpha: -4.0 },
             },
             &per_weight,
             [3, 2],
@@ -441,7 +472,7 @@ mod tests {
         let device = Device::flex();
         let svd = log_alpha_layer(
             Posterior::SparseVdLogAlpha {
-                log_alpha_init: -4.0,
+                log_alpha_init: LogAlphaInit::Constant { log_alpha: -4.0 },
             },
             &[-1.0, 3.5, -3.0, -0.5, -1.5, 9.0],
             [3, 2],
