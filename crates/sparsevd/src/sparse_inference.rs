@@ -1,8 +1,11 @@
 //! Inference with the removed weights actually gone. Dense layers keep their surviving weights
 //! in compressed sparse rows (CSR) of Wᵀ, one row per output unit; convolutions keep, per output
 //! channel, the list of surviving taps (input channel, ky, kx). A forward pass touches only the
-//! kept weights. Pure host code, no tensors; one image at a time, images spread over rayon's
-//! threads for batches.
+//! kept weights. Pure host code, no tensors.
+//!
+//! Activations are stored image-innermost: `[f32; L]` holds one feature of `L` images, so that
+//! each kept weight is applied to `L` images in one vector operation. Batch 1 is `L = 1`;
+//! larger batches run in groups of [`LANES`] images, batches spread over rayon's threads.
 
 use crate::mode::WeightLayerView;
 use rayon::prelude::*;
@@ -61,15 +64,14 @@ impl CsrDense {
         4 * (self.values.len() + self.inputs.len() + self.row_start.len() + self.bias.len())
     }
 
-    fn forward(&self, x: &[f32], out: &mut [f32]) {
+    fn forward<const L: usize>(&self, x: &[[f32; L]], out: &mut [[f32; L]]) {
         for (j, y) in out.iter_mut().enumerate() {
             let (start, end) = (self.row_start[j] as usize, self.row_start[j + 1] as usize);
-            *y = self.bias[j]
-                + self.inputs[start..end]
-                    .iter()
-                    .zip(&self.values[start..end])
-                    .map(|(&i, &v)| x[i as usize] * v)
-                    .sum::<f32>();
+            let mut sum = [0.0; L];
+            for (&i, &v) in self.inputs[start..end].iter().zip(&self.values[start..end]) {
+                axpy(&mut sum, v, &x[i as usize]);
+            }
+            *y = sum.map(|s| s + self.bias[j]);
         }
     }
 }
@@ -142,17 +144,17 @@ impl SparseConv {
     }
 
     /// `x` is `[channels_in, h, w]`; `out` receives `[channels_out, h − k + 1, w − k + 1]`.
-    fn forward(&self, x: &[f32], [h, w]: [usize; 2], out: &mut [f32]) {
+    fn forward<const L: usize>(&self, x: &[[f32; L]], [h, w]: [usize; 2], out: &mut [[f32; L]]) {
         let (oh, ow) = (h + 1 - self.kernel, w + 1 - self.kernel);
         for (o, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
-            plane.fill(self.bias[o]);
+            plane.fill([self.bias[o]; L]);
             for t in self.tap_start[o] as usize..self.tap_start[o + 1] as usize {
                 let (v, dy, dx) = (self.values[t], self.dy[t] as usize, self.dx[t] as usize);
                 let input = &x[self.channel[t] as usize * h * w..];
                 for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
                     let src = &input[(y + dy) * w + dx..][..ow];
-                    for (o, &s) in row.iter_mut().zip(src) {
-                        *o += v * s;
+                    for (o, s) in row.iter_mut().zip(src) {
+                        axpy(o, v, s);
                     }
                 }
             }
@@ -247,42 +249,51 @@ impl SparseNet {
     }
 
     /// Predicted class of each image of `images` (rows of `c·h·w` floats). With `batch = 1`
-    /// the images are classified one after another (a latency measure); larger batches are
-    /// spread over rayon's threads.
+    /// the images are classified one after another on one thread (a latency measure); larger
+    /// batches are spread over rayon's threads, each in groups of [`LANES`] images.
     pub fn predict(&self, images: &[f32], batch: usize) -> Vec<u8> {
-        let shapes = self.shapes().expect("checked when built");
         let image_len: usize = self.input.iter().product();
-        let classify_all = |chunk: &[f32]| -> Vec<u8> {
-            let widest = shapes
-                .iter()
-                .map(|s| s.iter().product())
-                .fold(image_len, usize::max);
-            let (mut a, mut b) = (vec![0f32; widest], vec![0f32; widest]);
-            chunk
-                .chunks_exact(image_len)
-                .map(|image| self.classify(image, &shapes, &mut a, &mut b))
-                .collect()
-        };
         if batch == 1 {
-            return classify_all(images);
+            return self.classify_all::<1>(images);
         }
         images
             .par_chunks(batch * image_len)
-            .flat_map_iter(classify_all)
+            .flat_map_iter(|chunk| self.classify_all::<LANES>(chunk))
             .collect()
     }
 
-    /// One image through every op, using `a` and `b` as alternating buffers.
-    fn classify<'a>(
+    /// Classes of `images`, `L` at a time (the last group padded with zero images).
+    fn classify_all<const L: usize>(&self, images: &[f32]) -> Vec<u8> {
+        let shapes = self.shapes().expect("checked when built");
+        let image_len: usize = self.input.iter().product();
+        let widest = shapes
+            .iter()
+            .map(|s| s.iter().product())
+            .fold(image_len, usize::max);
+        let (mut a, mut b) = (vec![[0f32; L]; widest], vec![[0f32; L]; widest]);
+        let mut classes = Vec::with_capacity(images.len() / image_len);
+        for group in images.chunks(L * image_len) {
+            for (f, lanes) in a[..image_len].iter_mut().enumerate() {
+                *lanes =
+                    std::array::from_fn(|l| group.get(l * image_len + f).copied().unwrap_or(0.0));
+            }
+            let logits = self.forward(&shapes, &mut a, &mut b);
+            let count = group.len() / image_len;
+            classes.extend((0..count).map(|l| argmax(logits.iter().map(|x| x[l]))));
+        }
+        classes
+    }
+
+    /// The ops applied to the `L` images in `a` (image-innermost), using `a` and `b` as
+    /// alternating buffers; returns the logits.
+    fn forward<'a, const L: usize>(
         &self,
-        image: &[f32],
         shapes: &[[usize; 3]],
-        mut a: &'a mut [f32],
-        mut b: &'a mut [f32],
-    ) -> u8 {
+        mut a: &'a mut [[f32; L]],
+        mut b: &'a mut [[f32; L]],
+    ) -> &'a [[f32; L]] {
         let mut shape = self.input;
-        let mut len = image.len();
-        a[..len].copy_from_slice(image);
+        let mut len = shape.iter().product();
         for (op, &next) in self.ops.iter().zip(shapes) {
             let next_len = next.iter().product();
             let (x, out) = (&a[..len], &mut b[..next_len]);
@@ -290,8 +301,8 @@ impl SparseNet {
                 SparseOp::Conv(conv) => conv.forward(x, [shape[1], shape[2]], out),
                 SparseOp::Dense(dense) => dense.forward(x, out),
                 SparseOp::Relu => {
-                    for (o, &v) in out.iter_mut().zip(x) {
-                        *o = v.max(0.0);
+                    for (o, v) in out.iter_mut().zip(x) {
+                        *o = v.map(|v| v.max(0.0));
                     }
                 }
                 SparseOp::ReluMaxPool => relu_max_pool(x, shape, out),
@@ -299,28 +310,40 @@ impl SparseNet {
             std::mem::swap(&mut a, &mut b);
             (shape, len) = (next, next_len);
         }
-        argmax(&a[..len])
+        &a[..len]
+    }
+}
+
+/// Images per group in batched inference: one 256-bit vector of f32.
+pub const LANES: usize = 8;
+
+/// `acc += v · x`, lane by lane.
+#[inline(always)]
+fn axpy<const L: usize>(acc: &mut [f32; L], v: f32, x: &[f32; L]) {
+    for (a, &x) in acc.iter_mut().zip(x) {
+        *a += v * x;
     }
 }
 
 /// ReLU and 2×2 max-pool (stride 2) of `x` of shape `[c, h, w]`.
-fn relu_max_pool(x: &[f32], [c, h, w]: [usize; 3], out: &mut [f32]) {
+fn relu_max_pool<const L: usize>(x: &[[f32; L]], [c, h, w]: [usize; 3], out: &mut [[f32; L]]) {
     let (oh, ow) = (h / 2, w / 2);
     for ch in 0..c {
         for y in 0..oh {
             for xo in 0..ow {
                 let at = |dy: usize, dx: usize| x[ch * h * w + (2 * y + dy) * w + 2 * xo + dx];
-                let m = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
-                out[ch * oh * ow + y * ow + xo] = m.max(0.0);
+                let (p, q, r, s) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                out[ch * oh * ow + y * ow + xo] =
+                    std::array::from_fn(|l| p[l].max(q[l]).max(r[l]).max(s[l]).max(0.0));
             }
         }
     }
 }
 
 /// Index of the largest value; the first on ties, as burn's argmax.
-fn argmax(values: &[f32]) -> u8 {
+fn argmax(values: impl Iterator<Item = f32>) -> u8 {
     let (mut best, mut best_value) = (0, f32::NEG_INFINITY);
-    for (i, &v) in values.iter().enumerate() {
+    for (i, v) in values.enumerate() {
         if v > best_value {
             (best, best_value) = (i, v);
         }
@@ -362,9 +385,13 @@ mod tests {
         assert_eq!(layer.row_start, vec![0, 2, 4]);
         assert_eq!(layer.inputs, vec![0, 1, 1, 2]);
         // x = (1, 0, 2): column 1 = 1·1 + 0·3 + 0.5, column 2 = 0·4 + 2·6 − 0.5.
-        let mut out = [0.0; 2];
-        layer.forward(&[1.0, 0.0, 2.0], &mut out);
-        assert_eq!(out, [1.5, 11.5]);
+        let mut out = [[0.0]; 2];
+        layer.forward(&[[1.0], [0.0], [2.0]], &mut out);
+        assert_eq!(out, [[1.5], [11.5]]);
+        // Two images side by side: (1, 0, 2) and (0, 1, 0).
+        let mut out = [[0.0; 2]; 2];
+        layer.forward(&[[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], &mut out);
+        assert_eq!(out, [[1.5, 3.5], [11.5, 3.5]]);
     }
 
     #[test]
@@ -383,8 +410,9 @@ mod tests {
         let conv = SparseConv::from_view(&v, 3.0).unwrap();
         assert_eq!(conv.nonzeros(), 9, "6 of 16 removed, and θ = 0 at index 7");
         let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut out = vec![0.0; 8];
-        conv.forward(&x, [3, 3], &mut out);
+        let lanes: Vec<[f32; 1]> = x.iter().map(|&v| [v]).collect();
+        let mut out = vec![[0.0]; 8];
+        conv.forward(&lanes, [3, 3], &mut out);
         for o in 0..2 {
             for y in 0..2 {
                 for xo in 0..2 {
@@ -399,7 +427,7 @@ mod tests {
                             }
                         }
                     }
-                    let got = out[o * 4 + y * 2 + xo];
+                    let [got] = out[o * 4 + y * 2 + xo];
                     assert!(
                         (got - want).abs() < 1e-5,
                         "({o}, {y}, {xo}): {got} vs {want}"
@@ -414,9 +442,10 @@ mod tests {
         let x = [
             1.0, -2.0, 3.0, 4.0, -1.0, -5.0, -6.0, -7.0, 0.5, 9.0, 2.0, 0.0, -1.0, -2.0, -3.0, -4.0,
         ];
-        let mut out = [0.0; 4];
-        relu_max_pool(&x, [1, 4, 4], &mut out);
-        assert_eq!(out, [1.0, 4.0, 9.0, 2.0]);
+        let lanes = x.map(|v| [v, -v]);
+        let mut out = [[0.0; 2]; 4];
+        relu_max_pool(&lanes, [1, 4, 4], &mut out);
+        assert_eq!(out, [[1.0, 5.0], [4.0, 7.0], [9.0, 2.0], [2.0, 4.0]]);
     }
 
     #[test]
@@ -428,6 +457,45 @@ mod tests {
         // x = 2: hidden (2, −2) → ReLU (2, 0) → logits (2, 0) → class 0; x = −2 → class 1.
         assert_eq!(net.predict(&[2.0, -2.0], 1), vec![0, 1]);
         assert_eq!(net.predict(&[2.0, -2.0], 2), vec![0, 1]);
+    }
+
+    /// Image-innermost groups (with a padded last group) classify as one image at a time.
+    #[test]
+    fn batches_classify_as_single_images() {
+        let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        let conv = view(
+            wave(2 * 25, 0.7),
+            vec![0.0; 50],
+            &[2, 1, 5, 5],
+            vec![0.1, -0.1],
+        );
+        let mut dense = view(
+            wave(2 * 3 * 3 * 4, 1.3),
+            vec![0.0; 72],
+            &[18, 4],
+            vec![0.0; 4],
+        );
+        dense.name = "e".into();
+        let net = SparseNet::checked(
+            [1, 10, 10],
+            vec![
+                SparseOp::Conv(SparseConv::from_view(&conv, 3.0).unwrap()),
+                SparseOp::ReluMaxPool,
+                SparseOp::Relu,
+                SparseOp::Dense(CsrDense::from_view(&dense, 3.0).unwrap()),
+            ],
+        )
+        .unwrap();
+        let images = wave(21 * 100, 0.113);
+        let one_by_one = net.predict(&images, 1);
+        assert_eq!(one_by_one.len(), 21);
+        assert!(
+            one_by_one.iter().any(|&c| c != one_by_one[0]),
+            "{one_by_one:?}"
+        );
+        for batch in [2, 8, 9, 100] {
+            assert_eq!(net.predict(&images, batch), one_by_one, "batch {batch}");
+        }
     }
 
     #[test]
