@@ -153,9 +153,7 @@ impl SparseConv {
                 let input = &x[self.channel[t] as usize * h * w..];
                 for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
                     let src = &input[(y + dy) * w + dx..][..ow];
-                    for (o, s) in row.iter_mut().zip(src) {
-                        axpy(o, v, s);
-                    }
+                    axpy(row.as_flattened_mut(), v, src.as_flattened());
                 }
             }
         }
@@ -273,12 +271,17 @@ impl SparseNet {
         let (mut a, mut b) = (vec![[0f32; L]; widest], vec![[0f32; L]; widest]);
         let mut classes = Vec::with_capacity(images.len() / image_len);
         for group in images.chunks(L * image_len) {
-            for (f, lanes) in a[..image_len].iter_mut().enumerate() {
-                *lanes =
-                    std::array::from_fn(|l| group.get(l * image_len + f).copied().unwrap_or(0.0));
+            let count = group.len() / image_len;
+            if count < L {
+                a[..image_len].fill([0.0; L]);
+            }
+            for (l, image) in group.chunks_exact(image_len).enumerate() {
+                assert!(l < L); // lets the compiler drop the bounds check below
+                for (lanes, &pixel) in a.iter_mut().zip(image) {
+                    lanes[l] = pixel;
+                }
             }
             let logits = self.forward(&shapes, &mut a, &mut b);
-            let count = group.len() / image_len;
             classes.extend((0..count).map(|l| argmax(logits.iter().map(|x| x[l]))));
         }
         classes
@@ -317,9 +320,9 @@ impl SparseNet {
 /// Images per group in batched inference: one 256-bit vector of f32.
 pub const LANES: usize = 8;
 
-/// `acc += v · x`, lane by lane.
+/// `acc += v · x`, element by element (flat, so that it compiles to vector operations).
 #[inline(always)]
-fn axpy<const L: usize>(acc: &mut [f32; L], v: f32, x: &[f32; L]) {
+fn axpy(acc: &mut [f32], v: f32, x: &[f32]) {
     for (a, &x) in acc.iter_mut().zip(x) {
         *a += v * x;
     }
