@@ -142,10 +142,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run(args),
         Some(Command::Check { experiment }) => {
             let exp = LoadedExperiment::load(&experiment)?;
+            let count = exp.spec.variants.len();
             println!(
-                "{}: ok ({} variants: {})",
+                "{}: ok ({count} variant{}: {})",
                 experiment.display(),
-                exp.spec.variants.len(),
+                if count == 1 { "" } else { "s" },
                 exp.spec
                     .variants
                     .iter()
