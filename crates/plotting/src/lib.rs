@@ -130,8 +130,16 @@ fn draw_lines<DB: DrawingBackend>(
         }
     }
     let areas = root.split_evenly((panels.len().max(1), 1));
+    // A legend only where it names a line no legend above has named: colours are figure-wide,
+    // and repeated legends hide the lines they sit on.
+    let mut named: Vec<&str> = Vec::new();
     for (area, panel) in areas.iter().zip(panels) {
-        draw_panel(area, panel, &figure.x_label, &labels).map_err(|x| e(&x))?;
+        let new = panel
+            .series
+            .iter()
+            .any(|s| !named.contains(&s.label.as_str()));
+        named.extend(panel.series.iter().map(|s| s.label.as_str()));
+        draw_panel(area, panel, &figure.x_label, &labels, new).map_err(|x| e(&x))?;
     }
     root.present().map_err(|x| e(&x))
 }
@@ -141,6 +149,7 @@ fn draw_panel<DB: DrawingBackend>(
     panel: &Panel,
     x_label: &str,
     labels: &[&str],
+    with_legend: bool,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let transform = |y: f64| if panel.log_y { y.log10() } else { y };
     let series: Vec<Vec<(f64, f64)>> = panel
@@ -212,6 +221,9 @@ fn draw_panel<DB: DrawingBackend>(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+    }
+    if !with_legend {
+        return Ok(());
     }
     chart
         .configure_series_labels()
