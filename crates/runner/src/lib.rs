@@ -18,8 +18,8 @@ use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
 use sparsevd::{
-    Dropout, LENET300_WIDTHS, LeNet5Config, LogAlphaInit, MlpConfig, Network, Posterior,
-    VggLikeConfig, WeightLayerView,
+    Dropout, LENET300_WIDTHS, LeNet5Config, MlpConfig, Network, Posterior, VggLikeConfig,
+    WeightLayerView,
 };
 use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
 use std::borrow::Cow;
@@ -286,28 +286,24 @@ pub fn with_network<J: WithNetwork>(
 
 /// The posterior of the weights of `variant`'s layers under `init`.
 fn posterior(variant: &Variant, init: &spec::Init) -> Posterior {
-    let log_alpha_init = init
-        .log_alpha_init()
-        .filter(|_| variant.layer.learns_log_alpha());
-    match (variant.layer, log_alpha_init) {
-        (LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout, _) => {
+    const VALIDATED: &str = "validated: layers that learn log α have a valid init.log_alpha";
+    match variant.layer {
+        LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout => {
             Posterior::Point
         }
-        (LayerKind::VariationalDropout, Some(LogAlphaInit::Constant { log_alpha })) => {
-            Posterior::VariationalDropout {
-                log_alpha_init: log_alpha,
-                sharing: variant
-                    .alpha
-                    .expect("validated: variational_dropout layers have alpha"),
-            }
-        }
-        (LayerKind::SparseVdLogAlpha, Some(log_alpha_init)) => {
-            Posterior::SparseVdLogAlpha { log_alpha_init }
-        }
-        (LayerKind::VariationalDropout | LayerKind::SparseVdLogAlpha, _) => {
-            unreachable!("validated: layers that learn log α have a valid init.log_alpha")
-        }
-        (LayerKind::SparseVd, _) => Posterior::sparse_vd(init.log_sigma2),
+        LayerKind::VariationalDropout => Posterior::VariationalDropout {
+            log_alpha_init: match init.log_alpha {
+                Some(spec::InitialLogAlpha::Value(log_alpha)) => log_alpha,
+                _ => unreachable!("{VALIDATED}"),
+            },
+            sharing: variant
+                .alpha
+                .expect("validated: variational_dropout layers have alpha"),
+        },
+        LayerKind::SparseVdLogAlpha => Posterior::SparseVdLogAlpha {
+            log_alpha_init: init.log_alpha_init().expect(VALIDATED),
+        },
+        LayerKind::SparseVd => Posterior::sparse_vd(init.log_sigma2),
     }
 }
 

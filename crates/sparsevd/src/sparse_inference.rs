@@ -250,19 +250,20 @@ impl SparseNet {
     /// the images are classified one after another on one thread (a latency measure); larger
     /// batches are spread over rayon's threads, each in groups of [`LANES`] images.
     pub fn predict(&self, images: &[f32], batch: usize) -> Vec<u8> {
-        let image_len: usize = self.input.iter().product();
+        let shapes = self.shapes().expect("checked when built");
         if batch == 1 {
-            return self.classify_all::<1>(images);
+            return self.classify_all::<1>(images, &shapes);
         }
+        let image_len: usize = self.input.iter().product();
         images
             .par_chunks(batch * image_len)
-            .flat_map_iter(|chunk| self.classify_all::<LANES>(chunk))
+            .flat_map_iter(|chunk| self.classify_all::<LANES>(chunk, &shapes))
             .collect()
     }
 
-    /// Classes of `images`, `L` at a time (the last group padded with zero images).
-    fn classify_all<const L: usize>(&self, images: &[f32]) -> Vec<u8> {
-        let shapes = self.shapes().expect("checked when built");
+    /// Classes of `images`, `L` at a time (the last group padded with zero images); `shapes`
+    /// are the shapes after each op.
+    fn classify_all<const L: usize>(&self, images: &[f32], shapes: &[[usize; 3]]) -> Vec<u8> {
         let image_len: usize = self.input.iter().product();
         let widest = shapes
             .iter()
@@ -281,7 +282,7 @@ impl SparseNet {
                     lanes[l] = pixel;
                 }
             }
-            let logits = self.forward(&shapes, &mut a, &mut b);
+            let logits = self.forward(shapes, &mut a, &mut b);
             classes.extend((0..count).map(|l| argmax(logits.iter().map(|x| x[l]))));
         }
         classes
