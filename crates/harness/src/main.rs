@@ -2,7 +2,7 @@
 //! files. `harness experiments/lenet300.toml` trains every variant and writes `results/`.
 
 use anyhow::{Context, Result};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, Subcommand, ValueEnum};
 use runner::spec::LoadedExperiment;
 use std::path::PathBuf;
@@ -25,7 +25,12 @@ enum Command {
     /// Train the variants of an experiment file and write their results (the default).
     Run(RunArgs),
     /// Validate an experiment file without training.
-    Check { experiment: PathBuf },
+    Check {
+        experiment: PathBuf,
+        /// Also open this backend and check one small computation on it.
+        #[arg(long, value_enum)]
+        device: Option<Backend>,
+    },
     /// Regenerate results/table1.{md,csv} and every experiment's figures from the results on disk.
     Report {
         #[arg(long, default_value = "results")]
@@ -113,7 +118,10 @@ impl Backend {
         match self {
             Backend::Flex => format!("CPU: {}", runner::provenance::cpu_model()),
             #[cfg(feature = "vulkan")]
-            Backend::Vulkan => format!("{:?}", Device::vulkan(Default::default())),
+            Backend::Vulkan => match Device::vulkan(Default::default()).identity() {
+                Some(gpu) => format!("GPU: {} (Vulkan)", gpu.name),
+                None => "GPU: unnamed Vulkan adapter".to_string(),
+            },
         }
     }
 
@@ -124,6 +132,29 @@ impl Backend {
             Backend::Vulkan => "vulkan",
         }
     }
+}
+
+/// Opens `backend` and checks a matrix product on it (x·xᵀ for x = 0, 1, …, 1023 is
+/// Σ i² = 357,389,824), so that a GPU whose driver or kernels fail shows it before any training.
+fn probe(backend: Backend) -> Result<()> {
+    let device = backend.device();
+    let x: Vec<f32> = (0..1024u16).map(f32::from).collect();
+    let x = Tensor::<2>::from_data(TensorData::new(x, [1, 1024]), &device);
+    let product = x.clone().matmul(x.transpose()).into_data().convert::<f64>();
+    let got = product
+        .try_to_vec::<f64>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+    let expected = 357_389_824.0;
+    anyhow::ensure!(
+        (got - expected).abs() <= 1e-4 * expected,
+        "{}: x·xᵀ gave {got}, expected {expected}",
+        backend.description()
+    );
+    println!(
+        "{}: ok (a matrix product gave the expected value)",
+        backend.description()
+    );
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,7 +171,7 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Run(args)) => run(args),
-        Some(Command::Check { experiment }) => {
+        Some(Command::Check { experiment, device }) => {
             let exp = LoadedExperiment::load(&experiment)?;
             let count = exp.spec.variants.len();
             println!(
@@ -154,6 +185,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if let Some(backend) = device {
+                probe(backend)?;
+            }
             Ok(())
         }
         Some(Command::Figures {

@@ -464,7 +464,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     let last = records.last().expect("at least one epoch is validated");
     // Σ epoch times (training and evaluation) over every segment of a resumed run.
     let wall: f64 = records.iter().map(|r| r.seconds).sum();
-    let mut shortened_how = Vec::new();
+    let mut shortened_how: Vec<String> = spec.shortened.iter().cloned().collect();
     if protocol.epochs < planned_epochs {
         shortened_how.push(format!("{} of {planned_epochs} epochs", protocol.epochs));
     }

@@ -45,8 +45,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The commit of the repository at `dir`, with `-dirty` when tracked files outside `results/`
-/// and `figures/` differ from it, or "unknown" outside git. Results and figures change while
-/// runs go on (logs, other variants' files) without changing what a run computes.
+/// and `figures/` differ from it. Results and figures change while runs go on (logs, other
+/// variants' files) without changing what a run computes. Outside git (a copy of the tree sent
+/// to a GPU machine without its `.git`), the value of `HARNESS_COMMIT`, which whoever copied
+/// the tree sets to the commit they copied, marked "(copied tree)"; else "unknown".
 pub fn git_commit(dir: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -58,7 +60,7 @@ pub fn git_commit(dir: &Path) -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
-        return "unknown".to_string();
+        return copied_tree_commit(std::env::var("HARNESS_COMMIT").ok());
     };
     let changed = git(&[
         "status",
@@ -72,6 +74,14 @@ pub fn git_commit(dir: &Path) -> String {
     match changed {
         Some(c) if c.is_empty() => commit,
         _ => format!("{commit}-dirty"),
+    }
+}
+
+/// The commit recorded for a tree outside git: the one its copier declared, or "unknown".
+fn copied_tree_commit(declared: Option<String>) -> String {
+    match declared.as_deref().map(str::trim) {
+        Some(commit) if !commit.is_empty() => format!("{commit} (copied tree)"),
+        _ => "unknown".to_string(),
     }
 }
 
@@ -104,6 +114,16 @@ pub fn threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copied_tree_reports_the_declared_commit() {
+        assert_eq!(
+            copied_tree_commit(Some(" c8e78f8 \n".into())),
+            "c8e78f8 (copied tree)"
+        );
+        assert_eq!(copied_tree_commit(Some("  ".into())), "unknown");
+        assert_eq!(copied_tree_commit(None), "unknown");
+    }
 
     #[test]
     fn only_source_changes_make_the_commit_dirty() {

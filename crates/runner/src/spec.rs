@@ -14,6 +14,9 @@ pub struct Experiment {
     /// CIFAR-10 only; ZCA with regulariser 1e-5 (the paper's) when absent.
     pub preprocessing: Option<Preprocessing>,
     pub net: Net,
+    /// Set when the file's protocol is a shortened form of the paper's: how, in words. Every
+    /// result of the file is then labelled shortened, with this text in its provenance.
+    pub shortened: Option<String>,
     pub protocol: Protocol,
     #[serde(rename = "variant")]
     pub variants: Vec<Variant>,
@@ -448,6 +451,16 @@ impl Experiment {
             return fail(
                 "preprocessing.regulariser",
                 format!("expected a positive number, got {regulariser}"),
+            );
+        }
+        if self
+            .shortened
+            .as_ref()
+            .is_some_and(|how| how.trim().is_empty())
+        {
+            return fail(
+                "shortened",
+                "expected a description of how the protocol is shortened".into(),
             );
         }
         if self.variants.is_empty() {
