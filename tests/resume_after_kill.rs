@@ -74,6 +74,12 @@ fn killed_run_resumes_to_the_same_numbers() {
         !summary.exists(),
         "the run finished before it could be killed; make it longer"
     );
+    // The cut-short run already says where its epochs came from, and that it did not finish.
+    let cut_short =
+        runner::output::read_provenance(&interrupted.join("results/resume/sparse_vd")).unwrap();
+    assert!(cut_short.finished.is_empty(), "{cut_short:?}");
+    assert!(cut_short.epochs_completed >= 1, "{cut_short:?}");
+    assert_eq!(cut_short.epochs_planned, RUN.epochs);
 
     let resumed = harness(&interrupted, &interrupted_file).status().unwrap();
     assert!(resumed.success());

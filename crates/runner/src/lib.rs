@@ -438,6 +438,44 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         model = start_from(model, &dir.with_file_name(source), variant, protocol)?;
     }
     let resumed_after_epoch = state.epochs_completed;
+    let mut shortened_how: Vec<String> = spec.shortened.iter().cloned().collect();
+    if protocol.epochs < planned_epochs {
+        shortened_how.push(format!("{} of {planned_epochs} epochs", protocol.epochs));
+    }
+    if let Some(n) = protocol.train_subset {
+        shortened_how.push(format!("first {n} training images"));
+    }
+    if let Some(n) = protocol.test_subset {
+        shortened_how.push(format!("first {n} test images"));
+    }
+    // Written after every epoch with `finished` empty, so that a run cut short (a time limit on
+    // a lent GPU, a crash) still says where its epochs came from; rewritten when it finishes.
+    let provenance_after = |records: &[train::EpochRecord], finished: String| {
+        // Σ epoch times (training and evaluation) over every segment of a resumed run.
+        let wall: f64 = records.iter().map(|r| r.seconds).sum();
+        Provenance {
+            experiment_file: exp.path.display().to_string(),
+            experiment_sha256: exp.sha256(),
+            variant: variant.name.clone(),
+            commit: commit.to_string(),
+            backend: options.backend.clone(),
+            device: options.device_description.clone(),
+            threads: provenance::threads(),
+            seed: protocol.seed,
+            epochs_planned: planned_epochs,
+            epochs_completed: records.last().map_or(0, |r| r.epoch),
+            shortened: !shortened_how.is_empty(),
+            shortened_how: shortened_how.join(", "),
+            train_examples: train_split.len(),
+            test_examples: test_split.len(),
+            wall_time_s: wall,
+            mean_epoch_s: wall / records.len().max(1) as f64,
+            resumed_after_epoch,
+            started: started.clone(),
+            finished,
+            harness_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    };
     let settings = train::TrainSettings {
         protocol,
         device,
@@ -452,6 +490,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         |record, model, optimizer| {
             records.push(record.clone());
             output::write_epochs(dir, &layer_names, &records).map_err(|e| e.to_string())?;
+            output::write_provenance(dir, &provenance_after(&records, String::new()))
+                .map_err(|e| e.to_string())?;
             state.epochs_completed = record.epoch;
             checkpoint::save(dir, model, optimizer, &state).map_err(|e| e.to_string())
         },
@@ -462,18 +502,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
     })?;
 
     let last = records.last().expect("at least one epoch is validated");
-    // Σ epoch times (training and evaluation) over every segment of a resumed run.
-    let wall: f64 = records.iter().map(|r| r.seconds).sum();
-    let mut shortened_how: Vec<String> = spec.shortened.iter().cloned().collect();
-    if protocol.epochs < planned_epochs {
-        shortened_how.push(format!("{} of {planned_epochs} epochs", protocol.epochs));
-    }
-    if let Some(n) = protocol.train_subset {
-        shortened_how.push(format!("first {n} training images"));
-    }
-    if let Some(n) = protocol.test_subset {
-        shortened_how.push(format!("first {n} test images"));
-    }
+    let provenance = provenance_after(&records, provenance::now_rfc3339());
     let reference = paper.find(&variant.paper);
     let summary = Summary {
         experiment: spec.name.clone(),
@@ -481,7 +510,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         net: spec.net.key().to_string(),
         dataset: spec.dataset.key().to_string(),
         epochs: last.epoch,
-        shortened: !shortened_how.is_empty(),
+        shortened: provenance.shortened,
         test_error_pct: last.test_error_pct,
         compression: last.compression,
         removed_pct_per_layer: last
@@ -492,30 +521,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
             .join(";"),
         paper_error_pct: reference.map(|r| r.error_pct),
         paper_compression: reference.and_then(|r| r.compression),
-        wall_time_s: wall,
+        wall_time_s: provenance.wall_time_s,
         train_error_pct: last.train_error_pct,
-    };
-    let provenance = Provenance {
-        experiment_file: exp.path.display().to_string(),
-        experiment_sha256: exp.sha256(),
-        variant: variant.name.clone(),
-        commit: commit.to_string(),
-        backend: options.backend.clone(),
-        device: options.device_description.clone(),
-        threads: provenance::threads(),
-        seed: protocol.seed,
-        epochs_planned: planned_epochs,
-        epochs_completed: last.epoch,
-        shortened: summary.shortened,
-        shortened_how: shortened_how.join(", "),
-        train_examples: train_split.len(),
-        test_examples: test_split.len(),
-        wall_time_s: wall,
-        mean_epoch_s: wall / records.len() as f64,
-        resumed_after_epoch,
-        started,
-        finished: provenance::now_rfc3339(),
-        harness_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let description = format!(
         "experiment={}; variant={}; net={}; threshold={}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias; conv theta and log_sigma2 are [out, in, kh, kw]",

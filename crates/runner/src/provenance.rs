@@ -33,6 +33,7 @@ pub struct Provenance {
     #[serde(default)]
     pub resumed_after_epoch: usize,
     pub started: String,
+    /// Empty while the run goes on, and in a run that was cut short; written after every epoch.
     pub finished: String,
     pub harness_version: String,
 }

@@ -830,6 +830,25 @@ paper = { net = "lenet300", method = "sparse_vd" }
     }
 
     #[test]
+    fn a_shortened_file_says_how() {
+        let net = "net = \"lenet300\"";
+        assert_eq!(
+            error_after(net, &format!("{net}\nshortened = \"3 of 200 epochs\"")),
+            ""
+        );
+        assert_error(
+            net,
+            &format!("{net}\nshortened = \" \""),
+            &["shortened", "description"],
+        );
+        assert_error(
+            net,
+            &format!("{net}\nshortened = true"),
+            &["shortened", "string"],
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_their_position() {
         assert_error(
             "seed = 1",
