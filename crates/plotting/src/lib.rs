@@ -144,6 +144,9 @@ fn draw_lines<DB: DrawingBackend>(
     root.present().map_err(|x| e(&x))
 }
 
+/// Series with at most this many points get a marker on each point.
+const MARKED_POINTS: usize = 12;
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
@@ -167,6 +170,9 @@ fn draw_panel<DB: DrawingBackend>(
     let (x_min, x_max) = bounds(all.clone().map(|p| p.0));
     let (y_min, y_max) = bounds(all.map(|p| p.1));
     let pad = ((y_max - y_min) * 0.05).max(1e-9);
+    // Room for the markers of points on the x bounds.
+    let marked = series.iter().any(|points| points.len() <= MARKED_POINTS);
+    let x_pad = if marked { (x_max - x_min) * 0.03 } else { 0.0 };
     // Integer x over a short range (layers, say): one tick per integer, not repeated labels.
     let integer_x = series.iter().flatten().all(|p| p.0.fract() == 0.0) && x_max - x_min <= 20.0;
     let x_ticks = if integer_x {
@@ -179,7 +185,10 @@ fn draw_panel<DB: DrawingBackend>(
         .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(x_min..x_max, (y_min - pad)..(y_max + pad))?;
+        .build_cartesian_2d(
+            (x_min - x_pad)..(x_max + x_pad),
+            (y_min - pad)..(y_max + pad),
+        )?;
     // Enough decimals to tell neighbouring ticks apart.
     let decimals = (2.0 - (y_max - y_min).max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize;
     let x_decimals = if integer_x {
@@ -221,6 +230,11 @@ fn draw_panel<DB: DrawingBackend>(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        // A line of one point is invisible, and a few points (a width sweep, a short run) are
+        // measurements worth seeing as such.
+        if points.len() <= MARKED_POINTS {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
     }
     if !with_legend {
         return Ok(());
