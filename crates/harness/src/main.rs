@@ -137,7 +137,7 @@ impl Backend {
 /// Opens `backend` and checks a matrix product on it (x·xᵀ for x = 0, 1, …, 1023 is
 /// Σ i² = 357,389,824), so that a GPU whose driver or kernels fail shows it before any training.
 fn probe(backend: Backend) -> Result<()> {
-    let device = backend.device();
+    let (device, name) = (backend.device(), backend.description());
     let x: Vec<f32> = (0..1024u16).map(f32::from).collect();
     let x = Tensor::<2>::from_data(TensorData::new(x, [1, 1024]), &device);
     let product = x.clone().matmul(x.transpose()).into_data().convert::<f64>();
@@ -147,13 +147,9 @@ fn probe(backend: Backend) -> Result<()> {
     let expected = 357_389_824.0;
     anyhow::ensure!(
         (got - expected).abs() <= 1e-4 * expected,
-        "{}: x·xᵀ gave {got}, expected {expected}",
-        backend.description()
+        "{name}: x·xᵀ gave {got}, expected {expected}"
     );
-    println!(
-        "{}: ok (a matrix product gave the expected value)",
-        backend.description()
-    );
+    println!("{name}: ok (a matrix product gave the expected value)");
     Ok(())
 }
 
