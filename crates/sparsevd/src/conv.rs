@@ -1,8 +1,10 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
+use crate::lrt_conv;
 use crate::mode::{ForwardMode, WeightLayerView};
+use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::VariationalWeights;
+use crate::weights::{LinearMap, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::conv2d;
@@ -49,11 +51,41 @@ impl Conv2dConfig {
     }
 }
 
+/// A(x, w) = conv(x, w), stride 1, `padding` zeros on every side.
+struct Convolution {
+    padding: usize,
+}
+
+impl LinearMap<4, 4> for Convolution {
+    fn apply(&self, x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
+        conv2d(x, w, None, options)
+    }
+
+    /// On the CPU backend one fused operation ([`crate::lrt_conv`]); elsewhere composed.
+    fn lrt_sample(
+        &self,
+        x: Tensor<4>,
+        mean: Tensor<4>,
+        variance: Tensor<4>,
+        noise_seed: u64,
+    ) -> Tensor<4> {
+        let device = x.device();
+        if !lrt_conv::uses_fused_kernel(&device) {
+            return composed_lrt_sample(self, x, mean, variance, noise_seed);
+        }
+        let dims = lrt_conv::output_dims(x.dims(), mean.dims(), self.padding);
+        let zeta = standard_normal(dims, noise_seed, &device);
+        lrt_conv::lrt_conv2d(x, mean, variance, zeta, self.padding)
+    }
+}
+
 impl Conv2d {
     pub fn forward(&self, x: Tensor<4>, mode: ForwardMode) -> (Tensor<4>, Option<Tensor<1>>) {
-        let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
-        self.weights
-            .forward(x, mode, |x, w| conv2d(x, w, None, options.clone()))
+        let map = Convolution {
+            padding: self.padding,
+        };
+        self.weights.forward(x, mode, &map)
     }
 
     pub fn view(&self, name: &str) -> WeightLayerView {

@@ -2,7 +2,7 @@
 
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::posterior::Posterior;
-use crate::weights::VariationalWeights;
+use crate::weights::{LinearMap, VariationalWeights};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -37,10 +37,19 @@ impl DenseConfig {
     }
 }
 
+/// A(x, w) = x·w.
+pub(crate) struct Matmul;
+
+impl LinearMap<2, 2> for Matmul {
+    fn apply(&self, x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+        x.matmul(w)
+    }
+}
+
 impl Dense {
     /// Output and this layer's Σ KL (`None` for a plain layer and in evaluation).
     pub fn forward(&self, x: Tensor<2>, mode: ForwardMode) -> (Tensor<2>, Option<Tensor<1>>) {
-        self.weights.forward(x, mode, |x, w| x.matmul(w))
+        self.weights.forward(x, mode, &Matmul)
     }
 
     pub fn view(&self, name: &str) -> WeightLayerView {

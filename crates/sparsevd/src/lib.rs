@@ -5,6 +5,7 @@ pub mod conv;
 pub mod dense;
 pub mod kl;
 pub mod lenet5;
+pub mod lrt_conv;
 pub mod mlp;
 pub mod mode;
 pub mod noise;

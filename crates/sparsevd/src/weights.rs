@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Bool, Tensor, TensorData};
 
 /// Added under the square root of the LRT variance so that its gradient stays finite.
-const VARIANCE_EPS: f64 = 1e-8;
+pub(crate) const VARIANCE_EPS: f64 = 1e-8;
 
 /// θ (any shape with one output-unit axis), the noise parameter of the [`Posterior`] (log σ²
 /// of θ's shape for Sparse VD; log α of θ's shape, per unit or per layer for the log α
@@ -30,6 +30,38 @@ pub struct VariationalWeights<const D: usize> {
     pub bias: Param<Tensor<1>>,
     #[module(skip)]
     pub posterior: Posterior,
+}
+
+/// The linear map A of a layer (matmul or convolution), without bias.
+pub trait LinearMap<const E: usize, const D: usize> {
+    /// A(x, w).
+    fn apply(&self, x: Tensor<E>, w: Tensor<D>) -> Tensor<E>;
+
+    /// The local reparameterization sample A(x, mean) + √(A(x ⊙ x, variance) + 1e-8) ⊙ ζ, with
+    /// ζ ~ N(0, 1) of the output's shape drawn from `noise_seed`.
+    fn lrt_sample(
+        &self,
+        x: Tensor<E>,
+        mean: Tensor<D>,
+        variance: Tensor<D>,
+        noise_seed: u64,
+    ) -> Tensor<E> {
+        composed_lrt_sample(self, x, mean, variance, noise_seed)
+    }
+}
+
+/// [`LinearMap::lrt_sample`] from two applications of the map and burn's elementwise operations.
+pub fn composed_lrt_sample<const E: usize, const D: usize>(
+    map: &(impl LinearMap<E, D> + ?Sized),
+    x: Tensor<E>,
+    mean: Tensor<D>,
+    variance: Tensor<D>,
+    noise_seed: u64,
+) -> Tensor<E> {
+    let gamma = map.apply(x.clone(), mean);
+    let delta = map.apply(x.square(), variance);
+    let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
+    gamma + lrt_std(delta) * zeta
 }
 
 /// What a training pass needs from the posterior besides θ.
@@ -70,20 +102,20 @@ impl<const D: usize> VariationalWeights<D> {
         }
     }
 
-    /// Apply the layer whose linear map is `map` (without bias); returns the output and this
-    /// layer's Σ KL (`None` for a point layer and in evaluation). Output axis 1 is the unit axis.
+    /// Apply the layer whose linear map is `map`; returns the output and this layer's Σ KL
+    /// (`None` for a point layer and in evaluation). Output axis 1 is the unit axis.
     pub fn forward<const E: usize>(
         &self,
         x: Tensor<E>,
         mode: ForwardMode,
-        map: impl Fn(Tensor<E>, Tensor<D>) -> Tensor<E>,
+        map: &impl LinearMap<E, D>,
     ) -> (Tensor<E>, Option<Tensor<1>>) {
         let theta = self.theta.val();
         let mut bias_shape = [1; E];
         bias_shape[1] = self.bias.dims()[0];
         let bias = self.bias.val().reshape(bias_shape);
         if self.posterior == Posterior::Point {
-            return (map(x, theta) + bias, None);
+            return (map.apply(x, theta) + bias, None);
         }
         match mode {
             ForwardMode::Eval { threshold } => {
@@ -91,7 +123,7 @@ impl<const D: usize> VariationalWeights<D> {
                     .clipped_log_alpha()
                     .expect("a variational posterior has log α")
                     .greater_equal_elem(threshold);
-                (map(x, theta.mask_fill(removed, 0.0)) + bias, None)
+                (map.apply(x, theta.mask_fill(removed, 0.0)) + bias, None)
             }
             ForwardMode::Train {
                 mask_threshold,
@@ -102,10 +134,8 @@ impl<const D: usize> VariationalWeights<D> {
                     Some(removed) => theta.mask_fill(removed, 0.0),
                     None => theta,
                 };
-                let gamma = map(x.clone(), mean) + bias;
-                let delta = map(x.square(), terms.variance);
-                let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
-                (gamma + lrt_std(delta) * zeta, Some(terms.kl))
+                let sample = map.lrt_sample(x, mean, terms.variance, noise_seed);
+                (sample + bias, Some(terms.kl))
             }
         }
     }
@@ -288,6 +318,7 @@ pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dense::Matmul;
     use crate::kl::kl_approx_value;
     use crate::posterior::{AlphaSharing, LogAlphaInit};
     use burn::tensor::Device;
@@ -383,7 +414,7 @@ mod tests {
                     mask_threshold: None,
                     noise_seed: 3,
                 },
-                |x, w| x.matmul(w),
+                &Matmul,
             );
             assert!(kl.is_some());
             let out = host_vec(out.into_data());
@@ -428,10 +459,7 @@ mod tests {
         };
         let input = || Tensor::<2>::from_data(TensorData::new(X.to_vec(), [1, 3]), &device);
         let vd = log_alpha_layer(per_unit_vd(), &[-1.0, 0.5], [1, 2], &device);
-        let kl = vd
-            .forward(input(), train, |x, w| x.matmul(w))
-            .1
-            .expect("variational");
+        let kl = vd.forward(input(), train, &Matmul).1.expect("variational");
         let value: f32 = kl.clone().into_scalar();
         let cubic = |la: f64| -crate::kl::neg_kl_kingma(la);
         assert!(
@@ -454,7 +482,7 @@ mod tests {
             &device,
         );
         let kl: f32 = svd
-            .forward(input(), train, |x, w| x.matmul(w))
+            .forward(input(), train, &Matmul)
             .1
             .expect("variational")
             .into_scalar();

@@ -1,0 +1,358 @@
+//! Host kernels of the fused LRT convolution: one im2col of x serves both the mean path
+//! (patches of x) and the variance path (patches of x ⊙ x, squared on the fly), and the
+//! backward pass reuses the saved patches instead of recomputing them for each of the four
+//! gradients. Images run in parallel (rayon); each image's products are single-threaded gemm
+//! calls on row-major matrices:
+//!
+//! - forward, per image: P = im2col(x) `[C·k², L]`, γ = θ·P, δ = σ²·(P ⊙ P), both `[O, L]`,
+//!   output γ + √(δ + ε) ⊙ ζ;
+//! - backward, with g = ∂loss/∂output and g_δ = g ⊙ ζ / (2√(δ + ε)):
+//!   ∂θ = Σ_images g·Pᵀ, ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ,
+//!   ∂x = col2im(θᵀ·g + 2 P ⊙ (σ²ᵀ·g_δ)).
+
+use rayon::prelude::*;
+
+const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
+
+/// The geometry of one convolution with stride 1 and the same zero padding on every side.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels_out: usize,
+    pub kernel: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    pub fn out_height(&self) -> usize {
+        self.height + 2 * self.padding + 1 - self.kernel
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.width + 2 * self.padding + 1 - self.kernel
+    }
+
+    /// L: output positions per image and channel.
+    fn positions(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// C·k²: the length of one patch.
+    fn patch(&self) -> usize {
+        self.channels_in * self.kernel * self.kernel
+    }
+
+    fn image(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    /// Output elements per image: O·L.
+    fn image_out(&self) -> usize {
+        self.channels_out * self.positions()
+    }
+
+    pub fn output_dims(&self) -> [usize; 4] {
+        [
+            self.batch,
+            self.channels_out,
+            self.out_height(),
+            self.out_width(),
+        ]
+    }
+}
+
+/// What the backward pass needs from the forward pass: every image's patches P and the
+/// factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub patches: Vec<f32>,
+    pub delta_factor: Vec<f32>,
+}
+
+/// The LRT sample γ + √(δ + ε) ⊙ ζ (without bias) in NCHW order, and what backward needs.
+/// `mean` and `variance` are `[O, C, k, k]`, `x` is `[B, C, H, W]`, `zeta` has the output's shape.
+pub fn forward(
+    shape: ConvShape,
+    x: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    zeta: &[f32],
+) -> (Vec<f32>, Saved) {
+    let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
+    let mut output = vec![0f32; shape.batch * image_out];
+    let mut patches = vec![0f32; shape.batch * patch * positions];
+    let mut delta_factor = vec![0f32; shape.batch * image_out];
+    output
+        .par_chunks_mut(image_out)
+        .zip(patches.par_chunks_mut(patch * positions))
+        .zip(delta_factor.par_chunks_mut(image_out))
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; patch * positions], vec![0f32; image_out]),
+            |(squares, delta), (b, ((out, p), factor))| {
+                im2col(shape, &x[b * shape.image()..][..shape.image()], p);
+                squares.iter_mut().zip(&*p).for_each(|(s, v)| *s = v * v);
+                let rows = |data| Matrix::row_major(data, patch);
+                let cols = |data| Matrix::row_major(data, positions);
+                gemm(out, false, rows(mean), cols(p), shape.channels_out);
+                gemm(
+                    delta,
+                    false,
+                    rows(variance),
+                    cols(squares),
+                    shape.channels_out,
+                );
+                let zeta = &zeta[b * image_out..][..image_out];
+                for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(&*delta).zip(zeta) {
+                    let std = (d + VARIANCE_EPS).sqrt();
+                    *o += std * z;
+                    *f = z / (2.0 * std);
+                }
+            },
+        );
+    (
+        output,
+        Saved {
+            patches,
+            delta_factor,
+        },
+    )
+}
+
+/// Gradients of the forward pass for ∂loss/∂output `grad`: ∂x (only when `need_x`), ∂mean and
+/// ∂variance.
+pub struct Grads {
+    pub x: Option<Vec<f32>>,
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+pub fn backward(
+    shape: ConvShape,
+    saved: &Saved,
+    mean: &[f32],
+    variance: &[f32],
+    grad: &[f32],
+    need_x: bool,
+) -> Grads {
+    let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
+    let weights = shape.channels_out * patch;
+    let mut x_grad = vec![
+        0f32;
+        if need_x {
+            shape.batch * shape.image()
+        } else {
+            0
+        }
+    ];
+    let images: Vec<Option<&mut [f32]>> = if need_x {
+        x_grad.chunks_mut(shape.image()).map(Some).collect()
+    } else {
+        (0..shape.batch).map(|_| None).collect()
+    };
+    // Per-split accumulators of ∂mean and ∂variance, with the scratch one image needs.
+    let fresh = || {
+        (
+            vec![0f32; weights],
+            vec![0f32; weights],
+            Scratch::new(patch * positions, image_out),
+        )
+    };
+    let (mean_grad, variance_grad, _) = images
+        .into_par_iter()
+        .enumerate()
+        .fold(fresh, |(mut dm, mut dv, mut s), (b, dx)| {
+            let p = &saved.patches[b * patch * positions..][..patch * positions];
+            let g = &grad[b * image_out..][..image_out];
+            let factor = &saved.delta_factor[b * image_out..][..image_out];
+            s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+            s.delta_grad
+                .iter_mut()
+                .zip(g.iter().zip(factor))
+                .for_each(|(d, (g, f))| *d = g * f);
+            let by_position = |data| Matrix::row_major(data, positions);
+            gemm(
+                &mut dm,
+                true,
+                by_position(g),
+                by_position(p).t(),
+                shape.channels_out,
+            );
+            gemm(
+                &mut dv,
+                true,
+                by_position(&s.delta_grad),
+                by_position(&s.squares).t(),
+                shape.channels_out,
+            );
+            if let Some(dx) = dx {
+                let by_patch = |data| Matrix::row_major(data, patch);
+                gemm(
+                    &mut s.mean_part,
+                    false,
+                    by_patch(mean).t(),
+                    by_position(g),
+                    patch,
+                );
+                gemm(
+                    &mut s.variance_part,
+                    false,
+                    by_patch(variance).t(),
+                    by_position(&s.delta_grad),
+                    patch,
+                );
+                for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                    *m += 2.0 * pv * v;
+                }
+                col2im(shape, &s.mean_part, dx);
+            }
+            (dm, dv, s)
+        })
+        .reduce(fresh, |(mut dm, mut dv, s), (dm2, dv2, _)| {
+            dm.iter_mut().zip(dm2).for_each(|(a, b)| *a += b);
+            dv.iter_mut().zip(dv2).for_each(|(a, b)| *a += b);
+            (dm, dv, s)
+        });
+    Grads {
+        x: need_x.then_some(x_grad),
+        mean: mean_grad,
+        variance: variance_grad,
+    }
+}
+
+/// Buffers one image's backward step writes into.
+struct Scratch {
+    squares: Vec<f32>,
+    delta_grad: Vec<f32>,
+    mean_part: Vec<f32>,
+    variance_part: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(patches: usize, image_out: usize) -> Self {
+        Self {
+            squares: vec![0.0; patches],
+            delta_grad: vec![0.0; image_out],
+            mean_part: vec![0.0; patches],
+            variance_part: vec![0.0; patches],
+        }
+    }
+}
+
+/// The patches of one image `[C, H, W]` as rows `[C·k², L]`: row (c, i, j), column (h, w) holds
+/// x[c, h + i − pad, w + j − pad], zero outside the image.
+fn im2col(shape: ConvShape, image: &[f32], patches: &mut [f32]) {
+    for_each_tap(shape, |row, column_range, source| {
+        let out = &mut patches[row..][..shape.out_width()];
+        out.fill(0.0);
+        if let Some(start) = source {
+            out[column_range.clone()].copy_from_slice(&image[start..][..column_range.len()]);
+        }
+    });
+}
+
+/// The adjoint of [`im2col`]: every patch entry added back to the pixel it was copied from.
+fn col2im(shape: ConvShape, patches: &[f32], image: &mut [f32]) {
+    for_each_tap(shape, |row, column_range, source| {
+        if let Some(start) = source {
+            let from = &patches[row..][column_range.clone()];
+            for (x, p) in image[start..][..column_range.len()].iter_mut().zip(from) {
+                *x += p;
+            }
+        }
+    });
+}
+
+/// Calls `visit(offset of the patch row segment, in-image columns, offset of their first pixel)`
+/// for every tap (c, i, j) and output row h; the source is `None` where the whole row segment
+/// lies in the padding.
+fn for_each_tap(
+    shape: ConvShape,
+    mut visit: impl FnMut(usize, std::ops::Range<usize>, Option<usize>),
+) {
+    let (k, pad, out_w) = (shape.kernel, shape.padding, shape.out_width());
+    let positions = shape.positions();
+    for c in 0..shape.channels_in {
+        for i in 0..k {
+            for j in 0..k {
+                let row = ((c * k + i) * k + j) * positions;
+                // Output columns w with 0 ≤ w + j − pad < width.
+                let first = pad.saturating_sub(j);
+                let last = (shape.width + pad).saturating_sub(j).min(out_w);
+                for h in 0..shape.out_height() {
+                    let segment = row + h * out_w;
+                    let source = (h + i)
+                        .checked_sub(pad)
+                        .filter(|&ih| ih < shape.height && first < last)
+                        .map(|ih| (c * shape.height + ih) * shape.width + first + j - pad);
+                    visit(segment, first..last.max(first), source);
+                }
+            }
+        }
+    }
+}
+
+/// A matrix view: element (r, c) at `data[r * row + c * column]`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    row: usize,
+    column: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn row_major(data: &'a [f32], columns: usize) -> Self {
+        Self {
+            data,
+            row: columns,
+            column: 1,
+        }
+    }
+
+    /// The transpose, without copying.
+    fn t(self) -> Self {
+        Self {
+            row: self.column,
+            column: self.row,
+            ..self
+        }
+    }
+}
+
+/// dst `[m, n]` (row-major) = lhs·rhs, or += lhs·rhs when `accumulate`; lhs is `[m, k]`, and
+/// k and n follow from the lengths.
+fn gemm(dst: &mut [f32], accumulate: bool, lhs: Matrix, rhs: Matrix, m: usize) {
+    let k = lhs.data.len() / m;
+    let n = dst.len() / m;
+    assert_eq!(m * k, lhs.data.len(), "gemm: lhs is not [m, k]");
+    assert_eq!(k * n, rhs.data.len(), "gemm: rhs is not [k, n]");
+    assert_eq!(m * n, dst.len(), "gemm: dst is not [m, n]");
+    // SAFETY: the asserts above bound every index the strides reach inside the three slices,
+    // and dst does not alias the inputs (it is borrowed mutably).
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.column as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr(),
+            rhs.column as isize,
+            rhs.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::None,
+        );
+    }
+}
