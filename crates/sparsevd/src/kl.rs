@@ -1,5 +1,6 @@
 //! log α and the sigmoid approximation of KL(q(w | θ, σ²) ‖ p(w)) under the log-uniform prior.
 
+use crate::vector_math;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -49,42 +50,36 @@ impl KlTerms {
     /// The terms of the additive (θ, log σ²) parameterization.
     pub fn additive(theta: &[f32], log_sigma2: &[f32]) -> Self {
         assert_eq!(theta.len(), log_sigma2.len(), "θ and log σ² differ in size");
-        Self::from_weights(theta.len(), true, |i| {
-            additive_term(theta[i], log_sigma2[i])
-        })
+        Self::from_weights(Weights::Additive { theta, log_sigma2 })
     }
 
     /// The terms of the original (θ, log α) parameterization, `log_alpha` unclipped.
     pub fn of_log_alpha(log_alpha: &[f32]) -> Self {
-        Self::from_weights(log_alpha.len(), false, |i| sigmoid_kl(log_alpha[i]))
+        Self::from_weights(Weights::LogAlpha(log_alpha))
     }
 
-    fn from_weights(
-        n: usize,
-        depends_on_theta: bool,
-        term: impl Fn(usize) -> WeightTerm + Sync,
-    ) -> Self {
+    fn from_weights(weights: Weights) -> Self {
+        let n = weights.len();
         let (mut log_alpha, mut d_theta, mut d_noise) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         let chunk_kl: Vec<f64> = log_alpha
             .par_chunks_mut(CHUNK)
             .zip(d_theta.par_chunks_mut(CHUNK))
             .zip(d_noise.par_chunks_mut(CHUNK))
             .enumerate()
-            .map(|(c, ((la, dt), dn))| {
-                let start = c * CHUNK;
-                let mut kl = 0.0;
-                for i in 0..la.len() {
-                    let w = term(start + i);
-                    kl += w.kl as f64;
-                    (la[i], dt[i], dn[i]) = (w.log_alpha, w.d_theta, w.d_log_alpha);
-                }
-                kl
+            .map(|(c, ((log_alpha, d_theta), d_noise))| {
+                let out = Outputs {
+                    log_alpha,
+                    d_theta,
+                    d_noise,
+                };
+                let part = weights.range(c * CHUNK, out.log_alpha.len());
+                vector_math::with_simd(|| fill(part, out))
             })
             .collect();
         KlTerms {
             kl: chunk_kl.iter().sum(),
             log_alpha,
-            d_theta: depends_on_theta.then_some(d_theta),
+            d_theta: matches!(weights, Weights::Additive { .. }).then_some(d_theta),
             d_noise,
         }
     }
@@ -123,39 +118,113 @@ impl KlTerms {
     }
 }
 
-/// One weight's share of [`KlTerms`].
+/// What the KL pass reads per weight.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    Additive {
+        theta: &'a [f32],
+        log_sigma2: &'a [f32],
+    },
+    /// The learned log α, unclipped.
+    LogAlpha(&'a [f32]),
+}
+
+impl<'a> Weights<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Weights::Additive { theta, .. } => theta.len(),
+            Weights::LogAlpha(log_alpha) => log_alpha.len(),
+        }
+    }
+
+    fn range(&self, start: usize, len: usize) -> Weights<'a> {
+        let cut = |v: &'a [f32]| &v[start..start + len];
+        match *self {
+            Weights::Additive { theta, log_sigma2 } => Weights::Additive {
+                theta: cut(theta),
+                log_sigma2: cut(log_sigma2),
+            },
+            Weights::LogAlpha(log_alpha) => Weights::LogAlpha(cut(log_alpha)),
+        }
+    }
+}
+
+/// One chunk of [`KlTerms`]' per-weight vectors.
+struct Outputs<'a> {
+    log_alpha: &'a mut [f32],
+    d_theta: &'a mut [f32],
+    d_noise: &'a mut [f32],
+}
+
+/// Writes the chunk's per-weight terms and returns its Σ KL. Branch-free loops over slices, so
+/// that they vectorise (see [`vector_math`]).
+#[inline(always)]
+fn fill(weights: Weights, out: Outputs) -> f64 {
+    let mut kl = vec![0f32; out.log_alpha.len()];
+    let per_weight = out
+        .log_alpha
+        .iter_mut()
+        .zip(out.d_noise.iter_mut())
+        .zip(kl.iter_mut());
+    match weights {
+        Weights::Additive { theta, log_sigma2 } => {
+            let inputs = theta.iter().zip(log_sigma2).zip(out.d_theta.iter_mut());
+            for (((la, dn), k), ((&t, &s), dt)) in per_weight.zip(inputs) {
+                let term = sigmoid_kl(additive_log_alpha(t, s));
+                (*la, *dn, *k) = (term.log_alpha, term.d_log_alpha, term.kl);
+                *dt = term.d_log_alpha * (-2.0 * t / (t * t + 1e-8));
+            }
+        }
+        Weights::LogAlpha(log_alpha) => {
+            for (((la, dn), k), &l) in per_weight.zip(log_alpha) {
+                let term = sigmoid_kl(l);
+                (*la, *dn, *k) = (term.log_alpha, term.d_log_alpha, term.kl);
+            }
+        }
+    }
+    lane_sum(&kl)
+}
+
+/// Σ values in f64, over 8 interleaved partial sums so that the loop vectorises; the order is
+/// fixed, so the sum does not depend on the CPU.
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v);
+        }
+    }
+    let rest: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    lanes.iter().sum::<f64>() + rest
+}
+
+/// One weight's KL, clipped log α and ∂KL/∂ℓ.
 struct WeightTerm {
     kl: f32,
     log_alpha: f32,
-    d_theta: f32,
     d_log_alpha: f32,
 }
 
 /// ℓ = log σ² − log(θ² + 1e-8): one weight's log α in the additive parameterization, before
 /// the clip.
+#[inline(always)]
 pub fn additive_log_alpha(theta: f32, log_sigma2: f32) -> f32 {
-    log_sigma2 - (theta * theta + 1e-8).ln()
+    log_sigma2 - vector_math::ln(theta * theta + 1e-8)
 }
 
-fn additive_term(theta: f32, log_sigma2: f32) -> WeightTerm {
-    let term = sigmoid_kl(additive_log_alpha(theta, log_sigma2));
-    WeightTerm {
-        d_theta: term.d_log_alpha * (-2.0 * theta / (theta * theta + 1e-8)),
-        ..term
-    }
-}
-
-/// KL, clipped log α and ∂KL/∂ℓ at unclipped log α = ℓ (`d_theta` left 0).
+/// KL, clipped log α and ∂KL/∂ℓ at unclipped log α = ℓ.
+#[inline(always)]
 fn sigmoid_kl(unclipped: f32) -> WeightTerm {
     let (k1, k2, k3) = (K1 as f32, K2 as f32, K3 as f32);
     let clip = LOG_ALPHA_CLIP as f32;
     let log_alpha = unclipped.clamp(-clip, clip);
-    let sig = 1.0 / (1.0 + (-(k2 + k3 * log_alpha)).exp());
-    // e = exp(−|log α|) gives both softplus(−log α) and sigmoid(−log α) without overflow.
-    // ln(1 + e) rather than ln_1p(e): glibc's log1pf took 40 % of this function, and e ≥
-    // exp(−8) keeps the absolute error of ln(1 + e) below 1e-7.
-    let e = (-log_alpha.abs()).exp();
-    let softplus_neg = (-log_alpha).max(0.0) + (1.0 + e).ln();
+    let sig = 1.0 / (1.0 + vector_math::exp(-(k2 + k3 * log_alpha)));
+    // e = exp(−|log α|) gives both softplus(−log α) and sigmoid(−log α) without overflow;
+    // e ≥ exp(−8) keeps the absolute error of ln(1 + e) (rather than ln_1p(e)) below 1e-7.
+    let e = vector_math::exp(-log_alpha.abs());
+    let softplus_neg = (-log_alpha).max(0.0) + vector_math::ln(1.0 + e);
     let sigmoid_neg = if log_alpha >= 0.0 {
         e / (1.0 + e)
     } else {
@@ -169,7 +238,6 @@ fn sigmoid_kl(unclipped: f32) -> WeightTerm {
     WeightTerm {
         kl: k1 - k1 * sig + 0.5 * softplus_neg,
         log_alpha,
-        d_theta: 0.0,
         d_log_alpha,
     }
 }

@@ -11,6 +11,7 @@ pub mod mode;
 pub mod noise;
 pub mod posterior;
 pub mod sparse_inference;
+pub mod vector_math;
 pub mod vgglike;
 pub mod weights;
 
