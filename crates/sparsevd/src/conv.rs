@@ -71,7 +71,7 @@ impl LinearMap<4, 4> for Convolution {
         noise_seed: u64,
     ) -> Tensor<4> {
         let device = x.device();
-        if !lrt_conv::uses_fused_kernel(&device) {
+        if !lrt_conv::is_flex(&device) {
             return composed_lrt_sample(self, x, mean, variance, noise_seed);
         }
         let dims = lrt_conv::output_dims(x.dims(), mean.dims(), self.padding);

@@ -3,12 +3,11 @@
 
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
+use crate::max_pool::max_pool_2x2;
 use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
 use crate::posterior::Posterior;
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, activation::relu};
 
 #[derive(Config, Debug)]
@@ -50,11 +49,10 @@ impl LeNet5Config {
 impl Network for LeNet5 {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput {
         let batch = input.dims()[0];
-        let pool = |x| max_pool2d(x, MaxPoolOptions::new([2, 2]));
         let x = input.reshape([batch, 1, 28, 28]);
         let (x, kl1) = self.conv1.forward(x, mode.for_layer(0));
-        let (x, kl2) = self.conv2.forward(pool(relu(x)), mode.for_layer(1));
-        let x = pool(relu(x)).reshape([batch, 800]);
+        let (x, kl2) = self.conv2.forward(max_pool_2x2(relu(x)), mode.for_layer(1));
+        let x = max_pool_2x2(relu(x)).reshape([batch, 800]);
         let (x, kl3) = self.dense1.forward(x, mode.for_layer(2));
         let (logits, kl4) = self.dense2.forward(relu(x), mode.for_layer(3));
         let kl = [kl2, kl3, kl4].into_iter().fold(kl1, add_kl);

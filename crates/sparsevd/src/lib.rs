@@ -3,9 +3,11 @@
 
 pub mod conv;
 pub mod dense;
+mod flex_host;
 pub mod kl;
 pub mod lenet5;
 pub mod lrt_conv;
+pub mod max_pool;
 pub mod mlp;
 pub mod mode;
 pub mod noise;

@@ -5,22 +5,21 @@
 //! Composed from burn's operations the same sample costs four convolutions forward (two of them
 //! im2col passes over the same patches) and four backward (weight and input gradients of each),
 //! about half of a LeNet-5 training step. Fused, the patches are built once and kept for the
-//! backward pass ([`kernels`]). Other backends keep the composed form, which
-//! [`uses_fused_kernel`] decides.
+//! backward pass ([`kernels`]). Other backends keep the composed form ([`is_flex`] decides).
 
 mod kernels;
 
+pub use crate::flex_host::is_flex;
+use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, backend_extension};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
 use kernels::{ConvShape, Saved};
-
-type FlexTensor = <Flex as burn::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// The LRT sample of a stride-1 convolution with `padding` zeros on every side.
 #[backend_extension(Flex, Autodiff)]
@@ -36,17 +35,8 @@ pub trait LrtConvBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Whether tensors on `device` take the fused kernel (the Flex CPU backend, with or without
-/// autodiff).
-pub fn uses_fused_kernel(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
-}
-
-/// The fused LRT sample (see [`LrtConvBackend::lrt_conv2d`]); only for devices where
-/// [`uses_fused_kernel`] holds.
+/// The fused LRT sample (see [`LrtConvBackend::lrt_conv2d`]); only for tensors on the CPU
+/// backend ([`is_flex`]).
 pub fn lrt_conv2d(
     x: Tensor<4>,
     mean: Tensor<4>,
@@ -88,24 +78,6 @@ fn shape_of(x: [usize; 4], weights: [usize; 4], padding: usize) -> ConvShape {
     }
 }
 
-fn dims(t: &FlexTensor) -> [usize; 4] {
-    let shape = t.layout().shape();
-    std::array::from_fn(|i| shape[i])
-}
-
-/// The values of an f32 tensor in row-major order.
-fn values(t: &FlexTensor) -> Vec<f32> {
-    assert_eq!(t.dtype(), DType::F32, "lrt_conv2d works on f32 tensors");
-    t.to_contiguous()
-        .as_slice::<f32>()
-        .expect("a contiguous f32 tensor")
-        .to_vec()
-}
-
-fn tensor(values: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, dims))
-}
-
 /// Runs the forward kernel; returns the output and what backward needs.
 fn forward(
     x: &FlexTensor,
@@ -120,12 +92,13 @@ fn forward(
         shape.output_dims(),
         "lrt_conv2d: ζ must have the output's shape"
     );
+    let [x, mean, variance, zeta] = [x, mean, variance, zeta].map(contiguous);
     let (output, saved) = kernels::forward(
         shape,
-        &values(x),
-        &values(mean),
-        &values(variance),
-        &values(zeta),
+        values(&x),
+        values(&mean),
+        values(&variance),
+        values(&zeta),
     );
     (tensor(output, shape.output_dims()), shape, saved)
 }
@@ -163,13 +136,14 @@ impl Backward<Flex, 3> for LrtConvBackward {
         let [node_x, node_mean, node_variance] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
-        let (shape, weight_dims) = (state.shape, dims(&state.mean));
+        let (shape, weight_dims): (_, [usize; 4]) = (state.shape, dims(&state.mean));
+        let [mean, variance, grad] = [&state.mean, &state.variance, &grad].map(contiguous);
         let result = kernels::backward(
             shape,
             &state.saved,
-            &values(&state.mean),
-            &values(&state.variance),
-            &values(&grad),
+            values(&mean),
+            values(&variance),
+            values(&grad),
             node_x.is_some(),
         );
         if let (Some(node), Some(x)) = (node_x, result.x) {
@@ -219,18 +193,20 @@ impl<C: CheckpointStrategy> LrtConvBackend for Autodiff<Flex, C> {
 mod tests {
     use super::*;
     use crate::weights::host_vec;
-    use burn::tensor::Distribution;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Device, Distribution};
 
     /// The fused sample and its three gradients equal burn's composed operations (two
-    /// convolutions, square root, product with ζ), with and without padding.
+    /// convolutions, square root, product with ζ), with and without padding, for an input that
+    /// is a strided view.
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
-        assert!(uses_fused_kernel(&device));
+        assert!(is_flex(&device));
         for padding in [0, 1, 2] {
-            let x = Tensor::<4>::random([3, 2, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
+                .swap_dims(2, 3);
             let mean = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
             let variance =
                 Tensor::<4>::random([4, 2, 3, 3], Distribution::Uniform(0.01, 1.0), &device);

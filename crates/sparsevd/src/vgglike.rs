@@ -9,6 +9,7 @@
 
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
+use crate::max_pool::max_pool_2x2;
 use crate::mode::{
     Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
 };
@@ -17,8 +18,6 @@ use crate::weights::host_vec;
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor, TensorData, activation::relu};
 
 /// The layer plan at k = 1: a conv's output width, or `None` for a 2×2 max-pool.
@@ -147,7 +146,7 @@ impl Network for VggLike {
         let mut conv = 0;
         for (step, width) in PLAN.iter().enumerate() {
             if width.is_none() {
-                x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+                x = max_pool_2x2(x);
                 continue;
             }
             let (y, layer_kl) = self.convs[conv].forward(x, mode.for_layer(conv as u64));

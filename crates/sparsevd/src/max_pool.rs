@@ -1,0 +1,174 @@
+//! 2×2 max pooling with stride 2 (LeNet-5's and VGG-like's pooling): y[h, w] = max over the
+//! window x[2h..2h+2, 2w..2w+2] of each plane; the gradient goes to the window's first maximum.
+//!
+//! On the CPU backend (Flex) this runs as one host operation that keeps the winner of each window
+//! as a byte; burn's general pooling kept an i64 index per output and scattered the gradient
+//! back one element at a time, about a tenth of a LeNet-5 training step. Other backends use
+//! burn's `max_pool2d`.
+
+use crate::flex_host::{FlexTensor, contiguous, dims, is_flex, tensor, values};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// 2×2 max pooling with stride 2 of x `[B, C, H, W]` (H and W even) to `[B, C, H/2, W/2]`.
+pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+    if !is_flex(&x.device()) {
+        return max_pool2d(x, MaxPoolOptions::new([2, 2]));
+    }
+    Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
+        x.into_dispatch(),
+    ))
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait MaxPoolBackend: Backend {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// The pooled planes and, per output, which of the window's four inputs won (row-major 0…3).
+fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
+    let [b, c, h, w] = dims(x);
+    assert!(
+        h % 2 == 0 && w % 2 == 0,
+        "max_pool_2x2 needs even height and width, got {h}×{w}"
+    );
+    let (ho, wo) = (h / 2, w / 2);
+    let x = contiguous(x);
+    let x = values(&x);
+    let mut out = vec![0f32; b * c * ho * wo];
+    let mut winner = vec![0u8; out.len()];
+    out.par_chunks_mut(ho * wo)
+        .zip(winner.par_chunks_mut(ho * wo))
+        .zip(x.par_chunks(h * w))
+        .for_each(|((out, winner), plane)| {
+            for (i, (out_row, winner_row)) in
+                out.chunks_mut(wo).zip(winner.chunks_mut(wo)).enumerate()
+            {
+                let (top, bottom) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
+                for (j, (o, win)) in out_row.iter_mut().zip(winner_row).enumerate() {
+                    let window = [top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]];
+                    let (mut best, mut at) = (window[0], 0);
+                    for (k, &v) in window.iter().enumerate().skip(1) {
+                        if v > best {
+                            (best, at) = (v, k as u8);
+                        }
+                    }
+                    (*o, *win) = (best, at);
+                }
+            }
+        });
+    (tensor(out, [b, c, ho, wo]), winner)
+}
+
+/// ∂x: each output's gradient at its window's winner, zero elsewhere.
+fn backward(grad: &FlexTensor, winner: &[u8], x_dims: [usize; 4]) -> FlexTensor {
+    let [b, c, h, w] = x_dims;
+    let (ho, wo) = (h / 2, w / 2);
+    let grad = contiguous(grad);
+    let grad = values(&grad);
+    let mut dx = vec![0f32; b * c * h * w];
+    dx.par_chunks_mut(h * w)
+        .zip(grad.par_chunks(ho * wo).zip(winner.par_chunks(ho * wo)))
+        .for_each(|(plane, (grad, winner))| {
+            for (i, (g_row, win_row)) in grad.chunks(wo).zip(winner.chunks(wo)).enumerate() {
+                for (j, (&g, &win)) in g_row.iter().zip(win_row).enumerate() {
+                    let (di, dj) = (usize::from(win / 2), usize::from(win % 2));
+                    plane[(2 * i + di) * w + 2 * j + dj] = g;
+                }
+            }
+        });
+    tensor(dx, x_dims)
+}
+
+impl MaxPoolBackend for Flex {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        forward(&x).0
+    }
+}
+
+#[derive(Debug)]
+struct MaxPoolBackward;
+
+impl Backward<Flex, 1> for MaxPoolBackward {
+    /// The input's shape and each window's winner.
+    type State = ([usize; 4], Arc<Vec<u8>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let Some(node) = node_x {
+            let (x_dims, winner) = ops.state;
+            grads.register::<Flex>(node.id, backward(&grad, &winner, x_dims));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
+    fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prepared = MaxPoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        let (output, winner) = forward(&x);
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish((dims(&x), Arc::new(winner)), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::host_vec;
+    use burn::tensor::{Device, Distribution, TensorData};
+
+    /// Output and gradient equal burn's max_pool2d, ties included (both take the first maximum).
+    #[test]
+    fn matches_burn_max_pool_with_its_gradient() {
+        let device = Device::flex().autodiff();
+        let random = Tensor::<4>::random([3, 4, 6, 8], Distribution::Normal(0.0, 1.0), &device);
+        // Ties: values rounded to halves, so many windows have equal maxima.
+        let tied = (random.clone() * 2.0).round() / 2.0;
+        for x in [random, tied] {
+            let weights =
+                Tensor::<4>::random([3, 4, 3, 4], Distribution::Normal(0.0, 1.0), &device);
+            let run = |ours: bool| {
+                let x = x.clone().require_grad();
+                let out = if ours {
+                    max_pool_2x2(x.clone())
+                } else {
+                    max_pool2d(x.clone(), MaxPoolOptions::new([2, 2]))
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let dx = x.grad(&grads).expect("tracked");
+                (host_vec(out.into_data()), host_vec(dx.into_data()))
+            };
+            assert_eq!(run(true), run(false));
+        }
+    }
+
+    #[test]
+    fn known_values() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                vec![1.0f32, 5.0, 2.0, 0.0, 3.0, -1.0, 7.0, 7.0],
+                [1, 1, 2, 4],
+            ),
+            &device,
+        );
+        assert_eq!(host_vec(max_pool_2x2(x).into_data()), vec![5.0, 7.0]);
+    }
+}
