@@ -1,5 +1,6 @@
 //! Runs experiments: reads an experiment file, trains each variant, writes its results.
 
+pub mod adam;
 pub mod checkpoint;
 pub mod cpu;
 pub mod lock;

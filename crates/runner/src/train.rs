@@ -1,9 +1,10 @@
 //! The training loop: minibatch Adam on (N/M)·Σ CE + β·Σ KL, with evaluation after every epoch.
 
+use crate::adam::FusedAdam;
 use crate::rng::{derive_seed, permutation};
 use crate::schedule::{kl_weight, learning_rate};
 use crate::spec::{Optimizer, Protocol};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::log_softmax};
 use datasets::Split;
 use metrics::LayerCount;
@@ -118,11 +119,7 @@ pub fn optimizer(config: &Optimizer) -> ModuleOptimizer {
         epsilon,
         ..
     } = *config;
-    AdamConfig::new()
-        .with_beta_1(beta1 as f32)
-        .with_beta_2(beta2 as f32)
-        .with_epsilon(epsilon as f32)
-        .init()
+    FusedAdam::new(beta1 as f32, beta2 as f32, epsilon as f32).into_module_optimizer()
 }
 
 /// A minibatch on the device: flattened images `[m, pixels]` and labels `[m]`.

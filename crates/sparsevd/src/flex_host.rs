@@ -1,8 +1,8 @@
 //! f32 tensors of the CPU backend (Flex) as host slices, for the operations this crate runs on
-//! the host with their own backward pass ([`crate::lrt_conv`], [`crate::max_pool`]).
+//! the host ([`crate::lrt_conv`], [`crate::max_pool`], the runner's Adam).
 
 use burn::backend::{BackendTypes, DispatchDevice, Flex};
-use burn::tensor::{DType, Device, TensorData};
+use burn::tensor::{DType, Device, Shape, TensorData};
 
 pub type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
 
@@ -33,6 +33,6 @@ pub fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
     std::array::from_fn(|i| shape[i])
 }
 
-pub fn tensor<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, dims))
+pub fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }

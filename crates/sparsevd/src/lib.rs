@@ -3,7 +3,7 @@
 
 pub mod conv;
 pub mod dense;
-mod flex_host;
+pub mod flex_host;
 pub mod kl;
 pub mod lenet5;
 pub mod lrt_conv;
