@@ -37,7 +37,11 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS="2")
     # Only this run's benches: criterion keeps the folders of benches that no longer exist.
     shutil.rmtree(ROOT / "target" / "criterion", ignore_errors=True)
-    subprocess.run(["cargo", "bench", "-p", "runner", "--bench", "training"], cwd=ROOT, env=env, check=True)
+    bench = ["cargo", "bench", "-p", "runner", "--bench", "training"]
+    subprocess.run(bench, cwd=ROOT, env=env, check=True)
+    # The machine's speed drifts by tens of percent over the minutes the whole suite takes, so
+    # the compared steps run again right before PyTorch (criterion keeps this newer run).
+    subprocess.run(bench + ["--", "step_lenet"], cwd=ROOT, env=env, check=True)
     out = subprocess.run(
         [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2"],
         cwd=ROOT, check=True, capture_output=True, text=True,
@@ -50,8 +54,9 @@ def main():
         "# Performance: training step against PyTorch, and the benches",
         "",
         "Written by `crates/runner/benches/side_by_side.py` from one run of `cargo bench -p runner` and",
-        "`pytorch_reference.py` on the same machine, one after the other, 2 threads each",
-        "(`RAYON_NUM_THREADS=2`, `torch.set_num_threads(2)`). Median milliseconds per call.",
+        "`pytorch_reference.py` on the same machine, 2 threads each (`RAYON_NUM_THREADS=2`,",
+        "`torch.set_num_threads(2)`); the two compared steps are benched again right before",
+        "PyTorch runs, as this machine's speed drifts between minutes. Median milliseconds per call.",
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
         f"- commit: {commit}; PyTorch {next(iter(torch.values()))['torch']}",
