@@ -41,6 +41,9 @@ pub struct KlTerms {
     pub d_theta: Option<Vec<f32>>,
     /// ∂KL/∂ of the learned noise parameter (log σ² or log α).
     pub d_noise: Vec<f32>,
+    /// σ² = exp(log σ²) of the additive parameterization, computed in the same pass (burn's
+    /// exp is a scalar libm call per value); `None` for the log α one.
+    pub variance: Option<Vec<f32>>,
 }
 
 /// Weights per parallel chunk; fixed, so that the f64 sum of KL does not depend on threads.
@@ -60,17 +63,22 @@ impl KlTerms {
 
     fn from_weights(weights: Weights) -> Self {
         let n = weights.len();
-        let (mut log_alpha, mut d_theta, mut d_noise) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let additive = matches!(weights, Weights::Additive { .. });
+        let zeros = || vec![0.0; n];
+        let (mut log_alpha, mut d_noise, mut d_theta, mut variance) =
+            (zeros(), zeros(), zeros(), zeros());
         let chunk_kl: Vec<f64> = log_alpha
             .par_chunks_mut(CHUNK)
-            .zip(d_theta.par_chunks_mut(CHUNK))
             .zip(d_noise.par_chunks_mut(CHUNK))
+            .zip(d_theta.par_chunks_mut(CHUNK))
+            .zip(variance.par_chunks_mut(CHUNK))
             .enumerate()
-            .map(|(c, ((log_alpha, d_theta), d_noise))| {
+            .map(|(c, (((log_alpha, d_noise), d_theta), variance))| {
                 let out = Outputs {
                     log_alpha,
                     d_theta,
                     d_noise,
+                    variance,
                 };
                 let part = weights.range(c * CHUNK, out.log_alpha.len());
                 vector_math::with_simd(|| fill(part, out))
@@ -79,8 +87,9 @@ impl KlTerms {
         KlTerms {
             kl: chunk_kl.iter().sum(),
             log_alpha,
-            d_theta: matches!(weights, Weights::Additive { .. }).then_some(d_theta),
+            d_theta: additive.then_some(d_theta),
             d_noise,
+            variance: additive.then_some(variance),
         }
     }
 
@@ -115,6 +124,21 @@ impl KlTerms {
             None => noise_term,
         };
         zero_sum + self.kl
+    }
+
+    /// σ² (see [`KlTerms::variance`]) as a tensor with the gradient of exp with respect to
+    /// `log_sigma2`, the tensor these terms were computed from: σ² + (ℓ − ℓ̄) ⊙ σ², ℓ̄ detached.
+    /// Panics for the log α parameterization, which has no σ² of its own.
+    pub fn variance_tensor<const D: usize>(&mut self, log_sigma2: Tensor<D>) -> Tensor<D> {
+        let sigma2 = self
+            .variance
+            .take()
+            .expect("σ² of the additive parameterization");
+        let sigma2 = Tensor::<D>::from_data(
+            TensorData::new(sigma2, log_sigma2.dims()),
+            &log_sigma2.device(),
+        );
+        sigma2.clone() + (log_sigma2.clone() - log_sigma2.detach()) * sigma2
     }
 }
 
@@ -154,6 +178,7 @@ struct Outputs<'a> {
     log_alpha: &'a mut [f32],
     d_theta: &'a mut [f32],
     d_noise: &'a mut [f32],
+    variance: &'a mut [f32],
 }
 
 /// Writes the chunk's per-weight terms and returns its Σ KL. Branch-free loops over slices, so
@@ -168,11 +193,13 @@ fn fill(weights: Weights, out: Outputs) -> f64 {
         .zip(kl.iter_mut());
     match weights {
         Weights::Additive { theta, log_sigma2 } => {
-            let inputs = theta.iter().zip(log_sigma2).zip(out.d_theta.iter_mut());
-            for (((la, dn), k), ((&t, &s), dt)) in per_weight.zip(inputs) {
+            let theta_terms = out.d_theta.iter_mut().zip(out.variance.iter_mut());
+            let inputs = theta.iter().zip(log_sigma2).zip(theta_terms);
+            for (((la, dn), k), ((&t, &s), (dt, var))) in per_weight.zip(inputs) {
                 let term = sigmoid_kl(additive_log_alpha(t, s));
                 (*la, *dn, *k) = (term.log_alpha, term.d_log_alpha, term.kl);
                 *dt = term.d_log_alpha * (-2.0 * t / (t * t + 1e-8));
+                *var = vector_math::exp(s);
             }
         }
         Weights::LogAlpha(log_alpha) => {
@@ -499,5 +526,31 @@ mod tests {
         assert!((got[0] - 0.5).abs() < 1e-6);
         assert_eq!(got[1], 8.0);
         assert_eq!(got[2], -8.0);
+    }
+
+    #[test]
+    fn variance_tensor_is_exp_of_log_sigma2_with_its_gradient() {
+        let device = Device::flex().autodiff();
+        let log_sigma2 = [-10.0f32, -3.5, 0.0, 2.25];
+        let noise = Tensor::<1>::from_data(TensorData::from(log_sigma2), &device).require_grad();
+        let mut terms = KlTerms::additive(&[0.1, -0.2, 0.3, 0.0], &log_sigma2);
+        let variance = terms.variance_tensor(noise.clone());
+        let grads = variance.clone().sum().backward();
+        let value = variance.into_data().try_to_vec::<f32>().expect("f32");
+        let slope = noise
+            .grad(&grads)
+            .expect("tracked")
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        for (i, &l) in log_sigma2.iter().enumerate() {
+            let exact = l.exp();
+            assert!(
+                (value[i] - exact).abs() <= 4.0 * f32::EPSILON * exact,
+                "{l}: {}",
+                value[i]
+            );
+            assert_eq!(slope[i], value[i], "d exp(ℓ)/dℓ = exp(ℓ)");
+        }
     }
 }

@@ -149,13 +149,13 @@ impl<const D: usize> VariationalWeights<D> {
         match self.posterior {
             Posterior::SparseVd { .. } => {
                 let log_sigma2 = noise(&self.log_sigma2);
-                let terms = KlTerms::additive(
+                let mut terms = KlTerms::additive(
                     &host_vec(theta.clone().into_data()),
                     &host_vec(log_sigma2.clone().into_data()),
                 );
                 TrainTerms {
                     removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
-                    variance: log_sigma2.clone().exp(),
+                    variance: terms.variance_tensor(log_sigma2.clone()),
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
             }
