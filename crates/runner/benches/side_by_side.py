@@ -12,10 +12,12 @@ import os
 import pathlib
 import platform
 import shutil
+import statistics
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 STEPS = ["step_lenet300_sparse_vd", "step_lenet5_sparse_vd"]
+ROUNDS = 3
 
 
 def criterion_median_ms(name):
@@ -39,14 +41,18 @@ def main():
     shutil.rmtree(ROOT / "target" / "criterion", ignore_errors=True)
     bench = ["cargo", "bench", "-p", "runner", "--bench", "training"]
     subprocess.run(bench, cwd=ROOT, env=env, check=True)
-    # The machine's speed drifts by tens of percent over the minutes the whole suite takes, so
-    # the compared steps run again right before PyTorch (criterion keeps this newer run).
-    subprocess.run(bench + ["--", "step_lenet"], cwd=ROOT, env=env, check=True)
-    out = subprocess.run(
-        [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    torch = {row["bench"]: row for row in map(json.loads, out.strip().splitlines())}
+    # The machine's speed drifts by tens of percent over minutes, so the compared steps run in
+    # alternated rounds, ours right before PyTorch, and each round gives its own ratio.
+    rounds = []
+    for _ in range(ROUNDS):
+        subprocess.run(bench + ["--", "step_lenet"], cwd=ROOT, env=env, check=True)
+        ours = {name: criterion_median_ms(name) for name in STEPS}
+        out = subprocess.run(
+            [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout
+        torch = {row["bench"]: row for row in map(json.loads, out.strip().splitlines())}
+        rounds.append((ours, torch))
     all_benches = sorted(p.name for p in (ROOT / "target" / "criterion").iterdir() if (p / "new").is_dir())
     commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
@@ -55,21 +61,26 @@ def main():
         "",
         "Written by `crates/runner/benches/side_by_side.py` from one run of `cargo bench -p runner` and",
         "`pytorch_reference.py` on the same machine, 2 threads each (`RAYON_NUM_THREADS=2`,",
-        "`torch.set_num_threads(2)`); the two compared steps are benched again right before",
-        "PyTorch runs, as this machine's speed drifts between minutes. Median milliseconds per call.",
+        "`torch.set_num_threads(2)`). Median milliseconds per call. This machine's speed drifts by",
+        f"tens of percent between minutes, so the two compared steps ran in {ROUNDS} alternated rounds",
+        "(ours, then PyTorch right after); each round has its own ratio, and the summary is their median.",
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs",
-        f"- commit: {commit}; PyTorch {next(iter(torch.values()))['torch']}",
+        f"- commit: {commit}; PyTorch {next(iter(rounds[0][1].values()))['torch']}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         "",
         "## One Sparse VD training step, batch 100 (forward, N·CE + β·KL, backward, Adam)",
         "",
-        "| bench | ours (burn flex) ms | PyTorch eager ms | ours / PyTorch |",
-        "|---|---|---|---|",
+        "| bench | round | ours (burn flex) ms | PyTorch eager ms | ours / PyTorch |",
+        "|---|---|---|---|---|",
     ]
     for name in STEPS:
-        ours, ref = criterion_median_ms(name), torch[name]["median_ms"]
-        lines.append(f"| {name} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} |")
+        ratios = []
+        for i, (ours, torch) in enumerate(rounds, start=1):
+            ref = torch[name]["median_ms"]
+            ratios.append(ours[name] / ref)
+            lines.append(f"| {name} | {i} | {ours[name]:.2f} | {ref:.2f} | {ours[name] / ref:.2f} |")
+        lines.append(f"| {name} | median of rounds | | | **{statistics.median(ratios):.2f}** |")
     sizes = subprocess.run(
         ["cargo", "test", "--release", "-p", "harness", "--test", "sparse_inference", "--", "--nocapture"],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True,
