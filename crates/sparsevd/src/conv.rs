@@ -1,5 +1,6 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
+use crate::flex_host::is_flex;
 use crate::lrt_conv;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
@@ -71,7 +72,7 @@ impl LinearMap<4, 4> for Convolution {
         noise_seed: u64,
     ) -> Tensor<4> {
         let device = x.device();
-        if !lrt_conv::is_flex(&device) {
+        if !is_flex(&device) {
             return composed_lrt_sample(self, x, mean, variance, noise_seed);
         }
         let dims = lrt_conv::output_dims(x.dims(), mean.dims(), self.padding);

@@ -5,11 +5,11 @@
 //! Composed from burn's operations the same sample costs four convolutions forward (two of them
 //! im2col passes over the same patches) and four backward (weight and input gradients of each),
 //! about half of a LeNet-5 training step. Fused, the patches are built once and kept for the
-//! backward pass ([`kernels`]). Other backends keep the composed form ([`is_flex`] decides).
+//! backward pass ([`kernels`]). Other backends keep the composed form
+//! ([`crate::flex_host::is_flex`] decides).
 
 mod kernels;
 
-pub use crate::flex_host::is_flex;
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -36,7 +36,7 @@ pub trait LrtConvBackend: Backend {
 }
 
 /// The fused LRT sample (see [`LrtConvBackend::lrt_conv2d`]); only for tensors on the CPU
-/// backend ([`is_flex`]).
+/// backend ([`crate::flex_host::is_flex`]).
 pub fn lrt_conv2d(
     x: Tensor<4>,
     mean: Tensor<4>,
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
-        assert!(is_flex(&device));
+        assert!(crate::flex_host::is_flex(&device));
         for padding in [0, 1, 2] {
             let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
                 .swap_dims(2, 3);
