@@ -71,15 +71,11 @@ pub struct AdamTensors<B: Backend> {
 
 #[backend_extension(Flex)]
 pub trait AdamBackend: Backend {
-    /// One Adam update of `state` with gradient `grad`; the scalars are [`AdamStep`]'s fields.
+    /// One Adam update of `state` with gradient `grad`.
     fn adam_update(
         #[extension_type] state: AdamTensors<Self>,
         grad: FloatTensor<Self>,
-        lr: f32,
-        beta_1: f32,
-        beta_2: f32,
-        correction: f32,
-        epsilon: f32,
+        step: AdamStep,
     ) -> AdamTensors<Self>;
 }
 
@@ -90,12 +86,15 @@ impl AdamBackend for Flex {
     fn adam_update(
         state: AdamTensors<Self>,
         grad: FloatTensor<Self>,
-        lr: f32,
-        beta_1: f32,
-        beta_2: f32,
-        correction: f32,
-        epsilon: f32,
+        step: AdamStep,
     ) -> AdamTensors<Self> {
+        let AdamStep {
+            lr,
+            beta_1,
+            beta_2,
+            correction,
+            epsilon,
+        } = step;
         let shape = state.param.layout().shape().clone();
         let [param, m, v, g] =
             [&state.param, &state.moment_1, &state.moment_2, &grad].map(contiguous);
@@ -150,7 +149,6 @@ impl Optimizer for FusedAdam {
             None => (0, grad.zeros_like(), grad.zeros_like()),
         };
         let time = time + 1;
-        let step = self.step_scalars(lr, time);
         let out = <Dispatch as AdamBackend>::adam_update(
             AdamTensors {
                 param: tensor.into_dispatch(),
@@ -158,11 +156,7 @@ impl Optimizer for FusedAdam {
                 moment_2: moment_2.into_dispatch(),
             },
             grad.into_dispatch(),
-            step.lr,
-            step.beta_1,
-            step.beta_2,
-            step.correction,
-            step.epsilon,
+            self.step_scalars(lr, time),
         );
         let momentum = AdaptiveMomentumState::new(
             time,

@@ -116,8 +116,7 @@ impl KlTerms {
         let device = theta.device();
         let shape: [usize; D] = theta.dims();
         let constant = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape), &device);
-        let linear =
-            |x: Tensor<D>, slope: Vec<f32>| ((x.clone() - x.detach()) * constant(slope)).sum();
+        let linear = |x: Tensor<D>, slope: Vec<f32>| zero_with_slope(x, constant(slope)).sum();
         let noise_term = linear(noise, self.d_noise);
         let zero_sum = match self.d_theta {
             Some(d_theta) => linear(theta, d_theta) + noise_term,
@@ -138,8 +137,14 @@ impl KlTerms {
             TensorData::new(sigma2, log_sigma2.dims()),
             &log_sigma2.device(),
         );
-        sigma2.clone() + (log_sigma2.clone() - log_sigma2.detach()) * sigma2
+        sigma2.clone() + zero_with_slope(log_sigma2, sigma2)
     }
+}
+
+/// (x − x̄) ⊙ slope with x̄ a detached copy of x: zero in value, with gradient `slope` with
+/// respect to x. Adding it to a value computed on the host gives that value burn's gradient.
+fn zero_with_slope<const D: usize>(x: Tensor<D>, slope: Tensor<D>) -> Tensor<D> {
+    (x.clone() - x.detach()) * slope
 }
 
 /// What the KL pass reads per weight.

@@ -67,6 +67,10 @@ fn shape_of(x: [usize; 4], weights: [usize; 4], padding: usize) -> ConvShape {
         weights[2], weights[3],
         "lrt_conv2d: the kernel must be square"
     );
+    assert!(
+        weights[2] <= x[2].min(x[3]) + 2 * padding,
+        "lrt_conv2d: the kernel is larger than the padded image"
+    );
     ConvShape {
         batch: x[0],
         channels_in: x[1],

@@ -66,7 +66,7 @@ impl ConvShape {
 
 /// What the backward pass needs from the forward pass: every image's patches P and the
 /// factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Saved {
     pub patches: Vec<f32>,
     pub delta_factor: Vec<f32>,
