@@ -114,6 +114,9 @@ fn steps(c: &mut Criterion) {
         .with_posterior(Posterior::sparse_vd(-10.0))
         .init(&device);
     bench_step(c, "step_lenet5_sparse_vd", lenet5, 784, &device);
+    // Table 1's other LeNet-5 column: plain convolutions, no KL.
+    let lenet5 = LeNet5Config::new().init(&device);
+    bench_step(c, "step_lenet5_original", lenet5, 784, &device);
 }
 
 /// VGG-like Sparse VD training steps on the CPU, for the time per CIFAR-10 epoch (500 steps);

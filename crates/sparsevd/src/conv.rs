@@ -1,7 +1,7 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
+use crate::cpu_conv;
 use crate::flex_host::is_flex;
-use crate::lrt_conv;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
@@ -58,12 +58,16 @@ struct Convolution {
 }
 
 impl LinearMap<4, 4> for Convolution {
+    /// On the CPU backend [`crate::cpu_conv`]'s convolution; elsewhere burn's.
     fn apply(&self, x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+        if is_flex(&x.device()) {
+            return cpu_conv::conv2d(x, w, self.padding);
+        }
         let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
         conv2d(x, w, None, options)
     }
 
-    /// On the CPU backend one fused operation ([`crate::lrt_conv`]); elsewhere composed.
+    /// On the CPU backend one fused operation ([`crate::cpu_conv`]); elsewhere composed.
     fn lrt_sample(
         &self,
         x: Tensor<4>,
@@ -75,9 +79,9 @@ impl LinearMap<4, 4> for Convolution {
         if !is_flex(&device) {
             return composed_lrt_sample(self, x, mean, variance, noise_seed);
         }
-        let dims = lrt_conv::output_dims(x.dims(), mean.dims(), self.padding);
+        let dims = cpu_conv::output_dims(x.dims(), mean.dims(), self.padding);
         let zeta = standard_normal(dims, noise_seed, &device);
-        lrt_conv::lrt_conv2d(x, mean, variance, zeta, self.padding)
+        cpu_conv::lrt_conv2d(x, mean, variance, zeta, self.padding)
     }
 }
 

@@ -1,5 +1,5 @@
 //! f32 tensors of the CPU backend (Flex) as host slices, for the operations this crate runs on
-//! the host ([`crate::lrt_conv`], [`crate::max_pool`], the runner's Adam).
+//! the host ([`crate::cpu_conv`], [`crate::max_pool`], the runner's Adam).
 
 use burn::backend::{BackendTypes, DispatchDevice, Flex};
 use burn::tensor::{DType, Device, Shape, TensorData};

@@ -2,11 +2,11 @@
 //! paper built from them. Formulas and symbol names follow `shared/paper/sparse-vd.md`.
 
 pub mod conv;
+pub mod cpu_conv;
 pub mod dense;
 pub mod flex_host;
 pub mod kl;
 pub mod lenet5;
-pub mod lrt_conv;
 pub mod max_pool;
 pub mod mlp;
 pub mod mode;

@@ -1,12 +1,13 @@
-//! The LRT convolution as one operation with its own backward pass, on the CPU backend (Flex):
-//! γ + √(δ + 1e-8) ⊙ ζ with γ = conv(x, θ), δ = conv(x ⊙ x, σ²), the symbols of
-//! [`crate::weights::VariationalWeights`].
+//! Convolutions as single operations with their own backward pass on the CPU backend (Flex),
+//! stride 1, the symbols of [`crate::weights::VariationalWeights`]:
+//! - [`conv2d`]: γ = conv(x, θ), the plain (point-posterior) layer and every evaluation pass;
+//! - [`lrt_conv2d`]: the LRT sample γ + √(δ + 1e-8) ⊙ ζ with δ = conv(x ⊙ x, σ²).
 //!
-//! Composed from burn's operations the same sample costs four convolutions forward (two of them
-//! im2col passes over the same patches) and four backward (weight and input gradients of each),
-//! about half of a LeNet-5 training step. Fused, the patches are built once and kept for the
-//! backward pass ([`kernels`]). Other backends keep the composed form
-//! ([`crate::flex_host::is_flex`] decides).
+//! burn's convolution builds the image patches (im2col) for the forward pass and again for each
+//! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
+//! about half of a LeNet-5 training step. Here the patches are built once, shared by the mean
+//! and the variance path and kept for the backward pass ([`kernels`]). Other backends keep
+//! burn's operations ([`crate::flex_host::is_flex`] decides).
 
 mod kernels;
 
@@ -19,13 +20,17 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
-use kernels::{ConvShape, Saved};
+use kernels::{ConvShape, Saved, VariancePath};
+use std::sync::Arc;
 
-/// The LRT sample of a stride-1 convolution with `padding` zeros on every side.
+/// Stride-1 convolutions with `padding` zeros on every side, without bias.
 #[backend_extension(Flex, Autodiff)]
-pub trait LrtConvBackend: Backend {
+pub trait CpuConvBackend: Backend {
+    /// conv(x, θ) for x `[B, C, H, W]` and θ `[O, C, k, k]`.
+    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self>;
+
     /// γ + √(δ + 1e-8) ⊙ ζ for x `[B, C, H, W]`, mean θ and variance σ² `[O, C, k, k]`, and ζ
-    /// of the output's shape `[B, O, H', W']`; no bias.
+    /// of the output's shape `[B, O, H', W']`.
     fn lrt_conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -35,8 +40,18 @@ pub trait LrtConvBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The fused LRT sample (see [`LrtConvBackend::lrt_conv2d`]); only for tensors on the CPU
-/// backend ([`crate::flex_host::is_flex`]).
+/// The plain convolution (see [`CpuConvBackend::conv2d`]); only for tensors on the CPU backend
+/// ([`crate::flex_host::is_flex`]).
+pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, padding: usize) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CpuConvBackend>::conv2d(
+        x.into_dispatch(),
+        mean.into_dispatch(),
+        padding,
+    ))
+}
+
+/// The LRT sample (see [`CpuConvBackend::lrt_conv2d`]); only for tensors on the CPU backend
+/// ([`crate::flex_host::is_flex`]).
 pub fn lrt_conv2d(
     x: Tensor<4>,
     mean: Tensor<4>,
@@ -44,7 +59,7 @@ pub fn lrt_conv2d(
     zeta: Tensor<4>,
     padding: usize,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as LrtConvBackend>::lrt_conv2d(
+    Tensor::from_dispatch(<Dispatch as CpuConvBackend>::lrt_conv2d(
         x.into_dispatch(),
         mean.into_dispatch(),
         variance.into_dispatch(),
@@ -61,15 +76,12 @@ pub fn output_dims(x: [usize; 4], weights: [usize; 4], padding: usize) -> [usize
 fn shape_of(x: [usize; 4], weights: [usize; 4], padding: usize) -> ConvShape {
     assert_eq!(
         x[1], weights[1],
-        "lrt_conv2d: channels of x and of the weights differ"
+        "conv2d: channels of x and of the weights differ"
     );
-    assert_eq!(
-        weights[2], weights[3],
-        "lrt_conv2d: the kernel must be square"
-    );
+    assert_eq!(weights[2], weights[3], "conv2d: the kernel must be square");
     assert!(
         weights[2] <= x[2].min(x[3]) + 2 * padding,
-        "lrt_conv2d: the kernel is larger than the padded image"
+        "conv2d: the kernel is larger than the padded image"
     );
     ConvShape {
         batch: x[0],
@@ -82,32 +94,41 @@ fn shape_of(x: [usize; 4], weights: [usize; 4], padding: usize) -> ConvShape {
     }
 }
 
-/// Runs the forward kernel; returns the output and what backward needs.
+/// Runs the forward kernel, with the variance path when `noise` = (σ², ζ) is given; returns
+/// the output and what backward needs.
 fn forward(
     x: &FlexTensor,
     mean: &FlexTensor,
-    variance: &FlexTensor,
-    zeta: &FlexTensor,
+    noise: Option<(&FlexTensor, &FlexTensor)>,
     padding: usize,
 ) -> (FlexTensor, ConvShape, Saved) {
     let shape = shape_of(dims(x), dims(mean), padding);
-    assert_eq!(
-        dims(zeta),
-        shape.output_dims(),
-        "lrt_conv2d: ζ must have the output's shape"
-    );
-    let [x, mean, variance, zeta] = [x, mean, variance, zeta].map(contiguous);
+    let [x, mean] = [x, mean].map(contiguous);
+    let noise = noise.map(|(variance, zeta)| {
+        assert_eq!(
+            dims(zeta),
+            shape.output_dims(),
+            "lrt_conv2d: ζ must have the output's shape"
+        );
+        [variance, zeta].map(contiguous)
+    });
     let (output, saved) = kernels::forward(
         shape,
         values(&x),
         values(&mean),
-        values(&variance),
-        values(&zeta),
+        noise.as_ref().map(|[variance, zeta]| VariancePath {
+            variance: values(variance),
+            zeta: values(zeta),
+        }),
     );
     (tensor(output, shape.output_dims()), shape, saved)
 }
 
-impl LrtConvBackend for Flex {
+impl CpuConvBackend for Flex {
+    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        forward(&x, &mean, None, padding).0
+    }
+
     fn lrt_conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -115,13 +136,14 @@ impl LrtConvBackend for Flex {
         zeta: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
-        forward(&x, &mean, &variance, &zeta, padding).0
+        forward(&x, &mean, Some((&variance, &zeta)), padding).0
     }
 }
 
-/// The backward step: gradients for x, mean and variance from the saved patches.
+/// The backward step of both operations: gradients for x, the mean and (with the variance path,
+/// N = 3) the variance from the saved patches; the parents are (x, mean[, variance]).
 #[derive(Debug)]
-struct LrtConvBackward;
+struct ConvBackward;
 
 /// What the backward step keeps: the geometry, the weights and the forward kernel's saved
 /// patches and ∂δ factors.
@@ -129,24 +151,27 @@ struct LrtConvBackward;
 struct State {
     shape: ConvShape,
     mean: FlexTensor,
-    variance: FlexTensor,
-    saved: std::sync::Arc<Saved>,
+    variance: Option<FlexTensor>,
+    saved: Arc<Saved>,
 }
 
-impl Backward<Flex, 3> for LrtConvBackward {
+impl<const N: usize> Backward<Flex, N> for ConvBackward {
     type State = State;
 
-    fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_mean, node_variance] = ops.parents;
+    fn backward(self, ops: Ops<State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mut parents = ops.parents.into_iter();
+        let mut next = || parents.next().flatten();
+        let (node_x, node_mean, node_variance) = (next(), next(), next());
         let grad = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
         let (shape, weight_dims): (_, [usize; 4]) = (state.shape, dims(&state.mean));
-        let [mean, variance, grad] = [&state.mean, &state.variance, &grad].map(contiguous);
+        let [mean, grad] = [&state.mean, &grad].map(contiguous);
+        let variance = state.variance.as_ref().map(contiguous);
         let result = kernels::backward(
             shape,
             &state.saved,
             values(&mean),
-            values(&variance),
+            variance.as_ref().map(values),
             values(&grad),
             node_x.is_some(),
         );
@@ -157,13 +182,23 @@ impl Backward<Flex, 3> for LrtConvBackward {
         if let Some(node) = node_mean {
             grads.register::<Flex>(node.id, tensor(result.mean, weight_dims));
         }
-        if let Some(node) = node_variance {
-            grads.register::<Flex>(node.id, tensor(result.variance, weight_dims));
+        if let (Some(node), Some(variance)) = (node_variance, result.variance) {
+            grads.register::<Flex>(node.id, tensor(variance, weight_dims));
         }
     }
 }
 
-impl<C: CheckpointStrategy> LrtConvBackend for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
+    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+        let prepared = ConvBackward
+            .prepare::<C>([x.node(), mean.node()])
+            .compute_bound()
+            .stateful();
+        let (x, mean) = (x.into_primitive(), mean.into_primitive());
+        let (output, shape, saved) = forward(&x, &mean, None, padding);
+        finish(prepared, output, shape, mean, None, saved)
+    }
+
     fn lrt_conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -171,25 +206,37 @@ impl<C: CheckpointStrategy> LrtConvBackend for Autodiff<Flex, C> {
         zeta: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
-        let prepared = LrtConvBackward
+        let prepared = ConvBackward
             .prepare::<C>([x.node(), mean.node(), variance.node()])
             .compute_bound()
             .stateful();
         let (x, zeta) = (x.into_primitive(), zeta.into_primitive());
         let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
-        let (output, shape, saved) = forward(&x, &mean, &variance, &zeta, padding);
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish(
-                State {
-                    shape,
-                    mean,
-                    variance,
-                    saved: std::sync::Arc::new(saved),
-                },
-                output,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        let (output, shape, saved) = forward(&x, &mean, Some((&variance, &zeta)), padding);
+        finish(prepared, output, shape, mean, Some(variance), saved)
+    }
+}
+
+/// Registers the backward step when the graph tracks this operation.
+fn finish<C: CheckpointStrategy, const N: usize>(
+    prepared: OpsKind<ConvBackward, Flex, State, C, N>,
+    output: FlexTensor,
+    shape: ConvShape,
+    mean: FlexTensor,
+    variance: Option<FlexTensor>,
+    saved: Saved,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match prepared {
+        OpsKind::Tracked(prep) => prep.finish(
+            State {
+                shape,
+                mean,
+                variance,
+                saved: Arc::new(saved),
+            },
+            output,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(output),
     }
 }
 
@@ -252,14 +299,51 @@ mod tests {
                 .iter()
                 .zip(fused.iter().zip(&composed))
             {
-                assert_eq!(f.len(), c.len(), "{name}");
-                for (a, b) in f.iter().zip(c) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                        "{name}, padding {padding}: {a} vs {b}"
-                    );
-                }
+                assert_close(name, padding, f, c);
             }
+        }
+    }
+
+    /// The plain convolution and its two gradients equal burn's conv2d, with and without
+    /// padding, for an input that is a strided view.
+    #[test]
+    fn plain_convolution_and_gradients_match_burn() {
+        let device = Device::flex().autodiff();
+        for padding in [0, 1, 2] {
+            let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
+                .swap_dims(2, 3);
+            let mean = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let dims = output_dims(x.dims(), mean.dims(), padding);
+            let weights = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+            let run = |ours: bool| {
+                let (x, mean) = (x.clone().require_grad(), mean.clone().require_grad());
+                let out = if ours {
+                    super::conv2d(x.clone(), mean.clone(), padding)
+                } else {
+                    let options = ConvOptions::new([1, 1], [padding; 2], [1, 1], 1);
+                    conv2d(x.clone(), mean.clone(), None, options)
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked").into_data());
+                [host_vec(out.into_data()), grad(&x), grad(&mean)]
+            };
+            let (ours, burns) = (run(true), run(false));
+            for (name, (a, b)) in ["output", "∂x", "∂mean"]
+                .iter()
+                .zip(ours.iter().zip(&burns))
+            {
+                assert_close(name, padding, a, b);
+            }
+        }
+    }
+
+    fn assert_close(name: &str, padding: usize, ours: &[f32], reference: &[f32]) {
+        assert_eq!(ours.len(), reference.len(), "{name}");
+        for (a, b) in ours.iter().zip(reference) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{name}, padding {padding}: {a} vs {b}"
+            );
         }
     }
 

@@ -1,14 +1,14 @@
-//! Host kernels of the fused LRT convolution: one im2col of x serves both the mean path
-//! (patches of x) and the variance path (patches of x ⊙ x, squared on the fly), and the
-//! backward pass reuses the saved patches instead of recomputing them for each of the four
-//! gradients. Images run in parallel (rayon); each image's products are single-threaded gemm
-//! calls on row-major matrices:
+//! Host kernels of the CPU convolutions: one im2col per image, kept for the backward pass so
+//! that no gradient recomputes it. With the LRT variance path the same patches serve the mean
+//! path (patches of x) and the variance path (patches of x ⊙ x, squared on the fly). Images run
+//! in parallel (rayon); each image's products are single-threaded gemm calls on row-major
+//! matrices:
 //!
-//! - forward, per image: P = im2col(x) `[C·k², L]`, γ = θ·P, δ = σ²·(P ⊙ P), both `[O, L]`,
-//!   output γ + √(δ + ε) ⊙ ζ;
-//! - backward, with g = ∂loss/∂output and g_δ = g ⊙ ζ / (2√(δ + ε)):
-//!   ∂θ = Σ_images g·Pᵀ, ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ,
-//!   ∂x = col2im(θᵀ·g + 2 P ⊙ (σ²ᵀ·g_δ)).
+//! - forward, per image: P = im2col(x) `[C·k², L]`, γ = θ·P `[O, L]`; with the variance path
+//!   also δ = σ²·(P ⊙ P) and the output γ + √(δ + ε) ⊙ ζ, without it the output γ;
+//! - backward, with g = ∂loss/∂output: ∂θ = Σ_images g·Pᵀ and ∂x = col2im(θᵀ·g); the variance
+//!   path adds, with g_δ = g ⊙ ζ / (2√(δ + ε)), ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ and 2P ⊙ (σ²ᵀ·g_δ)
+//!   inside the col2im.
 
 use rayon::prelude::*;
 
@@ -64,48 +64,63 @@ impl ConvShape {
     }
 }
 
-/// What the backward pass needs from the forward pass: every image's patches P and the
-/// factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ.
+/// The LRT variance path's inputs: σ² `[O, C, k, k]` and ζ of the output's shape.
+#[derive(Clone, Copy)]
+pub struct VariancePath<'a> {
+    pub variance: &'a [f32],
+    pub zeta: &'a [f32],
+}
+
+/// What the backward pass needs from the forward pass: every image's patches P and, with the
+/// variance path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it).
 #[derive(Debug)]
 pub struct Saved {
     pub patches: Vec<f32>,
     pub delta_factor: Vec<f32>,
 }
 
-/// The LRT sample γ + √(δ + ε) ⊙ ζ (without bias) in NCHW order, and what backward needs.
-/// `mean` and `variance` are `[O, C, k, k]`, `x` is `[B, C, H, W]`, `zeta` has the output's shape.
+/// The convolution (without bias) in NCHW order, with the LRT noise when `noise` is given, and
+/// what backward needs. `mean` is `[O, C, k, k]`, `x` is `[B, C, H, W]`.
 pub fn forward(
     shape: ConvShape,
     x: &[f32],
     mean: &[f32],
-    variance: &[f32],
-    zeta: &[f32],
+    noise: Option<VariancePath>,
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
+    // Per-image sizes of the variance path's buffers: zero without it.
+    let (noisy_patches, noisy_out) = match noise {
+        Some(_) => (patch * positions, image_out),
+        None => (0, 0),
+    };
     let mut output = vec![0f32; shape.batch * image_out];
     let mut patches = vec![0f32; shape.batch * patch * positions];
-    let mut delta_factor = vec![0f32; shape.batch * image_out];
+    let mut delta_factor = vec![0f32; shape.batch * noisy_out];
+    let factors = per_image(&mut delta_factor, shape.batch);
     output
         .par_chunks_mut(image_out)
         .zip(patches.par_chunks_mut(patch * positions))
-        .zip(delta_factor.par_chunks_mut(image_out))
+        .zip(factors)
         .enumerate()
         .for_each_init(
-            || (vec![0f32; patch * positions], vec![0f32; image_out]),
+            || (vec![0f32; noisy_patches], vec![0f32; noisy_out]),
             |(squares, delta), (b, ((out, p), factor))| {
                 im2col(shape, &x[b * shape.image()..][..shape.image()], p);
-                squares.iter_mut().zip(&*p).for_each(|(s, v)| *s = v * v);
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, positions);
                 gemm(out, false, rows(mean), cols(p), shape.channels_out);
+                let (Some(noise), Some(factor)) = (noise, factor) else {
+                    return;
+                };
+                squares.iter_mut().zip(&*p).for_each(|(s, v)| *s = v * v);
                 gemm(
                     delta,
                     false,
-                    rows(variance),
+                    rows(noise.variance),
                     cols(squares),
                     shape.channels_out,
                 );
-                let zeta = &zeta[b * image_out..][..image_out];
+                let zeta = &noise.zeta[b * image_out..][..image_out];
                 for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(&*delta).zip(zeta) {
                     let std = (d + VARIANCE_EPS).sqrt();
                     *o += std * z;
@@ -122,19 +137,20 @@ pub fn forward(
     )
 }
 
-/// Gradients of the forward pass for ∂loss/∂output `grad`: ∂x (only when `need_x`), ∂mean and
-/// ∂variance.
+/// Gradients of the forward pass for ∂loss/∂output `grad`: ∂x (only when `need_x`), ∂mean, and
+/// ∂variance with the variance path.
 pub struct Grads {
     pub x: Option<Vec<f32>>,
     pub mean: Vec<f32>,
-    pub variance: Vec<f32>,
+    pub variance: Option<Vec<f32>>,
 }
 
+/// `variance` is σ² when the forward pass had the variance path, `None` otherwise.
 pub fn backward(
     shape: ConvShape,
     saved: &Saved,
     mean: &[f32],
-    variance: &[f32],
+    variance: Option<&[f32]>,
     grad: &[f32],
     need_x: bool,
 ) -> Grads {
@@ -148,17 +164,14 @@ pub fn backward(
             0
         }
     ];
-    let images: Vec<Option<&mut [f32]>> = if need_x {
-        x_grad.chunks_mut(shape.image()).map(Some).collect()
-    } else {
-        (0..shape.batch).map(|_| None).collect()
-    };
+    let images = per_image(&mut x_grad, shape.batch);
+    let noisy = variance.is_some();
     // Per-split accumulators of ∂mean and ∂variance, with the scratch one image needs.
     let fresh = || {
         (
             vec![0f32; weights],
-            vec![0f32; weights],
-            Scratch::new(patch * positions, image_out),
+            vec![0f32; if noisy { weights } else { 0 }],
+            Scratch::new(shape, noisy, need_x),
         )
     };
     let (mean_grad, variance_grad, _) = images
@@ -167,13 +180,8 @@ pub fn backward(
         .fold(fresh, |(mut dm, mut dv, mut s), (b, dx)| {
             let p = &saved.patches[b * patch * positions..][..patch * positions];
             let g = &grad[b * image_out..][..image_out];
-            let factor = &saved.delta_factor[b * image_out..][..image_out];
-            s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
-            s.delta_grad
-                .iter_mut()
-                .zip(g.iter().zip(factor))
-                .for_each(|(d, (g, f))| *d = g * f);
             let by_position = |data| Matrix::row_major(data, positions);
+            let by_patch = |data| Matrix::row_major(data, patch);
             gemm(
                 &mut dm,
                 true,
@@ -181,15 +189,7 @@ pub fn backward(
                 by_position(p).t(),
                 shape.channels_out,
             );
-            gemm(
-                &mut dv,
-                true,
-                by_position(&s.delta_grad),
-                by_position(&s.squares).t(),
-                shape.channels_out,
-            );
-            if let Some(dx) = dx {
-                let by_patch = |data| Matrix::row_major(data, patch);
+            if dx.is_some() {
                 gemm(
                     &mut s.mean_part,
                     false,
@@ -197,16 +197,35 @@ pub fn backward(
                     by_position(g),
                     patch,
                 );
+            }
+            if let Some(variance) = variance {
+                let factor = &saved.delta_factor[b * image_out..][..image_out];
+                s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+                s.delta_grad
+                    .iter_mut()
+                    .zip(g.iter().zip(factor))
+                    .for_each(|(d, (g, f))| *d = g * f);
                 gemm(
-                    &mut s.variance_part,
-                    false,
-                    by_patch(variance).t(),
+                    &mut dv,
+                    true,
                     by_position(&s.delta_grad),
-                    patch,
+                    by_position(&s.squares).t(),
+                    shape.channels_out,
                 );
-                for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
-                    *m += 2.0 * pv * v;
+                if dx.is_some() {
+                    gemm(
+                        &mut s.variance_part,
+                        false,
+                        by_patch(variance).t(),
+                        by_position(&s.delta_grad),
+                        patch,
+                    );
+                    for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                        *m += 2.0 * pv * v;
+                    }
                 }
+            }
+            if let Some(dx) = dx {
                 col2im(shape, &s.mean_part, dx);
             }
             (dm, dv, s)
@@ -219,11 +238,20 @@ pub fn backward(
     Grads {
         x: need_x.then_some(x_grad),
         mean: mean_grad,
-        variance: variance_grad,
+        variance: noisy.then_some(variance_grad),
     }
 }
 
-/// Buffers one image's backward step writes into.
+/// `buffer` as one mutable chunk per image, or `None` for every image when it is empty (a
+/// buffer the call does not need).
+fn per_image(buffer: &mut [f32], batch: usize) -> Vec<Option<&mut [f32]>> {
+    if buffer.is_empty() {
+        return (0..batch).map(|_| None).collect();
+    }
+    buffer.chunks_mut(buffer.len() / batch).map(Some).collect()
+}
+
+/// Buffers one image's backward step writes into; empty where the call does not need them.
 struct Scratch {
     squares: Vec<f32>,
     delta_grad: Vec<f32>,
@@ -232,12 +260,14 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(patches: usize, image_out: usize) -> Self {
+    fn new(shape: ConvShape, noisy: bool, need_x: bool) -> Self {
+        let patches = shape.patch() * shape.positions();
+        let size = |needed: bool, len: usize| vec![0.0; if needed { len } else { 0 }];
         Self {
-            squares: vec![0.0; patches],
-            delta_grad: vec![0.0; image_out],
-            mean_part: vec![0.0; patches],
-            variance_part: vec![0.0; patches],
+            squares: size(noisy, patches),
+            delta_grad: size(noisy, shape.image_out()),
+            mean_part: size(need_x, patches),
+            variance_part: size(noisy && need_x, patches),
         }
     }
 }
