@@ -75,7 +75,7 @@ pub struct VariancePath<'a> {
 /// variance path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it).
 #[derive(Debug)]
 pub struct Saved {
-    pub patches: Vec<f32>,
+    pub patches: Vec<Vec<f32>>,
     pub delta_factor: Vec<f32>,
 }
 
@@ -94,40 +94,39 @@ pub fn forward(
         None => (0, 0),
     };
     let mut output = vec![0f32; shape.batch * image_out];
-    let mut patches = vec![0f32; shape.batch * patch * positions];
     let mut delta_factor = vec![0f32; shape.batch * noisy_out];
     let factors = per_image(&mut delta_factor, shape.batch);
-    output
+    let patches = output
         .par_chunks_mut(image_out)
-        .zip(patches.par_chunks_mut(patch * positions))
         .zip(factors)
         .enumerate()
-        .for_each_init(
+        .map_init(
             || (vec![0f32; noisy_patches], vec![0f32; noisy_out]),
-            |(squares, delta), (b, ((out, p), factor))| {
-                im2col(shape, &x[b * shape.image()..][..shape.image()], p);
+            |(squares, delta), (b, (out, factor))| {
+                let p = im2col(shape, &x[b * shape.image()..][..shape.image()]);
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, positions);
-                gemm(out, false, rows(mean), cols(p), shape.channels_out);
-                let (Some(noise), Some(factor)) = (noise, factor) else {
-                    return;
-                };
-                squares.iter_mut().zip(&*p).for_each(|(s, v)| *s = v * v);
-                gemm(
-                    delta,
-                    false,
-                    rows(noise.variance),
-                    cols(squares),
-                    shape.channels_out,
-                );
-                let zeta = &noise.zeta[b * image_out..][..image_out];
-                for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(&*delta).zip(zeta) {
-                    let std = (d + VARIANCE_EPS).sqrt();
-                    *o += std * z;
-                    *f = z / (2.0 * std);
+                gemm(out, false, rows(mean), cols(&p), shape.channels_out);
+                if let (Some(noise), Some(factor)) = (noise, factor) {
+                    squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v);
+                    gemm(
+                        delta,
+                        false,
+                        rows(noise.variance),
+                        cols(squares),
+                        shape.channels_out,
+                    );
+                    let zeta = &noise.zeta[b * image_out..][..image_out];
+                    for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(&*delta).zip(zeta) {
+                        let std = (d + VARIANCE_EPS).sqrt();
+                        *o += std * z;
+                        *f = z / (2.0 * std);
+                    }
                 }
+                p
             },
-        );
+        )
+        .collect();
     (
         output,
         Saved {
@@ -178,7 +177,7 @@ pub fn backward(
         .into_par_iter()
         .enumerate()
         .fold(fresh, |(mut dm, mut dv, mut s), (b, dx)| {
-            let p = &saved.patches[b * patch * positions..][..patch * positions];
+            let p = &saved.patches[b];
             let g = &grad[b * image_out..][..image_out];
             let by_position = |data| Matrix::row_major(data, positions);
             let by_patch = |data| Matrix::row_major(data, patch);
@@ -274,14 +273,23 @@ impl Scratch {
 
 /// The patches of one image `[C, H, W]` as rows `[C·k², L]`: row (c, i, j), column (h, w) holds
 /// x[c, h + i − pad, w + j − pad], zero outside the image.
-fn im2col(shape: ConvShape, image: &[f32], patches: &mut [f32]) {
-    for_each_tap(shape, |row, column_range, source| {
-        let out = &mut patches[row..][..shape.out_width()];
-        out.fill(0.0);
-        if let Some(start) = source {
-            out[column_range.clone()].copy_from_slice(&image[start..][..column_range.len()]);
+///
+/// Built by appending (for_each_tap visits the rows in order), so no buffer is zeroed first.
+fn im2col(shape: ConvShape, image: &[f32]) -> Vec<f32> {
+    let out_w = shape.out_width();
+    let mut patches = Vec::with_capacity(shape.patch() * shape.positions());
+    for_each_tap(shape, |row, columns, source| {
+        debug_assert_eq!(row, patches.len());
+        match source {
+            Some(start) => {
+                patches.resize(row + columns.start, 0.0);
+                patches.extend_from_slice(&image[start..][..columns.len()]);
+                patches.resize(row + out_w, 0.0);
+            }
+            None => patches.resize(row + out_w, 0.0),
         }
     });
+    patches
 }
 
 /// The adjoint of [`im2col`]: every patch entry added back to the pixel it was copied from.
