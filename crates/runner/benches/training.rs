@@ -119,7 +119,7 @@ fn steps(c: &mut Criterion) {
     bench_step(c, "step_lenet5_original", lenet5, 784, &device);
 }
 
-/// VGG-like Sparse VD training steps on the CPU, for the time per CIFAR-10 epoch (500 steps);
+/// VGG-like training steps on the CPU, for the time per CIFAR-10 epoch (500 steps);
 /// wider nets take minutes per sample here.
 fn vgg_steps(c: &mut Criterion) {
     let device = device();
@@ -135,6 +135,9 @@ fn vgg_steps(c: &mut Criterion) {
             &device,
         );
     }
+    // The pretraining net: plain convolutions with binary dropout.
+    let net = VggLikeConfig::new(0.25).with_dropout(true).init(&device);
+    bench_step(c, "step_vgglike_k0.25_binary_dropout", net, 3072, &device);
 }
 
 fn evaluation_and_data(c: &mut Criterion) {

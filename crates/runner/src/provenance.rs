@@ -45,12 +45,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The commit of the repository at `dir`, with `-dirty` when tracked files outside `results/`
-/// and `figures/` differ from it. Results and figures change while runs go on (logs, other
-/// variants' files) without changing what a run computes. Outside git (a copy of the tree sent
-/// to a GPU machine without its `.git`), the value of `HARNESS_COMMIT`, which whoever copied
-/// the tree sets to the commit they copied, marked "(copied tree)"; else "unknown".
+/// The commit of the repository at `dir` (the experiment file's folder), with `-dirty` when
+/// tracked files outside `results/` and `figures/` differ from it. Results and figures change
+/// while runs go on (logs, other variants' files) without changing what a run computes. An
+/// experiment file kept outside any repository gets the commit of the harness's own source tree
+/// (the code that runs it). Outside git altogether (a copy of the tree sent to a GPU machine
+/// without its `.git`), the value of `HARNESS_COMMIT`, which whoever copied the tree sets to the
+/// commit they copied, marked "(copied tree)"; else "unknown".
 pub fn git_commit(dir: &Path) -> String {
+    repository_commit(dir)
+        .or_else(|| repository_commit(Path::new(env!("CARGO_MANIFEST_DIR"))))
+        .unwrap_or_else(|| copied_tree_commit(std::env::var("HARNESS_COMMIT").ok()))
+}
+
+/// The commit of the git repository holding `dir` (`-dirty` as in [`git_commit`]), if any.
+fn repository_commit(dir: &Path) -> Option<String> {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
@@ -60,9 +69,7 @@ pub fn git_commit(dir: &Path) -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
-        return copied_tree_commit(std::env::var("HARNESS_COMMIT").ok());
-    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     let changed = git(&[
         "status",
         "--porcelain",
@@ -72,10 +79,10 @@ pub fn git_commit(dir: &Path) -> String {
         ":(top,exclude)results",
         ":(top,exclude)figures",
     ]);
-    match changed {
+    Some(match changed {
         Some(c) if c.is_empty() => commit,
         _ => format!("{commit}-dirty"),
-    }
+    })
 }
 
 /// The commit recorded for a tree outside git: the one its copier declared, or "unknown".
@@ -160,5 +167,18 @@ mod tests {
         std::fs::write(repo.join("experiments/a.toml"), "x = 2\n").unwrap();
         assert_eq!(git_commit(&experiments), format!("{clean}-dirty"));
         std::fs::remove_dir_all(&repo).unwrap();
+    }
+
+    #[test]
+    fn a_file_outside_any_repository_gets_the_harness_commit() {
+        let outside = std::env::temp_dir().join(format!("provenance-bare-{}", std::process::id()));
+        std::fs::create_dir_all(&outside).unwrap();
+        let harness = repository_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
+        // Only meaningful where the harness itself is a git checkout and the temporary folder
+        // is not inside one.
+        if harness.is_some() && repository_commit(&outside).is_none() {
+            assert_eq!(Some(git_commit(&outside)), harness);
+        }
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 }
