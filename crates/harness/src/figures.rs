@@ -358,13 +358,15 @@ pub fn first_layer_masks(
 
 /// The paper's VGG-like figure: test error of the binary-dropout (dense) net and of Sparse VD,
 /// and Sparse VD's compression, against the width multiplier k; ours from the finished variants
-/// beside the paper's values (read off its figure). Nothing for other nets.
+/// beside the paper's values (read off its figure). Nothing for other nets or random-label runs.
 pub fn width_sweep(
     exp: &LoadedExperiment,
     results_dir: &Path,
     figures_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
-    if exp.spec.net != runner::spec::Net::Vgglike {
+    // The paper's figure is VGG-like on the true CIFAR-10 labels; with random labels there is no
+    // error-against-width curve to compare with.
+    if exp.spec.net != runner::spec::Net::Vgglike || exp.spec.protocol.random_labels {
         return Ok(Vec::new());
     }
     let paper = runner::paper_reference_for(&exp.path)?;
