@@ -237,8 +237,8 @@ pub fn write_comparison(
 ) -> Result<(), OutputError> {
     let mut md = format!("# {title}: ours beside the paper\n\n");
     md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers.\n\n");
-    // Runs that evaluated the training set (random labels) also get train accuracy and the
-    // share of all weights removed, as the paper reports them.
+    // Runs that evaluated the training set (random labels) also get train and test accuracy and
+    // the share of all weights removed, as the paper reports them.
     let with_train = rows.iter().any(|(s, _)| s.train_error_pct.is_some());
     let mut header = vec![
         "variant",
@@ -255,6 +255,8 @@ pub fn write_comparison(
         header.extend([
             "ours: train accuracy %",
             "paper: train accuracy %",
+            "ours: test accuracy %",
+            "paper: test accuracy %",
             "ours: % removed",
             "paper: % removed",
         ]);
@@ -293,6 +295,8 @@ pub fn write_comparison(
             cells.extend([
                 number(s.train_error_pct.map(|e| 100.0 - e)),
                 number(paper.as_ref().and_then(|p| p.train_accuracy_pct)),
+                number(Some(100.0 - s.test_error_pct)),
+                number(paper.as_ref().map(|p| 100.0 - p.error_pct)),
                 number(Some(100.0 - 100.0 / s.compression)),
                 number(paper.as_ref().and_then(|p| p.removed_pct)),
             ]);
@@ -527,4 +531,65 @@ fn norm_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<NormLayerVie
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random-labels row: train and test accuracy (100 − error) and the share removed, ours
+    /// beside the paper's.
+    #[test]
+    fn a_random_labels_comparison_shows_train_and_test_accuracy() {
+        let dir = std::env::temp_dir().join(format!("comparison-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = Summary {
+            experiment: "rl".into(),
+            variant: "sparse_vd".into(),
+            net: "lenet300".into(),
+            dataset: "mnist".into(),
+            epochs: 200,
+            shortened: false,
+            test_error_pct: 88.5,
+            compression: 4.0,
+            removed_pct_per_layer: "75.00;75.00".into(),
+            paper_error_pct: Some(90.0),
+            paper_compression: None,
+            wall_time_s: 400.0,
+            train_error_pct: Some(87.75),
+        };
+        let paper = PaperResult {
+            net: "lenet300".into(),
+            dataset: "mnist_random_labels".into(),
+            method: "sparse_vd".into(),
+            k: None,
+            error_pct: 90.0,
+            compression: None,
+            removed_pct_per_layer: None,
+            train_accuracy_pct: Some(10.0),
+            removed_pct: Some(100.0),
+            source: "poster".into(),
+        };
+        write_comparison(&dir, "rl", &[(ours, Some(paper))]).unwrap();
+        let md = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        let cells = |line: &str| -> Vec<String> {
+            line.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let (header, row) = (cells(lines[0]), cells(lines[2]));
+        let column = |name: &str| {
+            let i = header.iter().position(|h| h == name).expect(name);
+            row[i].clone()
+        };
+        assert_eq!(column("ours: train accuracy %"), "12.25");
+        assert_eq!(column("paper: train accuracy %"), "10.00");
+        assert_eq!(column("ours: test accuracy %"), "11.50");
+        assert_eq!(column("paper: test accuracy %"), "10.00");
+        assert_eq!(column("ours: % removed"), "75.00");
+        assert_eq!(column("paper: % removed"), "100.00");
+    }
 }
