@@ -88,20 +88,21 @@ pub fn forward(
     noise: Option<VariancePath>,
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
-    // Per-image sizes of the variance path's buffers: zero without it.
-    let (noisy_patches, noisy_out) = match noise {
-        Some(_) => (patch * positions, image_out),
-        None => (0, 0),
-    };
+    let noisy = noise.is_some();
     let mut output = vec![0f32; shape.batch * image_out];
-    let mut delta_factor = vec![0f32; shape.batch * noisy_out];
+    let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_image(&mut delta_factor, shape.batch);
     let patches = output
         .par_chunks_mut(image_out)
         .zip(factors)
         .enumerate()
         .map_init(
-            || (vec![0f32; noisy_patches], vec![0f32; noisy_out]),
+            || {
+                (
+                    zeros_if(noisy, patch * positions),
+                    zeros_if(noisy, image_out),
+                )
+            },
             |(squares, delta), (b, (out, factor))| {
                 let p = im2col(shape, &x[b * shape.image()..][..shape.image()]);
                 let rows = |data| Matrix::row_major(data, patch);
@@ -155,21 +156,14 @@ pub fn backward(
 ) -> Grads {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let weights = shape.channels_out * patch;
-    let mut x_grad = vec![
-        0f32;
-        if need_x {
-            shape.batch * shape.image()
-        } else {
-            0
-        }
-    ];
+    let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
     // Per-split accumulators of ∂mean and ∂variance, with the scratch one image needs.
     let fresh = || {
         (
             vec![0f32; weights],
-            vec![0f32; if noisy { weights } else { 0 }],
+            zeros_if(noisy, weights),
             Scratch::new(shape, noisy, need_x),
         )
     };
@@ -188,16 +182,7 @@ pub fn backward(
                 by_position(p).t(),
                 shape.channels_out,
             );
-            if dx.is_some() {
-                gemm(
-                    &mut s.mean_part,
-                    false,
-                    by_patch(mean).t(),
-                    by_position(g),
-                    patch,
-                );
-            }
-            if let Some(variance) = variance {
+            if noisy {
                 let factor = &saved.delta_factor[b * image_out..][..image_out];
                 s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
                 s.delta_grad
@@ -211,7 +196,16 @@ pub fn backward(
                     by_position(&s.squares).t(),
                     shape.channels_out,
                 );
-                if dx.is_some() {
+            }
+            if let Some(dx) = dx {
+                gemm(
+                    &mut s.mean_part,
+                    false,
+                    by_patch(mean).t(),
+                    by_position(g),
+                    patch,
+                );
+                if let Some(variance) = variance {
                     gemm(
                         &mut s.variance_part,
                         false,
@@ -223,8 +217,6 @@ pub fn backward(
                         *m += 2.0 * pv * v;
                     }
                 }
-            }
-            if let Some(dx) = dx {
                 col2im(shape, &s.mean_part, dx);
             }
             (dm, dv, s)
@@ -239,6 +231,11 @@ pub fn backward(
         mean: mean_grad,
         variance: noisy.then_some(variance_grad),
     }
+}
+
+/// `len` zeros where a call needs the buffer, an empty one where it does not.
+fn zeros_if(needed: bool, len: usize) -> Vec<f32> {
+    vec![0.0; if needed { len } else { 0 }]
 }
 
 /// `buffer` as one mutable chunk per image, or `None` for every image when it is empty (a
@@ -261,12 +258,11 @@ struct Scratch {
 impl Scratch {
     fn new(shape: ConvShape, noisy: bool, need_x: bool) -> Self {
         let patches = shape.patch() * shape.positions();
-        let size = |needed: bool, len: usize| vec![0.0; if needed { len } else { 0 }];
         Self {
-            squares: size(noisy, patches),
-            delta_grad: size(noisy, shape.image_out()),
-            mean_part: size(need_x, patches),
-            variance_part: size(noisy && need_x, patches),
+            squares: zeros_if(noisy, patches),
+            delta_grad: zeros_if(noisy, shape.image_out()),
+            mean_part: zeros_if(need_x, patches),
+            variance_part: zeros_if(noisy && need_x, patches),
         }
     }
 }
