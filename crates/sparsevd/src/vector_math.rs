@@ -75,12 +75,20 @@ pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
         fn avx2<R>(work: impl FnOnce() -> R) -> R {
             work()
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if has_avx2_fma() {
             // SAFETY: the CPU has the features `avx2` was compiled for (checked just above).
             return unsafe { avx2(work) };
         }
     }
     work()
+}
+
+/// Whether the CPU has AVX2 and FMA, for code compiled with `#[target_feature(enable =
+/// "avx2,fma")]` where a closure given to [`with_simd`] would be too large to be inlined into it
+/// (a closure that is not inlined is compiled without the features).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 #[cfg(test)]
