@@ -1,5 +1,6 @@
 //! log α and the sigmoid approximation of KL(q(w | θ, σ²) ‖ p(w)) under the log-uniform prior.
 
+use crate::host_gradient::plus_zero_with_slope;
 use crate::vector_math;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use rayon::prelude::*;
@@ -111,23 +112,22 @@ impl KlTerms {
     /// Σ KL as a scalar tensor whose gradient with respect to `theta` and `noise` (the tensors
     /// these terms were computed from) is [`KlTerms::d_theta`] and [`KlTerms::d_noise`]:
     /// KL + Σ (θ − θ̄)·∂KL/∂θ + Σ (ν − ν̄)·∂KL/∂ν, with θ̄, ν̄ detached copies, so that the added
-    /// sums are exactly 0.
+    /// sums are exactly 0 ([`plus_zero_with_slope`]).
     pub fn into_tensor<const D: usize>(self, theta: Tensor<D>, noise: Tensor<D>) -> Tensor<1> {
         let device = theta.device();
         let shape: [usize; D] = theta.dims();
         let constant = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape), &device);
-        let linear = |x: Tensor<D>, slope: Vec<f32>| zero_with_slope(x, constant(slope)).sum();
-        let noise_term = linear(noise, self.d_noise);
-        let zero_sum = match self.d_theta {
-            Some(d_theta) => linear(theta, d_theta) + noise_term,
-            None => noise_term,
-        };
-        zero_sum + self.kl
+        let kl = Tensor::<1>::from_data(TensorData::new(vec![self.kl as f32], [1]), &device);
+        let kl = plus_zero_with_slope(kl, noise, constant(self.d_noise));
+        match self.d_theta {
+            Some(d_theta) => plus_zero_with_slope(kl, theta, constant(d_theta)),
+            None => kl,
+        }
     }
 
     /// σ² (see [`KlTerms::variance`]) as a tensor with the gradient of exp with respect to
-    /// `log_sigma2`, the tensor these terms were computed from: σ² + (ℓ − ℓ̄) ⊙ σ², ℓ̄ detached.
-    /// Panics for the log α parameterization, which has no σ² of its own.
+    /// `log_sigma2`, the tensor these terms were computed from: σ² + (ℓ − ℓ̄) ⊙ σ², ℓ̄ detached
+    /// ([`plus_zero_with_slope`]). Panics for the log α parameterization, which has no σ² of its own.
     pub fn variance_tensor<const D: usize>(&mut self, log_sigma2: Tensor<D>) -> Tensor<D> {
         let sigma2 = self
             .variance
@@ -137,14 +137,8 @@ impl KlTerms {
             TensorData::new(sigma2, log_sigma2.dims()),
             &log_sigma2.device(),
         );
-        sigma2.clone() + zero_with_slope(log_sigma2, sigma2)
+        plus_zero_with_slope(sigma2.clone(), log_sigma2, sigma2)
     }
-}
-
-/// (x − x̄) ⊙ slope with x̄ a detached copy of x: zero in value, with gradient `slope` with
-/// respect to x. Adding it to a value computed on the host gives that value burn's gradient.
-fn zero_with_slope<const D: usize>(x: Tensor<D>, slope: Tensor<D>) -> Tensor<D> {
-    (x.clone() - x.detach()) * slope
 }
 
 /// What the KL pass reads per weight.

@@ -5,6 +5,7 @@ pub mod conv;
 pub mod cpu_conv;
 pub mod dense;
 pub mod flex_host;
+pub mod host_gradient;
 pub mod kl;
 pub mod lenet5;
 pub mod max_pool;
