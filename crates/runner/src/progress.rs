@@ -39,15 +39,19 @@ impl EpochBar {
             .iter()
             .map(|p| format!("{p:.1}"))
             .collect();
+        // A net without variational layers (plain, binary dropout) has no KL term to weigh.
+        let kl = if r.kl == 0.0 {
+            String::new()
+        } else {
+            format!("  β {:.3}  KL {:.1}", r.beta, r.kl)
+        };
         let line = format!(
-            "epoch {:>3}/{}  lr {:.2e}  β {:.3}  loss {:.4}  CE {:.4}  KL {:.1}  test error {:.2}%  compression {:.1}×  removed % [{}]  {:.1}s",
+            "epoch {:>3}/{}  lr {:.2e}{kl}  loss {:.4}  CE {:.4}  test error {:.2}%  compression {:.1}×  removed % [{}]  {:.1}s",
             r.epoch,
             self.epochs,
             r.lr,
-            r.beta,
             r.train_loss,
             r.data_term,
-            r.kl,
             r.test_error_pct,
             r.compression,
             layers.join(", "),

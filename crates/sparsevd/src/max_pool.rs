@@ -55,19 +55,27 @@ fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
                 out.chunks_mut(wo).zip(winner.chunks_mut(wo)).enumerate()
             {
                 let (top, bottom) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
-                for (j, (o, win)) in out_row.iter_mut().zip(winner_row).enumerate() {
-                    let window = [top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]];
-                    let (mut best, mut at) = (window[0], 0);
-                    for (k, &v) in window.iter().enumerate().skip(1) {
-                        if v > best {
-                            (best, at) = (v, k as u8);
-                        }
-                    }
-                    (*o, *win) = (best, at);
+                let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+                for ((o, win), (t, b)) in out_row.iter_mut().zip(winner_row).zip(windows) {
+                    (*o, *win) = first_maximum([t[0], t[1], b[0], b[1]]);
                 }
             }
         });
     (tensor(out, [b, c, ho, wo]), winner)
+}
+
+/// The largest of a window's four values and its position, the first on ties, without
+/// branches: which value wins is data-dependent and unpredictable, and mispredicted branches
+/// made up most of the pooling's time.
+#[inline(always)]
+fn first_maximum([a, b, c, d]: [f32; 4]) -> (f32, u8) {
+    let pick = |later_wins: bool, (v0, i0): (f32, u8), (v1, i1): (f32, u8)| {
+        let i = u8::from(later_wins);
+        ([v0, v1][usize::from(i)], [i0, i1][usize::from(i)])
+    };
+    let top = pick(b > a, (a, 0), (b, 1));
+    let bottom = pick(d > c, (c, 2), (d, 3));
+    pick(bottom.0 > top.0, top, bottom)
 }
 
 /// ∂x: each output's gradient at its window's winner, zero elsewhere.
@@ -157,6 +165,15 @@ mod tests {
             };
             assert_eq!(run(true), run(false));
         }
+    }
+
+    #[test]
+    fn the_first_maximum_wins_ties() {
+        assert_eq!(first_maximum([1.0, 1.0, 1.0, 1.0]), (1.0, 0));
+        assert_eq!(first_maximum([0.0, 2.0, 2.0, 1.0]), (2.0, 1));
+        assert_eq!(first_maximum([0.0, 1.0, 3.0, 3.0]), (3.0, 2));
+        assert_eq!(first_maximum([5.0, 1.0, 5.0, 0.0]), (5.0, 0));
+        assert_eq!(first_maximum([-4.0, -3.0, -2.0, -1.0]), (-1.0, 3));
     }
 
     #[test]
