@@ -51,8 +51,10 @@ impl Network for LeNet5 {
         let batch = input.dims()[0];
         let x = input.reshape([batch, 1, 28, 28]);
         let (x, kl1) = self.conv1.forward(x, mode.for_layer(0));
-        let (x, kl2) = self.conv2.forward(max_pool_2x2(relu(x)), mode.for_layer(1));
-        let x = max_pool_2x2(relu(x)).reshape([batch, 800]);
+        // max_pool(ReLU(x)) = ReLU(max_pool(x)), gradients included (the same winner gets the
+        // gradient): pooling first applies ReLU, forward and backward, to a quarter of the values.
+        let (x, kl2) = self.conv2.forward(relu(max_pool_2x2(x)), mode.for_layer(1));
+        let x = relu(max_pool_2x2(x)).reshape([batch, 800]);
         let (x, kl3) = self.dense1.forward(x, mode.for_layer(2));
         let (logits, kl4) = self.dense2.forward(relu(x), mode.for_layer(3));
         let kl = [kl2, kl3, kl4].into_iter().fold(kl1, add_kl);

@@ -167,6 +167,32 @@ mod tests {
         }
     }
 
+    /// ReLU after pooling (LeNet-5's order) gives the output and gradient of ReLU before it,
+    /// with ties, zeros and all-negative windows.
+    #[test]
+    fn relu_commutes_with_pooling_gradients_included() {
+        use burn::tensor::activation::relu;
+        let device = Device::flex().autodiff();
+        let random = Tensor::<4>::random([2, 3, 6, 8], Distribution::Normal(-0.3, 1.0), &device);
+        let tied = (random.clone() * 2.0).round() / 2.0;
+        for x in [random, tied] {
+            let weights =
+                Tensor::<4>::random([2, 3, 3, 4], Distribution::Normal(0.0, 1.0), &device);
+            let run = |pool_first: bool| {
+                let x = x.clone().require_grad();
+                let out = if pool_first {
+                    relu(max_pool_2x2(x.clone()))
+                } else {
+                    max_pool_2x2(relu(x.clone()))
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let dx = x.grad(&grads).expect("tracked");
+                (host_vec(out.into_data()), host_vec(dx.into_data()))
+            };
+            assert_eq!(run(true), run(false));
+        }
+    }
+
     #[test]
     fn the_first_maximum_wins_ties() {
         assert_eq!(first_maximum([1.0, 1.0, 1.0, 1.0]), (1.0, 0));
