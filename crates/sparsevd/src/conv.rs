@@ -58,13 +58,18 @@ struct Convolution {
 }
 
 impl LinearMap<4, 4> for Convolution {
-    /// On the CPU backend [`crate::cpu_conv`]'s convolution; elsewhere burn's.
     fn apply(&self, x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-        if is_flex(&x.device()) {
-            return cpu_conv::conv2d(x, w, self.padding);
-        }
         let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
         conv2d(x, w, None, options)
+    }
+
+    /// On the CPU backend [`crate::cpu_conv`]'s convolution, bias included; elsewhere burn's.
+    fn apply_with_bias(&self, x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+        if is_flex(&x.device()) {
+            return cpu_conv::conv2d(x, w, bias, self.padding);
+        }
+        let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
+        conv2d(x, w, Some(bias), options)
     }
 
     /// On the CPU backend one fused operation ([`crate::cpu_conv`]); elsewhere composed.
@@ -73,15 +78,16 @@ impl LinearMap<4, 4> for Convolution {
         x: Tensor<4>,
         mean: Tensor<4>,
         variance: Tensor<4>,
+        bias: Tensor<1>,
         noise_seed: u64,
     ) -> Tensor<4> {
         let device = x.device();
         if !is_flex(&device) {
-            return composed_lrt_sample(self, x, mean, variance, noise_seed);
+            return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
         }
         let dims = cpu_conv::output_dims(x.dims(), mean.dims(), self.padding);
         let zeta = standard_normal(dims, noise_seed, &device);
-        cpu_conv::lrt_conv2d(x, mean, variance, zeta, self.padding)
+        cpu_conv::lrt_conv2d(x, mean, variance, zeta, bias, self.padding)
     }
 }
 

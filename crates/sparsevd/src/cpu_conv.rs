@@ -1,7 +1,11 @@
 //! Convolutions as single operations with their own backward pass on the CPU backend (Flex),
 //! stride 1, the symbols of [`crate::weights::VariationalWeights`]:
-//! - [`conv2d`]: γ = conv(x, θ), the plain (point-posterior) layer and every evaluation pass;
+//! - [`conv2d`]: γ = conv(x, θ) + b, the plain (point-posterior) layer and every evaluation
+//!   pass;
 //! - [`lrt_conv2d`]: the LRT sample γ + √(δ + 1e-8) ⊙ ζ with δ = conv(x ⊙ x, σ²).
+//!
+//! The bias b (one per output channel) is added in the same pass, and its gradient summed in the
+//! backward pass: as a separate broadcast addition it cost a pass over the output each way.
 //!
 //! burn's convolution builds the image patches (im2col) for the forward pass and again for each
 //! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
@@ -23,29 +27,36 @@ use burn::tensor::Tensor;
 use kernels::{ConvShape, Saved, VariancePath};
 use std::sync::Arc;
 
-/// Stride-1 convolutions with `padding` zeros on every side, without bias.
+/// Stride-1 convolutions with `padding` zeros on every side and a bias per output channel.
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuConvBackend: Backend {
-    /// conv(x, θ) for x `[B, C, H, W]` and θ `[O, C, k, k]`.
-    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self>;
+    /// conv(x, θ) + b for x `[B, C, H, W]`, θ `[O, C, k, k]` and b `[O]`.
+    fn conv2d(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self>;
 
-    /// γ + √(δ + 1e-8) ⊙ ζ for x `[B, C, H, W]`, mean θ and variance σ² `[O, C, k, k]`, and ζ
-    /// of the output's shape `[B, O, H', W']`.
+    /// γ + √(δ + 1e-8) ⊙ ζ + b for x `[B, C, H, W]`, mean θ and variance σ² `[O, C, k, k]`, ζ
+    /// of the output's shape `[B, O, H', W']` and b `[O]`.
     fn lrt_conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         zeta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self>;
 }
 
 /// The plain convolution (see [`CpuConvBackend::conv2d`]); only for tensors on the CPU backend
 /// ([`crate::flex_host::is_flex`]).
-pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, padding: usize) -> Tensor<4> {
+pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuConvBackend>::conv2d(
         x.into_dispatch(),
         mean.into_dispatch(),
+        bias.into_dispatch(),
         padding,
     ))
 }
@@ -57,6 +68,7 @@ pub fn lrt_conv2d(
     mean: Tensor<4>,
     variance: Tensor<4>,
     zeta: Tensor<4>,
+    bias: Tensor<1>,
     padding: usize,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuConvBackend>::lrt_conv2d(
@@ -64,6 +76,7 @@ pub fn lrt_conv2d(
         mean.into_dispatch(),
         variance.into_dispatch(),
         zeta.into_dispatch(),
+        bias.into_dispatch(),
         padding,
     ))
 }
@@ -99,11 +112,17 @@ fn shape_of(x: [usize; 4], weights: [usize; 4], padding: usize) -> ConvShape {
 fn forward(
     x: &FlexTensor,
     mean: &FlexTensor,
+    bias: &FlexTensor,
     noise: Option<(&FlexTensor, &FlexTensor)>,
     padding: usize,
 ) -> (FlexTensor, ConvShape, Saved) {
     let shape = shape_of(dims(x), dims(mean), padding);
-    let [x, mean] = [x, mean].map(contiguous);
+    assert_eq!(
+        dims(bias),
+        [shape.channels_out],
+        "conv2d: one bias per output channel"
+    );
+    let [x, mean, bias] = [x, mean, bias].map(contiguous);
     let noise = noise.map(|(variance, zeta)| {
         assert_eq!(
             dims(zeta),
@@ -116,6 +135,7 @@ fn forward(
         shape,
         values(&x),
         values(&mean),
+        values(&bias),
         noise.as_ref().map(|[variance, zeta]| VariancePath {
             variance: values(variance),
             zeta: values(zeta),
@@ -125,8 +145,13 @@ fn forward(
 }
 
 impl CpuConvBackend for Flex {
-    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
-        forward(&x, &mean, None, padding).0
+    fn conv2d(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        forward(&x, &mean, &bias, None, padding).0
     }
 
     fn lrt_conv2d(
@@ -134,14 +159,16 @@ impl CpuConvBackend for Flex {
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         zeta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
-        forward(&x, &mean, Some((&variance, &zeta)), padding).0
+        forward(&x, &mean, &bias, Some((&variance, &zeta)), padding).0
     }
 }
 
-/// The backward step of both operations: gradients for x, the mean and (with the variance path,
-/// N = 3) the variance from the saved patches; the parents are (x, mean[, variance]).
+/// The backward step of both operations: gradients for x, the mean, the bias and (with the
+/// variance path, N = 4) the variance from the saved patches; the parents are (x, mean, bias[,
+/// variance]).
 #[derive(Debug)]
 struct ConvBackward;
 
@@ -161,7 +188,7 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
     fn backward(self, ops: Ops<State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let mut parents = ops.parents.into_iter();
         let mut next = || parents.next().flatten();
-        let (node_x, node_mean, node_variance) = (next(), next(), next());
+        let (node_x, node_mean, node_bias, node_variance) = (next(), next(), next(), next());
         let grad = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
         let (shape, weight_dims): (_, [usize; 4]) = (state.shape, dims(&state.mean));
@@ -182,6 +209,9 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
         if let Some(node) = node_mean {
             grads.register::<Flex>(node.id, tensor(result.mean, weight_dims));
         }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, tensor(result.bias, [shape.channels_out]));
+        }
         if let (Some(node), Some(variance)) = (node_variance, result.variance) {
             grads.register::<Flex>(node.id, tensor(variance, weight_dims));
         }
@@ -189,13 +219,22 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
 }
 
 impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
-    fn conv2d(x: FloatTensor<Self>, mean: FloatTensor<Self>, padding: usize) -> FloatTensor<Self> {
+    fn conv2d(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: usize,
+    ) -> FloatTensor<Self> {
         let prepared = ConvBackward
-            .prepare::<C>([x.node(), mean.node()])
+            .prepare::<C>([x.node(), mean.node(), bias.node()])
             .compute_bound()
             .stateful();
-        let (x, mean) = (x.into_primitive(), mean.into_primitive());
-        let (output, shape, saved) = forward(&x, &mean, None, padding);
+        let (x, mean, bias) = (
+            x.into_primitive(),
+            mean.into_primitive(),
+            bias.into_primitive(),
+        );
+        let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
         finish(prepared, output, shape, mean, None, saved)
     }
 
@@ -204,15 +243,20 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         zeta: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
         let prepared = ConvBackward
-            .prepare::<C>([x.node(), mean.node(), variance.node()])
+            .prepare::<C>([x.node(), mean.node(), bias.node(), variance.node()])
             .compute_bound()
             .stateful();
-        let (x, zeta) = (x.into_primitive(), zeta.into_primitive());
+        let (x, zeta, bias) = (
+            x.into_primitive(),
+            zeta.into_primitive(),
+            bias.into_primitive(),
+        );
         let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
-        let (output, shape, saved) = forward(&x, &mean, Some((&variance, &zeta)), padding);
+        let (output, shape, saved) = forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
         finish(prepared, output, shape, mean, Some(variance), saved)
     }
 }
@@ -248,7 +292,7 @@ mod tests {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Distribution};
 
-    /// The fused sample and its three gradients equal burn's composed operations (two
+    /// The fused sample and its four gradients equal burn's composed operations (two
     /// convolutions, square root, product with ζ), with and without padding, for an input that
     /// is a strided view.
     #[test]
@@ -261,15 +305,17 @@ mod tests {
             let mean = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
             let variance =
                 Tensor::<4>::random([4, 2, 3, 3], Distribution::Uniform(0.01, 1.0), &device);
+            let bias = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device);
             let dims = output_dims(x.dims(), mean.dims(), padding);
             let zeta = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
             // A loss with a different weight per output element, so every gradient is exercised.
             let weights = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
             let run = |fused: bool| {
-                let (x, mean, variance) = (
+                let (x, mean, variance, bias) = (
                     x.clone().require_grad(),
                     mean.clone().require_grad(),
                     variance.clone().require_grad(),
+                    bias.clone().require_grad(),
                 );
                 let out = if fused {
                     lrt_conv2d(
@@ -277,11 +323,13 @@ mod tests {
                         mean.clone(),
                         variance.clone(),
                         zeta.clone(),
+                        bias.clone(),
                         padding,
                     )
                 } else {
                     let options = ConvOptions::new([1, 1], [padding; 2], [1, 1], 1);
-                    let gamma = conv2d(x.clone(), mean.clone(), None, options.clone());
+                    let gamma =
+                        conv2d(x.clone(), mean.clone(), Some(bias.clone()), options.clone());
                     let delta = conv2d(x.clone().square(), variance.clone(), None, options);
                     gamma + (delta + 1e-8).sqrt() * zeta.clone()
                 };
@@ -292,10 +340,11 @@ mod tests {
                     grad(&x),
                     grad(&mean),
                     grad(&variance),
+                    host_vec(bias.grad(&grads).expect("tracked").into_data()),
                 ]
             };
             let (fused, composed) = (run(true), run(false));
-            for (name, (f, c)) in ["output", "∂x", "∂mean", "∂variance"]
+            for (name, (f, c)) in ["output", "∂x", "∂mean", "∂variance", "∂bias"]
                 .iter()
                 .zip(fused.iter().zip(&composed))
             {
@@ -304,7 +353,7 @@ mod tests {
         }
     }
 
-    /// The plain convolution and its two gradients equal burn's conv2d, with and without
+    /// The plain convolution and its three gradients equal burn's conv2d, with and without
     /// padding, for an input that is a strided view.
     #[test]
     fn plain_convolution_and_gradients_match_burn() {
@@ -313,22 +362,32 @@ mod tests {
             let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
                 .swap_dims(2, 3);
             let mean = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let bias = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device);
             let dims = output_dims(x.dims(), mean.dims(), padding);
             let weights = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &device);
             let run = |ours: bool| {
-                let (x, mean) = (x.clone().require_grad(), mean.clone().require_grad());
+                let (x, mean, bias) = (
+                    x.clone().require_grad(),
+                    mean.clone().require_grad(),
+                    bias.clone().require_grad(),
+                );
                 let out = if ours {
-                    super::conv2d(x.clone(), mean.clone(), padding)
+                    super::conv2d(x.clone(), mean.clone(), bias.clone(), padding)
                 } else {
                     let options = ConvOptions::new([1, 1], [padding; 2], [1, 1], 1);
-                    conv2d(x.clone(), mean.clone(), None, options)
+                    conv2d(x.clone(), mean.clone(), Some(bias.clone()), options)
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked").into_data());
-                [host_vec(out.into_data()), grad(&x), grad(&mean)]
+                [
+                    host_vec(out.into_data()),
+                    grad(&x),
+                    grad(&mean),
+                    host_vec(bias.grad(&grads).expect("tracked").into_data()),
+                ]
             };
             let (ours, burns) = (run(true), run(false));
-            for (name, (a, b)) in ["output", "∂x", "∂mean"]
+            for (name, (a, b)) in ["output", "∂x", "∂mean", "∂bias"]
                 .iter()
                 .zip(ours.iter().zip(&burns))
             {
@@ -354,11 +413,12 @@ mod tests {
         let mean = Tensor::<4>::random([2, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
         let variance = Tensor::<4>::random([2, 3, 3, 3], Distribution::Uniform(0.01, 1.0), &device);
         let zeta = Tensor::<4>::random([2, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let bias = Tensor::<1>::random([2], Distribution::Normal(0.0, 1.0), &device);
         let options = ConvOptions::new([1, 1], [0; 2], [1, 1], 1);
-        let composed = conv2d(x.clone(), mean.clone(), None, options.clone())
+        let composed = conv2d(x.clone(), mean.clone(), Some(bias.clone()), options.clone())
             + (conv2d(x.clone().square(), variance.clone(), None, options) + 1e-8).sqrt()
                 * zeta.clone();
-        let fused = lrt_conv2d(x, mean, variance, zeta, 0);
+        let fused = lrt_conv2d(x, mean, variance, zeta, bias, 0);
         for (a, b) in host_vec(fused.into_data())
             .iter()
             .zip(host_vec(composed.into_data()))

@@ -32,21 +32,28 @@ pub struct VariationalWeights<const D: usize> {
     pub posterior: Posterior,
 }
 
-/// The linear map A of a layer (matmul or convolution), without bias.
+/// The linear map A of a layer (matmul or convolution); b is the bias, one per output unit
+/// (output axis 1).
 pub trait LinearMap<const E: usize, const D: usize> {
     /// A(x, w).
     fn apply(&self, x: Tensor<E>, w: Tensor<D>) -> Tensor<E>;
 
-    /// The local reparameterization sample A(x, mean) + √(A(x ⊙ x, variance) + 1e-8) ⊙ ζ, with
-    /// ζ ~ N(0, 1) of the output's shape drawn from `noise_seed`.
+    /// A(x, w) + b.
+    fn apply_with_bias(&self, x: Tensor<E>, w: Tensor<D>, bias: Tensor<1>) -> Tensor<E> {
+        self.apply(x, w) + along_units(bias)
+    }
+
+    /// The local reparameterization sample A(x, mean) + √(A(x ⊙ x, variance) + 1e-8) ⊙ ζ + b,
+    /// with ζ ~ N(0, 1) of the output's shape drawn from `noise_seed`.
     fn lrt_sample(
         &self,
         x: Tensor<E>,
         mean: Tensor<D>,
         variance: Tensor<D>,
+        bias: Tensor<1>,
         noise_seed: u64,
     ) -> Tensor<E> {
-        composed_lrt_sample(self, x, mean, variance, noise_seed)
+        composed_lrt_sample(self, x, mean, variance, bias, noise_seed)
     }
 }
 
@@ -56,12 +63,20 @@ pub fn composed_lrt_sample<const E: usize, const D: usize>(
     x: Tensor<E>,
     mean: Tensor<D>,
     variance: Tensor<D>,
+    bias: Tensor<1>,
     noise_seed: u64,
 ) -> Tensor<E> {
     let gamma = map.apply(x.clone(), mean);
     let delta = map.apply(x.square(), variance);
     let zeta = standard_normal(gamma.dims(), noise_seed, &gamma.device());
-    gamma + lrt_std(delta) * zeta
+    gamma + lrt_std(delta) * zeta + along_units(bias)
+}
+
+/// b `[units]` shaped to broadcast along axis 1 of a rank-E output.
+fn along_units<const E: usize>(bias: Tensor<1>) -> Tensor<E> {
+    let mut shape = [1; E];
+    shape[1] = bias.dims()[0];
+    bias.reshape(shape)
 }
 
 /// What a training pass needs from the posterior besides θ.
@@ -110,12 +125,9 @@ impl<const D: usize> VariationalWeights<D> {
         mode: ForwardMode,
         map: &impl LinearMap<E, D>,
     ) -> (Tensor<E>, Option<Tensor<1>>) {
-        let theta = self.theta.val();
-        let mut bias_shape = [1; E];
-        bias_shape[1] = self.bias.dims()[0];
-        let bias = self.bias.val().reshape(bias_shape);
+        let (theta, bias) = (self.theta.val(), self.bias.val());
         if self.posterior == Posterior::Point {
-            return (map.apply(x, theta) + bias, None);
+            return (map.apply_with_bias(x, theta, bias), None);
         }
         match mode {
             ForwardMode::Eval { threshold } => {
@@ -123,7 +135,10 @@ impl<const D: usize> VariationalWeights<D> {
                     .clipped_log_alpha()
                     .expect("a variational posterior has log α")
                     .greater_equal_elem(threshold);
-                (map.apply(x, theta.mask_fill(removed, 0.0)) + bias, None)
+                (
+                    map.apply_with_bias(x, theta.mask_fill(removed, 0.0), bias),
+                    None,
+                )
             }
             ForwardMode::Train {
                 mask_threshold,
@@ -134,8 +149,8 @@ impl<const D: usize> VariationalWeights<D> {
                     Some(removed) => theta.mask_fill(removed, 0.0),
                     None => theta,
                 };
-                let sample = map.lrt_sample(x, mean, terms.variance, noise_seed);
-                (sample + bias, Some(terms.kl))
+                let sample = map.lrt_sample(x, mean, terms.variance, bias, noise_seed);
+                (sample, Some(terms.kl))
             }
         }
     }

@@ -5,8 +5,9 @@
 //! matrices:
 //!
 //! - forward, per image: P = im2col(x) `[C·k², L]`, γ = θ·P `[O, L]`; with the variance path
-//!   also δ = σ²·(P ⊙ P) and the output γ + √(δ + ε) ⊙ ζ, without it the output γ;
-//! - backward, with g = ∂loss/∂output: ∂θ = Σ_images g·Pᵀ and ∂x = col2im(θᵀ·g); the variance
+//!   also δ = σ²·(P ⊙ P) and the output γ + √(δ + ε) ⊙ ζ + b, without it the output γ + b;
+//! - backward, with g = ∂loss/∂output: ∂θ = Σ_images g·Pᵀ, ∂b = Σ_images Σ_positions g and
+//!   ∂x = col2im(θᵀ·g); the variance
 //!   path adds, with g_δ = g ⊙ ζ / (2√(δ + ε)), ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ and 2P ⊙ (σ²ᵀ·g_δ)
 //!   inside the col2im.
 
@@ -79,12 +80,13 @@ pub struct Saved {
     pub delta_factor: Vec<f32>,
 }
 
-/// The convolution (without bias) in NCHW order, with the LRT noise when `noise` is given, and
-/// what backward needs. `mean` is `[O, C, k, k]`, `x` is `[B, C, H, W]`.
+/// The convolution plus bias in NCHW order, with the LRT noise when `noise` is given, and what
+/// backward needs. `mean` is `[O, C, k, k]`, `bias` `[O]`, `x` `[B, C, H, W]`.
 pub fn forward(
     shape: ConvShape,
     x: &[f32],
     mean: &[f32],
+    bias: &[f32],
     noise: Option<VariancePath>,
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
@@ -108,6 +110,7 @@ pub fn forward(
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, positions);
                 gemm(out, false, rows(mean), cols(&p), shape.channels_out);
+                let out_rows = out.chunks_mut(positions).zip(bias);
                 if let (Some(noise), Some(factor)) = (noise, factor) {
                     squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v);
                     gemm(
@@ -118,10 +121,19 @@ pub fn forward(
                         shape.channels_out,
                     );
                     let zeta = &noise.zeta[b * image_out..][..image_out];
-                    for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(&*delta).zip(zeta) {
-                        let std = (d + VARIANCE_EPS).sqrt();
-                        *o += std * z;
-                        *f = z / (2.0 * std);
+                    let noise_rows = factor.chunks_mut(positions).zip(delta.chunks(positions));
+                    for (((out, &bias), (factor, delta)), zeta) in
+                        out_rows.zip(noise_rows).zip(zeta.chunks(positions))
+                    {
+                        for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(delta).zip(zeta) {
+                            let std = (d + VARIANCE_EPS).sqrt();
+                            *o = (*o + std * z) + bias;
+                            *f = z / (2.0 * std);
+                        }
+                    }
+                } else {
+                    for (out, &bias) in out_rows {
+                        out.iter_mut().for_each(|o| *o += bias);
                     }
                 }
                 p
@@ -137,11 +149,12 @@ pub fn forward(
     )
 }
 
-/// Gradients of the forward pass for ∂loss/∂output `grad`: ∂x (only when `need_x`), ∂mean, and
-/// ∂variance with the variance path.
+/// Gradients of the forward pass for ∂loss/∂output `grad`: ∂x (only when `need_x`), ∂mean,
+/// ∂bias, and ∂variance with the variance path.
 pub struct Grads {
     pub x: Option<Vec<f32>>,
     pub mean: Vec<f32>,
+    pub bias: Vec<f32>,
     pub variance: Option<Vec<f32>>,
 }
 
@@ -159,20 +172,23 @@ pub fn backward(
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
-    // Per-split accumulators of ∂mean and ∂variance, with the scratch one image needs.
+    // Per-split accumulators of ∂mean, ∂bias and ∂variance, with the scratch one image needs.
     let fresh = || {
         (
-            vec![0f32; weights],
+            [vec![0f32; weights], vec![0f32; shape.channels_out]],
             zeros_if(noisy, weights),
             Scratch::new(shape, noisy, need_x),
         )
     };
-    let (mean_grad, variance_grad, _) = images
+    let ([mean_grad, bias_grad], variance_grad, _) = images
         .into_par_iter()
         .enumerate()
-        .fold(fresh, |(mut dm, mut dv, mut s), (b, dx)| {
+        .fold(fresh, |([mut dm, mut db], mut dv, mut s), (b, dx)| {
             let p = &saved.patches[b];
             let g = &grad[b * image_out..][..image_out];
+            for (db, g) in db.iter_mut().zip(g.chunks(positions)) {
+                *db += g.iter().sum::<f32>();
+            }
             let by_position = |data| Matrix::row_major(data, positions);
             let by_patch = |data| Matrix::row_major(data, patch);
             gemm(
@@ -219,16 +235,19 @@ pub fn backward(
                 }
                 col2im(shape, &s.mean_part, dx);
             }
-            (dm, dv, s)
+            ([dm, db], dv, s)
         })
-        .reduce(fresh, |(mut dm, mut dv, s), (dm2, dv2, _)| {
-            dm.iter_mut().zip(dm2).for_each(|(a, b)| *a += b);
+        .reduce(fresh, |(mut sums, mut dv, s), (sums2, dv2, _)| {
+            for (sum, sum2) in sums.iter_mut().zip(sums2) {
+                sum.iter_mut().zip(sum2).for_each(|(a, b)| *a += b);
+            }
             dv.iter_mut().zip(dv2).for_each(|(a, b)| *a += b);
-            (dm, dv, s)
+            (sums, dv, s)
         });
     Grads {
         x: need_x.then_some(x_grad),
         mean: mean_grad,
+        bias: bias_grad,
         variance: noisy.then_some(variance_grad),
     }
 }
