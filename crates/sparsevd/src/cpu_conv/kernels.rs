@@ -187,7 +187,7 @@ pub fn backward(
             let p = &saved.patches[b];
             let g = &grad[b * image_out..][..image_out];
             for (db, g) in db.iter_mut().zip(g.chunks(positions)) {
-                *db += g.iter().sum::<f32>();
+                *db += crate::vector_math::sum(g);
             }
             let by_position = |data| Matrix::row_major(data, positions);
             let by_patch = |data| Matrix::row_major(data, patch);
