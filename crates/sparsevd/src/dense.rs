@@ -1,8 +1,11 @@
 //! Dense layer: plain (the "original" baseline) or variational.
 
+use crate::cpu_dense;
+use crate::flex_host::is_flex;
 use crate::mode::{ForwardMode, WeightLayerView};
+use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, VariationalWeights};
+use crate::weights::{LinearMap, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -43,6 +46,23 @@ pub(crate) struct Matmul;
 impl LinearMap<2, 2> for Matmul {
     fn apply(&self, x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         x.matmul(w)
+    }
+
+    /// On the CPU backend one fused operation ([`crate::cpu_dense`]); elsewhere composed.
+    fn lrt_sample(
+        &self,
+        x: Tensor<2>,
+        mean: Tensor<2>,
+        variance: Tensor<2>,
+        bias: Tensor<1>,
+        noise_seed: u64,
+    ) -> Tensor<2> {
+        let device = x.device();
+        if !is_flex(&device) {
+            return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
+        }
+        let zeta = standard_normal([x.dims()[0], mean.dims()[1]], noise_seed, &device);
+        cpu_dense::lrt_dense(x, mean, variance, zeta, bias)
     }
 }
 

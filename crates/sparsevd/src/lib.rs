@@ -3,8 +3,10 @@
 
 pub mod conv;
 pub mod cpu_conv;
+pub mod cpu_dense;
 pub mod dense;
 pub mod flex_host;
+pub mod host_gemm;
 pub mod host_gradient;
 pub mod kl;
 pub mod lenet5;

@@ -11,6 +11,7 @@
 //!   path adds, with g_δ = g ⊙ ζ / (2√(δ + ε)), ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ and 2P ⊙ (σ²ᵀ·g_δ)
 //!   inside the col2im.
 
+use crate::host_gemm::{Matrix, Parallelism, gemm};
 use rayon::prelude::*;
 
 const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
@@ -109,7 +110,14 @@ pub fn forward(
                 let p = im2col(shape, &x[b * shape.image()..][..shape.image()]);
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, positions);
-                gemm(out, false, rows(mean), cols(&p), shape.channels_out);
+                gemm(
+                    out,
+                    false,
+                    rows(mean),
+                    cols(&p),
+                    shape.channels_out,
+                    Parallelism::None,
+                );
                 let out_rows = out.chunks_mut(positions).zip(bias);
                 if let (Some(noise), Some(factor)) = (noise, factor) {
                     squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v);
@@ -119,6 +127,7 @@ pub fn forward(
                         rows(noise.variance),
                         cols(squares),
                         shape.channels_out,
+                        Parallelism::None,
                     );
                     let zeta = &noise.zeta[b * image_out..][..image_out];
                     let noise_rows = factor.chunks_mut(positions).zip(delta.chunks(positions));
@@ -197,6 +206,7 @@ pub fn backward(
                 by_position(g),
                 by_position(p).t(),
                 shape.channels_out,
+                Parallelism::None,
             );
             if noisy {
                 let factor = &saved.delta_factor[b * image_out..][..image_out];
@@ -211,6 +221,7 @@ pub fn backward(
                     by_position(&s.delta_grad),
                     by_position(&s.squares).t(),
                     shape.channels_out,
+                    Parallelism::None,
                 );
             }
             if let Some(dx) = dx {
@@ -220,6 +231,7 @@ pub fn backward(
                     by_patch(mean).t(),
                     by_position(g),
                     patch,
+                    Parallelism::None,
                 );
                 if let Some(variance) = variance {
                     gemm(
@@ -228,6 +240,7 @@ pub fn backward(
                         by_patch(variance).t(),
                         by_position(&s.delta_grad),
                         patch,
+                        Parallelism::None,
                     );
                     for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
                         *m += 2.0 * pv * v;
@@ -345,67 +358,5 @@ fn for_each_tap(
                 }
             }
         }
-    }
-}
-
-/// A matrix view: element (r, c) at `data[r * row + c * column]`.
-#[derive(Clone, Copy)]
-struct Matrix<'a> {
-    data: &'a [f32],
-    row: usize,
-    column: usize,
-}
-
-impl<'a> Matrix<'a> {
-    fn row_major(data: &'a [f32], columns: usize) -> Self {
-        Self {
-            data,
-            row: columns,
-            column: 1,
-        }
-    }
-
-    /// The transpose, without copying.
-    fn t(self) -> Self {
-        Self {
-            row: self.column,
-            column: self.row,
-            ..self
-        }
-    }
-}
-
-/// dst `[m, n]` (row-major) = lhs·rhs, or += lhs·rhs when `accumulate`; lhs is `[m, k]`, and
-/// k and n follow from the lengths.
-fn gemm(dst: &mut [f32], accumulate: bool, lhs: Matrix, rhs: Matrix, m: usize) {
-    let k = lhs.data.len() / m;
-    let n = dst.len() / m;
-    assert_eq!(m * k, lhs.data.len(), "gemm: lhs is not [m, k]");
-    assert_eq!(k * n, rhs.data.len(), "gemm: rhs is not [k, n]");
-    assert_eq!(m * n, dst.len(), "gemm: dst is not [m, n]");
-    // SAFETY: the asserts above bound every index the strides reach inside the three slices,
-    // and dst does not alias the inputs (it is borrowed mutably).
-    unsafe {
-        ::gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.column as isize,
-            lhs.row as isize,
-            rhs.data.as_ptr(),
-            rhs.column as isize,
-            rhs.row as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            ::gemm::Parallelism::None,
-        );
     }
 }
