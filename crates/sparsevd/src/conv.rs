@@ -57,10 +57,16 @@ struct Convolution {
     padding: usize,
 }
 
+impl Convolution {
+    /// burn's options for this convolution.
+    fn options(&self) -> ConvOptions<2> {
+        ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1)
+    }
+}
+
 impl LinearMap<4, 4> for Convolution {
     fn apply(&self, x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
-        conv2d(x, w, None, options)
+        conv2d(x, w, None, self.options())
     }
 
     /// On the CPU backend [`crate::cpu_conv`]'s convolution, bias included; elsewhere burn's.
@@ -68,8 +74,7 @@ impl LinearMap<4, 4> for Convolution {
         if is_flex(&x.device()) {
             return cpu_conv::conv2d(x, w, bias, self.padding);
         }
-        let options = ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1);
-        conv2d(x, w, Some(bias), options)
+        conv2d(x, w, Some(bias), self.options())
     }
 
     /// On the CPU backend one fused operation ([`crate::cpu_conv`]); elsewhere composed.
