@@ -12,6 +12,7 @@
 //!   inside the col2im.
 
 use crate::host_gemm::{Matrix, Parallelism, gemm};
+use crate::vector_math::with_simd;
 use rayon::prelude::*;
 
 const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
@@ -120,7 +121,7 @@ pub fn forward(
                 );
                 let out_rows = out.chunks_mut(positions).zip(bias);
                 if let (Some(noise), Some(factor)) = (noise, factor) {
-                    squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v);
+                    with_simd(|| squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v));
                     gemm(
                         delta,
                         false,
@@ -134,11 +135,15 @@ pub fn forward(
                     for (((out, &bias), (factor, delta)), zeta) in
                         out_rows.zip(noise_rows).zip(zeta.chunks(positions))
                     {
-                        for (((o, f), &d), &z) in out.iter_mut().zip(factor).zip(delta).zip(zeta) {
-                            let std = (d + VARIANCE_EPS).sqrt();
-                            *o = (*o + std * z) + bias;
-                            *f = z / (2.0 * std);
-                        }
+                        with_simd(|| {
+                            for (((o, f), &d), &z) in
+                                out.iter_mut().zip(factor).zip(delta).zip(zeta)
+                            {
+                                let std = (d + VARIANCE_EPS).sqrt();
+                                *o = (*o + std * z) + bias;
+                                *f = z / (2.0 * std);
+                            }
+                        });
                     }
                 } else {
                     for (out, &bias) in out_rows {
@@ -210,11 +215,13 @@ pub fn backward(
             );
             if noisy {
                 let factor = &saved.delta_factor[b * image_out..][..image_out];
-                s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
-                s.delta_grad
-                    .iter_mut()
-                    .zip(g.iter().zip(factor))
-                    .for_each(|(d, (g, f))| *d = g * f);
+                with_simd(|| {
+                    s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+                    s.delta_grad
+                        .iter_mut()
+                        .zip(g.iter().zip(factor))
+                        .for_each(|(d, (g, f))| *d = g * f);
+                });
                 gemm(
                     &mut dv,
                     true,
@@ -242,9 +249,11 @@ pub fn backward(
                         patch,
                         Parallelism::None,
                     );
-                    for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
-                        *m += 2.0 * pv * v;
-                    }
+                    with_simd(|| {
+                        for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                            *m += 2.0 * pv * v;
+                        }
+                    });
                 }
                 col2im(shape, &s.mean_part, dx);
             }
