@@ -1,4 +1,4 @@
-//! Criterion benches: Sparse VD layers (forward + backward), one full training step of each
+//! Criterion benches: Sparse VD layers (forward + backward), the LRT noise of one LeNet-5 step, one full training step of each
 //! LeNet at batch 100, the evaluation pass over the 10,000 test images, and the data pipeline.
 //!
 //! Run with `cargo bench -p runner` (2 threads: `RAYON_NUM_THREADS=2`). The layer and step
@@ -64,6 +64,17 @@ fn layers(c: &mut Criterion) {
         b.iter(|| {
             let (out, kl) = conv.forward(x.clone(), TRAIN);
             black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
+        })
+    });
+    // The LRT noise ζ one LeNet-5 Sparse VD step draws (its four layers' outputs at batch 100).
+    let lenet5_outputs = BATCH * (20 * 24 * 24 + 50 * 8 * 8 + 500 + 10);
+    c.bench_function("noise_lenet5_step_1_5m_normals", |b| {
+        b.iter(|| {
+            black_box(sparsevd::noise::standard_normal(
+                [lenet5_outputs],
+                1,
+                &device,
+            ))
         })
     });
     // The weight-side term alone, at LeNet-5's largest layer (800 × 500): host pass, KL tensor,

@@ -3,33 +3,38 @@
 //!
 //! burn's `random_like` draws one value at a time through ChaCha12 and a per-value sampler
 //! (about 13 ns a value here): 15 % of a LeNet-5 training step, which needs 1.5 M values. This
-//! module draws Ziggurat normals (`rand_distr::StandardNormal`) from Xoshiro256++ in parallel
-//! blocks, each block seeded from (seed, block index), so a draw is a pure function of the seed
-//! and does not depend on the number of threads.
+//! module draws from Xoshiro256++ in parallel blocks, each block seeded from (seed, block index),
+//! so a draw is a pure function of the seed and does not depend on the number of threads.
+//! Normal values come from the Box–Muller transform eight pairs at a time, as SIMD arithmetic
+//! (2.4 ms per million values on one thread here, against 5.0 ms for rand_distr's Ziggurat,
+//! which draws one f64 at a time).
 
+use crate::vector_math::{ln, with_simd};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
+use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
+use std::f32::consts::FRAC_PI_2;
 
 /// Values per independently seeded block.
 const BLOCK: usize = 1 << 14;
 
 /// A tensor of independent standard normal values, determined by `seed`.
 pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    draw(shape, seed, device, |rng| StandardNormal.sample(rng))
+    draw(shape, seed, device, fill_standard_normal)
 }
 
 /// Binary (inverted) dropout: x ⊙ m / p with m ~ Bernoulli(p) per element, p = `keep`, the
 /// mask determined by `seed`. E[output] = x, so evaluation uses x unchanged.
 pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let scale = (1.0 / keep) as f32;
-    let mask = draw(x.dims(), seed, &x.device(), |rng| {
-        if rng.random::<f64>() < keep {
-            scale
-        } else {
-            0.0
+    let mask = draw(x.dims(), seed, &x.device(), |rng, block| {
+        for m in block {
+            *m = if rng.random::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            };
         }
     });
     x * mask
@@ -39,19 +44,20 @@ pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Ten
 /// mean and variance of binary dropout's r), drawn from `seed`. E[output] = x.
 pub fn gaussian_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let std = ((1.0 - keep) / keep).sqrt() as f32;
-    let noise = draw(x.dims(), seed, &x.device(), |rng| {
-        let zeta: f32 = StandardNormal.sample(rng);
-        1.0 + std * zeta
+    let noise = draw(x.dims(), seed, &x.device(), |rng, block| {
+        fill_standard_normal(rng, block);
+        block.iter_mut().for_each(|r| *r = 1.0 + std * *r);
     });
     x * noise
 }
 
-/// A tensor of values drawn by `sample`, in parallel blocks seeded from (`seed`, block index).
+/// A tensor whose blocks of [`BLOCK`] values are written by `fill`, in parallel, each from a
+/// generator seeded from (`seed`, block index).
 fn draw<const D: usize>(
     shape: [usize; D],
     seed: u64,
     device: &Device,
-    sample: impl Fn(&mut Xoshiro256PlusPlus) -> f32 + Sync,
+    fill: impl Fn(&mut Xoshiro256PlusPlus, &mut [f32]) + Sync,
 ) -> Tensor<D> {
     let mut values = vec![0f32; shape.iter().product()];
     values
@@ -59,9 +65,93 @@ fn draw<const D: usize>(
         .enumerate()
         .for_each(|(block, chunk)| {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed, block as u64));
-            chunk.iter_mut().for_each(|v| *v = sample(&mut rng));
+            fill(&mut rng, chunk);
         });
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Standard normal values by Box–Muller: one 64-bit draw gives u₁ ∈ (0, 1] and u₂ ∈ [0, 1),
+/// and with them two independent values r·cos 2πu₂ and r·sin 2πu₂, r = √(−2 ln u₁). Each group
+/// of 16 values holds eight cosines, then their eight sines.
+fn fill_standard_normal(rng: &mut Xoshiro256PlusPlus, values: &mut [f32]) {
+    with_simd(|| {
+        let mut groups = values.chunks_exact_mut(16);
+        for group in &mut groups {
+            // The integer steps first, so that the float arithmetic runs on 8 lanes.
+            let words: [u64; 8] = std::array::from_fn(|_| rng.next_u64());
+            let radius_bits = words.map(radius_bits);
+            let angle_bits = words.map(angle_bits);
+            let (cosines, sines) = group.split_at_mut(8);
+            for (((c, s), &r), &a) in cosines
+                .iter_mut()
+                .zip(sines)
+                .zip(&radius_bits)
+                .zip(&angle_bits)
+            {
+                (*c, *s) = box_muller_of_bits(r, a);
+            }
+        }
+        for pair in groups.into_remainder().chunks_mut(2) {
+            let (c, s) = box_muller(rng.next_u64());
+            pair[0] = c;
+            if let Some(second) = pair.get_mut(1) {
+                *second = s;
+            }
+        }
+    });
+}
+
+/// The Box–Muller pair of one 64-bit word: u₁ from its top 31 bits (so r ≤ √(64 ln 2) ≈ 6.7;
+/// P(|ζ| > 6.7) ≈ 2·10⁻¹¹), u₂ from the next 24.
+#[inline(always)]
+fn box_muller(word: u64) -> (f32, f32) {
+    box_muller_of_bits(radius_bits(word), angle_bits(word))
+}
+
+#[inline(always)]
+fn radius_bits(word: u64) -> i32 {
+    (word >> 33) as i32
+}
+
+#[inline(always)]
+fn angle_bits(word: u64) -> i32 {
+    ((word >> 9) as i32) & 0x00ff_ffff
+}
+
+#[inline(always)]
+fn box_muller_of_bits(radius_bits: i32, angle_bits: i32) -> (f32, f32) {
+    let u1 = (radius_bits as f32 + 0.5) * (-31f32).exp2();
+    let u2 = angle_bits as f32 * (-24f32).exp2();
+    let r = (-2.0 * ln(u1)).sqrt();
+    let (cos, sin) = cos_sin_turns(u2);
+    (r * cos, r * sin)
+}
+
+/// (cos 2πt, sin 2πt) for t in [0, 1): t is split into a whole number q of quarter turns and a
+/// remainder ρ in [−π/4, π/4], whose sine and cosine are Cephes' sinf and cosf polynomials;
+/// the quarter turns then rotate (cos ρ, sin ρ).
+#[inline(always)]
+fn cos_sin_turns(t: f32) -> (f32, f32) {
+    let quarters = 4.0 * t;
+    let q = (quarters + 0.5).floor();
+    let rho = (quarters - q) * FRAC_PI_2;
+    let rho2 = rho * rho;
+    let sin = rho + rho * rho2 * (-1.666_665_5e-1 + rho2 * (8.332_161e-3 + rho2 * -1.951_529_6e-4));
+    let cos = 1.0 - 0.5 * rho2
+        + rho2 * rho2 * (4.166_664_6e-2 + rho2 * (-1.388_731_6e-3 + rho2 * 2.443_315_7e-5));
+    // q is a small whole number; adding 1.5·2²³ puts it in the low mantissa bits (`as i32` is
+    // a saturating cast that does not vectorise).
+    let quadrant = (q + 12_582_912.0).to_bits();
+    let (cos, sin) = if quadrant & 1 == 0 {
+        (cos, sin)
+    } else {
+        (-sin, cos)
+    };
+    if quadrant & 2 == 0 {
+        (cos, sin)
+    } else {
+        (-cos, -sin)
+    }
 }
 
 /// A seed for stream `index` under `seed`, different for every (seed, index) pair in practice:
@@ -92,17 +182,65 @@ mod tests {
             .collect();
         let mean = v.iter().sum::<f64>() / n as f64;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        let beyond_2 = v.iter().filter(|x| x.abs() > 2.0).count() as f64 / n as f64;
-        // Standard errors: 1/√n for the mean, √(2/n) for the variance, √(p(1−p)/n) for the
-        // tail share p = P(|ζ| > 2) = 0.0455; allow 4 of them.
+        // Standard errors: 1/√n for the mean and √(2/n) for the variance; allow 4 of them.
         let se = 1.0 / (n as f64).sqrt();
         assert!(mean.abs() < 4.0 * se, "mean {mean}");
         assert!((var - 1.0).abs() < 4.0 * 2f64.sqrt() * se, "variance {var}");
-        let p = 0.045_500_26;
+        // The tails: P(|ζ| > 2) = 0.0455 and P(|ζ| > 4) = 6.33·10⁻⁵, with standard errors
+        // √(p(1−p)/n), and E[ζ⁴] = 3 with standard error √(96/n); allow 4 of each.
+        for (bound, p) in [(2.0, 0.045_500_26), (4.0, 6.334e-5)] {
+            let share = v.iter().filter(|x| x.abs() > bound).count() as f64 / n as f64;
+            assert!(
+                (share - p).abs() < 4.0 * (p * (1.0 - p)).sqrt() * se,
+                "P(|ζ| > {bound}) = {share}, expected {p}"
+            );
+        }
+        let fourth = v.iter().map(|x| x.powi(4)).sum::<f64>() / n as f64;
         assert!(
-            (beyond_2 - p).abs() < 4.0 * (p * (1.0 - p)).sqrt() * se,
-            "P(|ζ| > 2) = {beyond_2}"
+            (fourth - 3.0).abs() < 4.0 * 96f64.sqrt() * se,
+            "E[ζ⁴] = {fourth}"
         );
+    }
+
+    #[test]
+    fn cos_sin_turns_matches_std() {
+        let mut worst = 0f32;
+        for i in 0..(1 << 16) {
+            let t = i as f32 / (1 << 16) as f32;
+            let (cos, sin) = cos_sin_turns(t);
+            let angle = std::f64::consts::TAU * f64::from(t);
+            worst = worst
+                .max((f64::from(cos) - angle.cos()).abs() as f32)
+                .max((f64::from(sin) - angle.sin()).abs() as f32);
+        }
+        assert!(worst < 3e-7, "worst absolute error {worst}");
+    }
+
+    #[test]
+    fn box_muller_covers_the_whole_range_of_its_inputs() {
+        // u₁ = 1 (top bits all ones) gives r = 0; u₁ at its smallest gives the largest radius.
+        assert_eq!(box_muller(u64::MAX).0.abs(), 0.0);
+        let (c, s) = box_muller(0);
+        let radius = (c * c + s * s).sqrt();
+        assert!(
+            (radius - (64.0 * 2f32.ln()).sqrt()).abs() < 1e-4,
+            "{radius}"
+        );
+        assert!(
+            c > 0.0 && s.abs() < 1e-6,
+            "u₂ = 0 is the angle 0: ({c}, {s})"
+        );
+    }
+
+    #[test]
+    fn lengths_that_are_not_whole_groups_are_filled() {
+        let device = Device::flex();
+        for n in [1, 15, 17, 37] {
+            let v = host_vec(standard_normal([n], 2, &device).into_data());
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+            assert!(v.iter().any(|&x| x != 0.0), "{v:?}");
+        }
     }
 
     #[test]
