@@ -56,16 +56,25 @@ fn layers(c: &mut Criterion) {
             black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
         })
     });
-    let conv = Conv2dConfig::new(20, 50, 5)
-        .with_posterior(Posterior::sparse_vd(-10.0))
-        .init(&device);
-    let x = Tensor::<4>::random([BATCH, 20, 12, 12], Distribution::Normal(0.0, 0.3), &device);
-    c.bench_function("conv_svd_20to50_5x5_fwd_bwd", |b| {
-        b.iter(|| {
-            let (out, kl) = conv.forward(x.clone(), TRAIN);
-            black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
-        })
-    });
+    // LeNet-5's two convolutions: its first on the 28 × 28 images, its second on the pooled
+    // 12 × 12 maps.
+    for (channels_in, channels_out, side) in [(1, 20, 28), (20, 50, 12)] {
+        let conv = Conv2dConfig::new(channels_in, channels_out, 5)
+            .with_posterior(Posterior::sparse_vd(-10.0))
+            .init(&device);
+        let x = Tensor::<4>::random(
+            [BATCH, channels_in, side, side],
+            Distribution::Normal(0.0, 0.3),
+            &device,
+        );
+        let name = format!("conv_svd_{channels_in}to{channels_out}_5x5_fwd_bwd");
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                let (out, kl) = conv.forward(x.clone(), TRAIN);
+                black_box((out.sum() + kl.expect("Sparse VD layer")).backward());
+            })
+        });
+    }
     // The LRT noise ζ one LeNet-5 Sparse VD step draws (its four layers' outputs at batch 100).
     let lenet5_outputs = BATCH * (20 * 24 * 24 + 50 * 8 * 8 + 500 + 10);
     c.bench_function("noise_lenet5_step_1_5m_normals", |b| {
