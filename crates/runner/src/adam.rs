@@ -16,7 +16,7 @@ use burn::optim::{
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 use sparsevd::flex_host::{contiguous, is_flex, tensor, values};
-use sparsevd::vector_math::with_simd;
+use sparsevd::vector_math::{with_simd, zeros};
 
 /// Adam with β₁, β₂ and ε (no weight decay, no gradient clipping).
 #[derive(Clone)]
@@ -100,7 +100,7 @@ impl AdamBackend for Flex {
             [&state.param, &state.moment_1, &state.moment_2, &grad].map(contiguous);
         let (param, m, v, g) = (values(&param), values(&m), values(&v), values(&g));
         let n = param.len();
-        let (mut new_param, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (mut new_param, mut new_m, mut new_v) = (zeros(n), zeros(n), zeros(n));
         new_param
             .par_chunks_mut(CHUNK)
             .zip(new_m.par_chunks_mut(CHUNK))

@@ -13,6 +13,7 @@
 
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
 use crate::host_gemm::{Matrix, Parallelism, gemm};
+use crate::vector_math::zeros;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -85,9 +86,9 @@ fn forward(
     let squares: Vec<f32> = x_values.iter().map(|v| v * v).collect();
     let by_input = |data| Matrix::row_major(data, inputs);
     let by_unit = |data| Matrix::row_major(data, units);
-    let mut output = vec![0f32; batch * units];
+    let mut output = zeros(batch * units);
     // δ, turned into ζ / (2√(δ + ε)) in place below.
-    let mut delta_factor = vec![0f32; batch * units];
+    let mut delta_factor = zeros(batch * units);
     let threads = Parallelism::Rayon(0);
     gemm(
         &mut output,
@@ -173,7 +174,7 @@ impl Backward<Flex, 4> for DenseBackward {
                 Matrix::row_major(left, inputs),
                 Matrix::row_major(right, units),
             );
-            let mut out = vec![0f32; inputs * units];
+            let mut out = zeros(inputs * units);
             gemm(&mut out, false, left.t(), right, inputs, threads);
             tensor(out, [inputs, units])
         };
@@ -192,8 +193,8 @@ impl Backward<Flex, 4> for DenseBackward {
         }
         if let Some(node) = node_x {
             let [mean, variance] = [&mean, &variance].map(contiguous);
-            let mut x_grad = vec![0f32; batch * inputs];
-            let mut variance_part = vec![0f32; batch * inputs];
+            let mut x_grad = zeros(batch * inputs);
+            let mut variance_part = zeros(batch * inputs);
             let (mean, variance) = (by_unit(values(&mean)).t(), by_unit(values(&variance)).t());
             gemm(&mut x_grad, false, by_unit(g), mean, batch, threads);
             gemm(

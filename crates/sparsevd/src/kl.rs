@@ -65,7 +65,7 @@ impl KlTerms {
     fn from_weights(weights: Weights) -> Self {
         let n = weights.len();
         let additive = matches!(weights, Weights::Additive { .. });
-        let zeros = || vec![0.0; n];
+        let zeros = || vector_math::zeros(n);
         let (mut log_alpha, mut d_noise, mut d_theta, mut variance) =
             (zeros(), zeros(), zeros(), zeros());
         let chunk_kl: Vec<f64> = log_alpha

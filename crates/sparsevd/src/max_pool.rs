@@ -7,6 +7,7 @@
 //! burn's `max_pool2d`.
 
 use crate::flex_host::{FlexTensor, contiguous, dims, is_flex, tensor, values};
+use crate::vector_math::zeros;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -45,7 +46,7 @@ fn forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
     let (ho, wo) = (h / 2, w / 2);
     let x = contiguous(x);
     let x = values(&x);
-    let mut out = vec![0f32; b * c * ho * wo];
+    let mut out = zeros(b * c * ho * wo);
     let mut winner = vec![0u8; out.len()];
     out.par_chunks_mut(ho * wo)
         .zip(winner.par_chunks_mut(ho * wo))
@@ -84,7 +85,7 @@ fn backward(grad: &FlexTensor, winner: &[u8], x_dims: [usize; 4]) -> FlexTensor 
     let (ho, wo) = (h / 2, w / 2);
     let grad = contiguous(grad);
     let grad = values(&grad);
-    let mut dx = vec![0f32; b * c * h * w];
+    let mut dx = zeros(b * c * h * w);
     dx.par_chunks_mut(h * w)
         .zip(grad.par_chunks(ho * wo).zip(winner.par_chunks(ho * wo)))
         .for_each(|(plane, (grad, winner))| {

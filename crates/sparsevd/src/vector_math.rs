@@ -4,6 +4,8 @@
 //! quarter of a LeNet-300-100 training step. [`with_simd`] runs such a loop with the AVX2 and FMA
 //! instructions where the CPU has them; [`sum`] is a sum of f32 that vectorises.
 
+use rayon::prelude::*;
+
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in a part exact in f32 and the rest (Cody–Waite), so that x − n·ln 2 is exact.
 const LN2_HI: f32 = 0.693_359_4;
@@ -78,6 +80,20 @@ pub fn sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// `len` zeros, written by rayon's threads. Every fused operation allocates its outputs zeroed,
+/// on the thread that calls it; from the retained heap that is a memset while rayon's threads
+/// wait (about 17 % of the calling thread's time in a LeNet-5 Sparse VD step).
+pub fn zeros(len: usize) -> Vec<f32> {
+    // Below this a serial memset costs less than handing the work to the pool.
+    const SERIAL_BELOW: usize = 1 << 16;
+    if len < SERIAL_BELOW {
+        return vec![0.0; len];
+    }
+    let mut values = Vec::with_capacity(len);
+    values.par_extend(rayon::iter::repeat_n(0f32, len));
+    values
+}
+
 /// `work()`, compiled a second time with AVX2 and FMA enabled and run that way where the CPU
 /// has them. Every operation is the same IEEE operation either way (Rust does not contract
 /// a·b + c into an FMA), so the results do not depend on the CPU.
@@ -146,6 +162,15 @@ mod tests {
         assert_eq!(sum(&values), 231.0);
         assert_eq!(sum(&values[..5]), 15.0);
         assert_eq!(sum(&[]), 0.0);
+    }
+
+    #[test]
+    fn zeros_has_the_length_asked_for_on_both_sides_of_the_parallel_size() {
+        for len in [0, 5, (1 << 16) - 1, 1 << 16, 1_000_003] {
+            let values = zeros(len);
+            assert_eq!(values.len(), len);
+            assert!(values.iter().all(|&v| v == 0.0));
+        }
     }
 
     #[test]

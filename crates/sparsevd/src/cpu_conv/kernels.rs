@@ -93,7 +93,7 @@ pub fn forward(
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let noisy = noise.is_some();
-    let mut output = vec![0f32; shape.batch * image_out];
+    let mut output = zeros_if(true, shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_image(&mut delta_factor, shape.batch);
     let patches = output
@@ -276,7 +276,7 @@ pub fn backward(
 
 /// `len` zeros where a call needs the buffer, an empty one where it does not.
 fn zeros_if(needed: bool, len: usize) -> Vec<f32> {
-    vec![0.0; if needed { len } else { 0 }]
+    crate::vector_math::zeros(if needed { len } else { 0 })
 }
 
 /// `buffer` as one mutable chunk per image, or `None` for every image when it is empty (a
