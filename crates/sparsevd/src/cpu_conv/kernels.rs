@@ -17,6 +17,9 @@ use rayon::prelude::*;
 
 const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
 
+/// Images per group of the backward pass's weight-gradient sums (see [`backward`]).
+const IMAGES_PER_GROUP: usize = 10;
+
 /// The geometry of one convolution with stride 1 and the same zero padding on every side.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConvShape {
@@ -194,78 +197,90 @@ pub fn backward(
             Scratch::new(shape, noisy, need_x),
         )
     };
-    let ([mean_grad, bias_grad], variance_grad, _) = images
+    // Fixed groups of images, each summed in order and the groups' sums added in order, so that
+    // the gradients do not depend on how rayon's threads split the work (a `fold`'s splits do).
+    let group_sums: Vec<_> = images
         .into_par_iter()
         .enumerate()
-        .fold(fresh, |([mut dm, mut db], mut dv, mut s), (b, dx)| {
-            let p = &saved.patches[b];
-            let g = &grad[b * image_out..][..image_out];
-            for (db, g) in db.iter_mut().zip(g.chunks(positions)) {
-                *db += crate::vector_math::sum(g);
-            }
-            let by_position = |data| Matrix::row_major(data, positions);
-            let by_patch = |data| Matrix::row_major(data, patch);
-            gemm(
-                &mut dm,
-                true,
-                by_position(g),
-                by_position(p).t(),
-                shape.channels_out,
-                Parallelism::None,
-            );
-            if noisy {
-                let factor = &saved.delta_factor[b * image_out..][..image_out];
-                with_simd(|| {
-                    s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
-                    s.delta_grad
-                        .iter_mut()
-                        .zip(g.iter().zip(factor))
-                        .for_each(|(d, (g, f))| *d = g * f);
-                });
-                gemm(
-                    &mut dv,
-                    true,
-                    by_position(&s.delta_grad),
-                    by_position(&s.squares).t(),
-                    shape.channels_out,
-                    Parallelism::None,
-                );
-            }
-            if let Some(dx) = dx {
-                gemm(
-                    &mut s.mean_part,
-                    false,
-                    by_patch(mean).t(),
-                    by_position(g),
-                    patch,
-                    Parallelism::None,
-                );
-                if let Some(variance) = variance {
+        .chunks(IMAGES_PER_GROUP)
+        .map(|group| {
+            group
+                .into_iter()
+                .fold(fresh(), |([mut dm, mut db], mut dv, mut s), (b, dx)| {
+                    let p = &saved.patches[b];
+                    let g = &grad[b * image_out..][..image_out];
+                    for (db, g) in db.iter_mut().zip(g.chunks(positions)) {
+                        *db += crate::vector_math::sum(g);
+                    }
+                    let by_position = |data| Matrix::row_major(data, positions);
+                    let by_patch = |data| Matrix::row_major(data, patch);
                     gemm(
-                        &mut s.variance_part,
-                        false,
-                        by_patch(variance).t(),
-                        by_position(&s.delta_grad),
-                        patch,
+                        &mut dm,
+                        true,
+                        by_position(g),
+                        by_position(p).t(),
+                        shape.channels_out,
                         Parallelism::None,
                     );
-                    with_simd(|| {
-                        for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
-                            *m += 2.0 * pv * v;
+                    if noisy {
+                        let factor = &saved.delta_factor[b * image_out..][..image_out];
+                        with_simd(|| {
+                            s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+                            s.delta_grad
+                                .iter_mut()
+                                .zip(g.iter().zip(factor))
+                                .for_each(|(d, (g, f))| *d = g * f);
+                        });
+                        gemm(
+                            &mut dv,
+                            true,
+                            by_position(&s.delta_grad),
+                            by_position(&s.squares).t(),
+                            shape.channels_out,
+                            Parallelism::None,
+                        );
+                    }
+                    if let Some(dx) = dx {
+                        gemm(
+                            &mut s.mean_part,
+                            false,
+                            by_patch(mean).t(),
+                            by_position(g),
+                            patch,
+                            Parallelism::None,
+                        );
+                        if let Some(variance) = variance {
+                            gemm(
+                                &mut s.variance_part,
+                                false,
+                                by_patch(variance).t(),
+                                by_position(&s.delta_grad),
+                                patch,
+                                Parallelism::None,
+                            );
+                            with_simd(|| {
+                                for ((m, v), &pv) in
+                                    s.mean_part.iter_mut().zip(&s.variance_part).zip(p)
+                                {
+                                    *m += 2.0 * pv * v;
+                                }
+                            });
                         }
-                    });
-                }
-                col2im(shape, &s.mean_part, dx);
-            }
-            ([dm, db], dv, s)
+                        col2im(shape, &s.mean_part, dx);
+                    }
+                    ([dm, db], dv, s)
+                })
         })
-        .reduce(fresh, |(mut sums, mut dv, s), (sums2, dv2, _)| {
-            for (sum, sum2) in sums.iter_mut().zip(sums2) {
-                sum.iter_mut().zip(sum2).for_each(|(a, b)| *a += b);
-            }
-            dv.iter_mut().zip(dv2).for_each(|(a, b)| *a += b);
-            (sums, dv, s)
-        });
+        .collect();
+    let mut group_sums = group_sums.into_iter();
+    let (mut sums, mut variance_grad, _) = group_sums.next().unwrap_or_else(fresh);
+    for (sums2, dv2, _) in group_sums {
+        for (sum, sum2) in sums.iter_mut().zip(sums2) {
+            sum.iter_mut().zip(sum2).for_each(|(a, b)| *a += b);
+        }
+        variance_grad.iter_mut().zip(dv2).for_each(|(a, b)| *a += b);
+    }
+    let [mean_grad, bias_grad] = sums;
     Grads {
         x: need_x.then_some(x_grad),
         mean: mean_grad,
@@ -367,5 +382,50 @@ fn for_each_tap(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The weight gradients are summed in fixed groups of images, so a run is bit-identical
+    /// whatever the number of threads (and however rayon's threads share the work).
+    #[test]
+    fn backward_does_not_depend_on_the_thread_count() {
+        let shape = ConvShape {
+            batch: 23,
+            channels_in: 3,
+            height: 9,
+            width: 9,
+            channels_out: 4,
+            kernel: 3,
+            padding: 1,
+        };
+        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
+        let x: Vec<f32> = (0..shape.batch * shape.image()).map(value).collect();
+        let weights = shape.channels_out * shape.patch();
+        let mean: Vec<f32> = (0..weights).map(|i| value(i + 3)).collect();
+        let variance: Vec<f32> = (0..weights).map(|i| value(i + 5).abs()).collect();
+        let bias = vec![0.1; shape.channels_out];
+        let outputs = shape.batch * shape.image_out();
+        let zeta: Vec<f32> = (0..outputs).map(|i| value(i + 11)).collect();
+        let grad: Vec<f32> = (0..outputs).map(|i| value(i + 13)).collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                let noise = VariancePath {
+                    variance: &variance,
+                    zeta: &zeta,
+                };
+                let (_, saved) = forward(shape, &x, &mean, &bias, Some(noise));
+                let g = backward(shape, &saved, &mean, Some(&variance), &grad, true);
+                (g.x, g.mean, g.bias, g.variance)
+            })
+        };
+        assert_eq!(run(1), run(3));
     }
 }
