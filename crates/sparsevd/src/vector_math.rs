@@ -28,16 +28,18 @@ pub fn exp(x: f32) -> f32 {
     er * pow2(n)
 }
 
-/// 2ⁿ for an integer-valued n in [−126, 127]. Adding 1.5·2²³ puts n in the low mantissa bits,
-/// which avoids `as i32` (a saturating cast that does not vectorise).
+/// 2ⁿ for an integer-valued n in [−126, 127].
 #[inline(always)]
 fn pow2(n: f32) -> f32 {
+    f32::from_bits(whole_number_bits(n).wrapping_add(127) << 23)
+}
+
+/// A whole number n with |n| < 2²² as a two's-complement u32. Adding 1.5·2²³ puts n in the low
+/// mantissa bits, which avoids `as i32` (a saturating cast that does not vectorise).
+#[inline(always)]
+pub fn whole_number_bits(n: f32) -> u32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5·2²³
-    let biased = (n + SHIFT)
-        .to_bits()
-        .wrapping_sub(SHIFT.to_bits())
-        .wrapping_add(127);
-    f32::from_bits(biased << 23)
+    (n + SHIFT).to_bits().wrapping_sub(SHIFT.to_bits())
 }
 
 /// ln x to within a few ulp for positive normal x.

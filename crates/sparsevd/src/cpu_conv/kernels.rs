@@ -96,7 +96,7 @@ pub fn forward(
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let noisy = noise.is_some();
-    let mut output = zeros_if(true, shape.batch * image_out);
+    let mut output = crate::vector_math::zeros(shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_image(&mut delta_factor, shape.batch);
     let patches = output
@@ -185,107 +185,130 @@ pub fn backward(
     need_x: bool,
 ) -> Grads {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
-    let weights = shape.channels_out * patch;
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
-    // Per-split accumulators of ∂mean, ∂bias and ∂variance, with the scratch one image needs.
-    let fresh = || {
-        (
-            [vec![0f32; weights], vec![0f32; shape.channels_out]],
-            zeros_if(noisy, weights),
-            Scratch::new(shape, noisy, need_x),
-        )
+    // Adds image b's terms to `sums` and, when `dx` is given, writes its ∂x there.
+    let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
+        let p = &saved.patches[b];
+        let g = &grad[b * image_out..][..image_out];
+        for (db, g) in sums.bias.iter_mut().zip(g.chunks(positions)) {
+            *db += crate::vector_math::sum(g);
+        }
+        let by_position = |data| Matrix::row_major(data, positions);
+        let by_patch = |data| Matrix::row_major(data, patch);
+        let o = shape.channels_out;
+        gemm(
+            &mut sums.mean,
+            true,
+            by_position(g),
+            by_position(p).t(),
+            o,
+            Parallelism::None,
+        );
+        if noisy {
+            let factor = &saved.delta_factor[b * image_out..][..image_out];
+            with_simd(|| {
+                s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+                s.delta_grad
+                    .iter_mut()
+                    .zip(g.iter().zip(factor))
+                    .for_each(|(d, (g, f))| *d = g * f);
+            });
+            let (delta_grad, squares) = (by_position(&s.delta_grad), by_position(&s.squares));
+            gemm(
+                &mut sums.variance,
+                true,
+                delta_grad,
+                squares.t(),
+                o,
+                Parallelism::None,
+            );
+        }
+        let Some(dx) = dx else { return };
+        gemm(
+            &mut s.mean_part,
+            false,
+            by_patch(mean).t(),
+            by_position(g),
+            patch,
+            Parallelism::None,
+        );
+        if let Some(variance) = variance {
+            let delta_grad = by_position(&s.delta_grad);
+            let variance = by_patch(variance).t();
+            gemm(
+                &mut s.variance_part,
+                false,
+                variance,
+                delta_grad,
+                patch,
+                Parallelism::None,
+            );
+            with_simd(|| {
+                for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                    *m += 2.0 * pv * v;
+                }
+            });
+        }
+        col2im(shape, &s.mean_part, dx);
     };
     // Fixed groups of images, each summed in order and the groups' sums added in order, so that
     // the gradients do not depend on how rayon's threads split the work (a `fold`'s splits do).
-    let group_sums: Vec<_> = images
+    // The scratch holds nothing between images, so each split of the work keeps its own.
+    let group_sums: Vec<WeightGrads> = images
         .into_par_iter()
         .enumerate()
         .chunks(IMAGES_PER_GROUP)
-        .map(|group| {
-            group
-                .into_iter()
-                .fold(fresh(), |([mut dm, mut db], mut dv, mut s), (b, dx)| {
-                    let p = &saved.patches[b];
-                    let g = &grad[b * image_out..][..image_out];
-                    for (db, g) in db.iter_mut().zip(g.chunks(positions)) {
-                        *db += crate::vector_math::sum(g);
-                    }
-                    let by_position = |data| Matrix::row_major(data, positions);
-                    let by_patch = |data| Matrix::row_major(data, patch);
-                    gemm(
-                        &mut dm,
-                        true,
-                        by_position(g),
-                        by_position(p).t(),
-                        shape.channels_out,
-                        Parallelism::None,
-                    );
-                    if noisy {
-                        let factor = &saved.delta_factor[b * image_out..][..image_out];
-                        with_simd(|| {
-                            s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
-                            s.delta_grad
-                                .iter_mut()
-                                .zip(g.iter().zip(factor))
-                                .for_each(|(d, (g, f))| *d = g * f);
-                        });
-                        gemm(
-                            &mut dv,
-                            true,
-                            by_position(&s.delta_grad),
-                            by_position(&s.squares).t(),
-                            shape.channels_out,
-                            Parallelism::None,
-                        );
-                    }
-                    if let Some(dx) = dx {
-                        gemm(
-                            &mut s.mean_part,
-                            false,
-                            by_patch(mean).t(),
-                            by_position(g),
-                            patch,
-                            Parallelism::None,
-                        );
-                        if let Some(variance) = variance {
-                            gemm(
-                                &mut s.variance_part,
-                                false,
-                                by_patch(variance).t(),
-                                by_position(&s.delta_grad),
-                                patch,
-                                Parallelism::None,
-                            );
-                            with_simd(|| {
-                                for ((m, v), &pv) in
-                                    s.mean_part.iter_mut().zip(&s.variance_part).zip(p)
-                                {
-                                    *m += 2.0 * pv * v;
-                                }
-                            });
-                        }
-                        col2im(shape, &s.mean_part, dx);
-                    }
-                    ([dm, db], dv, s)
-                })
-        })
+        .map_init(
+            || Scratch::new(shape, noisy, need_x),
+            |scratch, group| {
+                let mut sums = WeightGrads::zeros(shape, noisy);
+                for (b, dx) in group {
+                    add_image(&mut sums, scratch, b, dx);
+                }
+                sums
+            },
+        )
         .collect();
     let mut group_sums = group_sums.into_iter();
-    let (mut sums, mut variance_grad, _) = group_sums.next().unwrap_or_else(fresh);
-    for (sums2, dv2, _) in group_sums {
-        for (sum, sum2) in sums.iter_mut().zip(sums2) {
-            sum.iter_mut().zip(sum2).for_each(|(a, b)| *a += b);
-        }
-        variance_grad.iter_mut().zip(dv2).for_each(|(a, b)| *a += b);
-    }
-    let [mean_grad, bias_grad] = sums;
+    let mut total = group_sums
+        .next()
+        .unwrap_or_else(|| WeightGrads::zeros(shape, noisy));
+    group_sums.for_each(|sums| total.add(&sums));
     Grads {
         x: need_x.then_some(x_grad),
-        mean: mean_grad,
-        bias: bias_grad,
-        variance: noisy.then_some(variance_grad),
+        mean: total.mean,
+        bias: total.bias,
+        variance: noisy.then_some(total.variance),
+    }
+}
+
+/// Sums of ∂mean, ∂bias and (with the variance path, else empty) ∂variance over some images.
+struct WeightGrads {
+    mean: Vec<f32>,
+    bias: Vec<f32>,
+    variance: Vec<f32>,
+}
+
+impl WeightGrads {
+    fn zeros(shape: ConvShape, noisy: bool) -> Self {
+        let weights = shape.channels_out * shape.patch();
+        Self {
+            mean: vec![0.0; weights],
+            bias: vec![0.0; shape.channels_out],
+            variance: zeros_if(noisy, weights),
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (sum, part) in [
+            (&mut self.mean, &other.mean),
+            (&mut self.bias, &other.bias),
+            (&mut self.variance, &other.variance),
+        ] {
+            sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
     }
 }
 
