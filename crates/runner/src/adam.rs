@@ -113,14 +113,17 @@ impl AdamBackend for Flex {
                     .zip(&m[range.clone()])
                     .zip(&v[range.clone()])
                     .zip(&g[range]);
-                with_simd(|| {
-                    let outputs = p_out.iter_mut().zip(m_out.iter_mut()).zip(v_out.iter_mut());
-                    for (((p_new, m_new), v_new), (((&p, &m), &v), &g)) in outputs.zip(inputs) {
-                        *m_new = beta_1 * m + (1.0 - beta_1) * g;
-                        *v_new = beta_2 * v + (1.0 - beta_2) * (g * g);
-                        *p_new = p - (*m_new * correction / (v_new.sqrt() + epsilon)) * lr;
-                    }
-                });
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        let outputs = p_out.iter_mut().zip(m_out.iter_mut()).zip(v_out.iter_mut());
+                        for (((p_new, m_new), v_new), (((&p, &m), &v), &g)) in outputs.zip(inputs) {
+                            *m_new = beta_1 * m + (1.0 - beta_1) * g;
+                            *v_new = beta_2 * v + (1.0 - beta_2) * (g * g);
+                            *p_new = p - (*m_new * correction / (v_new.sqrt() + epsilon)) * lr;
+                        }
+                    },
+                );
             });
         let make = |values: Vec<f32>| tensor(values, shape.clone());
         AdamTensors {

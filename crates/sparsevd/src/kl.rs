@@ -82,7 +82,10 @@ impl KlTerms {
                     variance,
                 };
                 let part = weights.range(c * CHUNK, out.log_alpha.len());
-                vector_math::with_simd(|| fill(part, out))
+                vector_math::with_simd(
+                    #[inline(always)]
+                    || fill(part, out),
+                )
             })
             .collect();
         KlTerms {

@@ -74,31 +74,34 @@ fn draw<const D: usize>(
 /// and with them two independent values r·cos 2πu₂ and r·sin 2πu₂, r = √(−2 ln u₁). Each group
 /// of 16 values holds eight cosines, then their eight sines.
 fn fill_standard_normal(rng: &mut Xoshiro256PlusPlus, values: &mut [f32]) {
-    with_simd(|| {
-        let mut groups = values.chunks_exact_mut(16);
-        for group in &mut groups {
-            // The integer steps first, so that the float arithmetic runs on 8 lanes.
-            let words: [u64; 8] = std::array::from_fn(|_| rng.next_u64());
-            let radius_bits = words.map(radius_bits);
-            let angle_bits = words.map(angle_bits);
-            let (cosines, sines) = group.split_at_mut(8);
-            for (((c, s), &r), &a) in cosines
-                .iter_mut()
-                .zip(sines)
-                .zip(&radius_bits)
-                .zip(&angle_bits)
-            {
-                (*c, *s) = box_muller_of_bits(r, a);
+    with_simd(
+        #[inline(always)]
+        || {
+            let mut groups = values.chunks_exact_mut(16);
+            for group in &mut groups {
+                // The integer steps first, so that the float arithmetic runs on 8 lanes.
+                let words: [u64; 8] = std::array::from_fn(|_| rng.next_u64());
+                let radius_bits = words.map(radius_bits);
+                let angle_bits = words.map(angle_bits);
+                let (cosines, sines) = group.split_at_mut(8);
+                for (((c, s), &r), &a) in cosines
+                    .iter_mut()
+                    .zip(sines)
+                    .zip(&radius_bits)
+                    .zip(&angle_bits)
+                {
+                    (*c, *s) = box_muller_of_bits(r, a);
+                }
             }
-        }
-        for pair in groups.into_remainder().chunks_mut(2) {
-            let (c, s) = box_muller(rng.next_u64());
-            pair[0] = c;
-            if let Some(second) = pair.get_mut(1) {
-                *second = s;
+            for pair in groups.into_remainder().chunks_mut(2) {
+                let (c, s) = box_muller(rng.next_u64());
+                pair[0] = c;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = s;
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// The Box–Muller pair of one 64-bit word: u₁ from its top 31 bits (so r ≤ √(64 ln 2) ≈ 6.7;

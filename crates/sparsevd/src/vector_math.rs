@@ -99,6 +99,12 @@ pub fn zeros(len: usize) -> Vec<f32> {
 /// `work()`, compiled a second time with AVX2 and FMA enabled and run that way where the CPU
 /// has them. Every operation is the same IEEE operation either way (Rust does not contract
 /// a·b + c into an FMA), so the results do not depend on the CPU.
+///
+/// The features reach only code inlined into the AVX2 copy, so pass the closure as
+/// `with_simd(#[inline(always)] || …)`. A closure that LLVM leaves out of line (the KL pass's and
+/// the noise fill's were, being large and called from both copies) is compiled for baseline
+/// x86-64: 4-wide SSE2, with `floor` a call to libm's `floorf`. The KL pass ran 2.2× slower
+/// that way.
 #[inline(always)]
 pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -124,7 +124,10 @@ pub fn forward(
                 );
                 let out_rows = out.chunks_mut(positions).zip(bias);
                 if let (Some(noise), Some(factor)) = (noise, factor) {
-                    with_simd(|| squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v));
+                    with_simd(
+                        #[inline(always)]
+                        || squares.iter_mut().zip(&p).for_each(|(s, v)| *s = v * v),
+                    );
                     gemm(
                         delta,
                         false,
@@ -138,15 +141,18 @@ pub fn forward(
                     for (((out, &bias), (factor, delta)), zeta) in
                         out_rows.zip(noise_rows).zip(zeta.chunks(positions))
                     {
-                        with_simd(|| {
-                            for (((o, f), &d), &z) in
-                                out.iter_mut().zip(factor).zip(delta).zip(zeta)
-                            {
-                                let std = (d + VARIANCE_EPS).sqrt();
-                                *o = (*o + std * z) + bias;
-                                *f = z / (2.0 * std);
-                            }
-                        });
+                        with_simd(
+                            #[inline(always)]
+                            || {
+                                for (((o, f), &d), &z) in
+                                    out.iter_mut().zip(factor).zip(delta).zip(zeta)
+                                {
+                                    let std = (d + VARIANCE_EPS).sqrt();
+                                    *o = (*o + std * z) + bias;
+                                    *f = z / (2.0 * std);
+                                }
+                            },
+                        );
                     }
                 } else {
                     for (out, &bias) in out_rows {
@@ -208,13 +214,16 @@ pub fn backward(
         );
         if noisy {
             let factor = &saved.delta_factor[b * image_out..][..image_out];
-            with_simd(|| {
-                s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
-                s.delta_grad
-                    .iter_mut()
-                    .zip(g.iter().zip(factor))
-                    .for_each(|(d, (g, f))| *d = g * f);
-            });
+            with_simd(
+                #[inline(always)]
+                || {
+                    s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
+                    s.delta_grad
+                        .iter_mut()
+                        .zip(g.iter().zip(factor))
+                        .for_each(|(d, (g, f))| *d = g * f);
+                },
+            );
             let (delta_grad, squares) = (by_position(&s.delta_grad), by_position(&s.squares));
             gemm(
                 &mut sums.variance,
@@ -245,11 +254,14 @@ pub fn backward(
                 patch,
                 Parallelism::None,
             );
-            with_simd(|| {
-                for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
-                    *m += 2.0 * pv * v;
-                }
-            });
+            with_simd(
+                #[inline(always)]
+                || {
+                    for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                        *m += 2.0 * pv * v;
+                    }
+                },
+            );
         }
         col2im(shape, &s.mean_part, dx);
     };
