@@ -365,7 +365,7 @@ fn im2col(shape: ConvShape, image: &[f32]) -> Vec<f32> {
     for_each_tap(shape, |row, columns, source| {
         if let Some(start) = source {
             let segment = &mut patches[row..][columns.clone()];
-            for_each_pair(segment, &image[start..], |p, x| *p = x);
+            for_each_pair(segment, &image[start..], |_, x| x);
         }
     });
     patches
@@ -376,27 +376,29 @@ fn col2im(shape: ConvShape, patches: &[f32], image: &mut [f32]) {
     for_each_tap(shape, |row, columns, source| {
         if let Some(start) = source {
             let segment = &mut image[start..][..columns.len()];
-            for_each_pair(segment, &patches[row..][columns.clone()], |x, p| *x += p);
+            for_each_pair(segment, &patches[row..][columns.clone()], |x, p| x + p);
         }
     });
 }
 
-/// `op(d, s)` for each element d of `dst` and the element s of `src` at the same index, in groups
-/// of 8 as fixed-size arrays. The row segments of [`im2col`] and [`col2im`] are a few values long
-/// (8 for LeNet-5's second convolution): a copy of run-time length is a call to `memmove` (it was
-/// 5 % of a LeNet-5 Sparse VD step, one call per segment), and LLVM leaves an addition loop that
-/// short scalar; on fixed-size groups both are vector instructions.
+/// d ← op(d, s) for each element d of `dst` and the element s of `src` at the same index, in
+/// groups of 8. The row segments of [`im2col`] and [`col2im`] are a few values long (8 for
+/// LeNet-5's second convolution): a copy of run-time length is a call to `memmove` (5 % of a
+/// LeNet-5 Sparse VD step, one call per segment), and an element-wise loop over two slices stays
+/// scalar once inlined into the per-image step, where LLVM no longer knows that they do not
+/// overlap. Each group is read into registers whole before its result is written, which
+/// vectorises without that knowledge.
 #[inline(always)]
-fn for_each_pair(dst: &mut [f32], src: &[f32], op: impl Fn(&mut f32, f32)) {
+fn for_each_pair(dst: &mut [f32], src: &[f32], op: impl Fn(f32, f32) -> f32) {
     let (src_groups, src_rest) = src[..dst.len()].as_chunks::<8>();
     let (dst_groups, dst_rest) = dst.as_chunks_mut::<8>();
     for (d, s) in dst_groups.iter_mut().zip(src_groups) {
-        d.iter_mut().zip(s).for_each(|(d, &s)| op(d, s));
+        let (a, b) = (*d, *s);
+        *d = std::array::from_fn(|i| op(a[i], b[i]));
     }
-    dst_rest
-        .iter_mut()
-        .zip(src_rest)
-        .for_each(|(d, &s)| op(d, s));
+    for (d, &s) in dst_rest.iter_mut().zip(src_rest) {
+        *d = op(*d, s);
+    }
 }
 
 /// Calls `visit(offset of the patch row segment, in-image columns, offset of their first pixel)`
