@@ -15,8 +15,8 @@ use burn::optim::{
 };
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
-use sparsevd::flex_host::{contiguous, is_flex, tensor, values};
-use sparsevd::vector_math::{with_simd, zeros};
+use sparsevd::flex_host::{contiguous, is_flex, values, values_mut};
+use sparsevd::vector_math::with_simd;
 
 /// Adam with β₁, β₂ and ε (no weight decay, no gradient clipping).
 #[derive(Clone)]
@@ -95,41 +95,36 @@ impl AdamBackend for Flex {
             correction,
             epsilon,
         } = step;
-        let shape = state.param.layout().shape().clone();
-        let [param, m, v, g] =
-            [&state.param, &state.moment_1, &state.moment_2, &grad].map(contiguous);
-        let (param, m, v, g) = (values(&param), values(&m), values(&v), values(&g));
-        let n = param.len();
-        let (mut new_param, mut new_m, mut new_v) = (zeros(n), zeros(n), zeros(n));
-        new_param
+        // In place: the parameter and its moments are usually owned by this update alone (the
+        // previous step's outputs); a shared one is copied first (see `values_mut`). Writing
+        // new buffers instead cost zeroing 3 × 861,000 values a LeNet-5 Sparse VD step.
+        let AdamTensors {
+            mut param,
+            moment_1: mut m,
+            moment_2: mut v,
+        } = state;
+        let grad = contiguous(&grad);
+        let chunks = values_mut(&mut param)
             .par_chunks_mut(CHUNK)
-            .zip(new_m.par_chunks_mut(CHUNK))
-            .zip(new_v.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(c, ((p_out, m_out), v_out))| {
-                let range = c * CHUNK..c * CHUNK + p_out.len();
-                let inputs = param[range.clone()]
-                    .iter()
-                    .zip(&m[range.clone()])
-                    .zip(&v[range.clone()])
-                    .zip(&g[range]);
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        let outputs = p_out.iter_mut().zip(m_out.iter_mut()).zip(v_out.iter_mut());
-                        for (((p_new, m_new), v_new), (((&p, &m), &v), &g)) in outputs.zip(inputs) {
-                            *m_new = beta_1 * m + (1.0 - beta_1) * g;
-                            *v_new = beta_2 * v + (1.0 - beta_2) * (g * g);
-                            *p_new = p - (*m_new * correction / (v_new.sqrt() + epsilon)) * lr;
-                        }
-                    },
-                );
-            });
-        let make = |values: Vec<f32>| tensor(values, shape.clone());
+            .zip(values_mut(&mut m).par_chunks_mut(CHUNK))
+            .zip(values_mut(&mut v).par_chunks_mut(CHUNK))
+            .zip(values(&grad).par_chunks(CHUNK));
+        chunks.for_each(|(((param, m), v), g)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (((p, m), v), &g) in param.iter_mut().zip(m).zip(v).zip(g) {
+                        *m = beta_1 * *m + (1.0 - beta_1) * g;
+                        *v = beta_2 * *v + (1.0 - beta_2) * (g * g);
+                        *p -= (*m * correction / (v.sqrt() + epsilon)) * lr;
+                    }
+                },
+            );
+        });
         AdamTensors {
-            param: make(new_param),
-            moment_1: make(new_m),
-            moment_2: make(new_v),
+            param,
+            moment_1: m,
+            moment_2: v,
         }
     }
 }

@@ -27,6 +27,18 @@ pub fn values(t: &FlexTensor) -> &[f32] {
         .expect("a contiguous f32 tensor (see `contiguous`)")
 }
 
+/// The values of `t` in row-major order, for writing in place: `t`'s own buffer when it holds
+/// exactly these values and no other tensor shares it (the usual case for an optimizer's state),
+/// else `t` is first replaced by a copy of its own, as burn's copy-on-write does.
+pub fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
+    let n = t.layout().num_elements();
+    let exact = t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == 4 * n;
+    if !exact {
+        *t = tensor(values(&contiguous(t)).to_vec(), t.layout().shape().clone());
+    }
+    t.storage_mut::<f32>()
+}
+
 pub fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
     let shape = t.layout().shape();
     assert_eq!(shape.num_dims(), D, "expected a tensor of rank {D}");
