@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use plotting::{Corner, LineFigure, Panel, Series};
 use runner::output;
-use runner::spec::{LayerKind, LoadedExperiment, Variant};
+use runner::spec::{LayerKind, LoadedExperiment, Net, Variant};
 use std::path::{Path, PathBuf};
 
 /// One variant's per-epoch table, labelled for a legend.
@@ -262,13 +262,17 @@ pub fn kl_approximation(figures_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// First-layer masks of every finished Sparse VD variant: for LeNet-300-100 how many of each
 /// input pixel's 300 outgoing weights survive (a 28×28 image); for LeNet-5 each 5×5 filter of
-/// the first convolution with its removed weights shown as 0.
+/// the first convolution with its removed weights shown as 0. Other nets get none, and their
+/// models are not read: shortened VGG-like runs do not commit theirs.
 pub fn first_layer_masks(
     exp: &LoadedExperiment,
     results_dir: &Path,
     figures_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    if !matches!(exp.spec.net, Net::Lenet300 | Net::Lenet5) {
+        return Ok(written);
+    }
     for variant in exp
         .spec
         .variants

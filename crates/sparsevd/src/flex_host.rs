@@ -48,3 +48,35 @@ pub fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
 pub fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor that owns its buffer alone is written in place; a tensor that shares its buffer,
+    /// or is a strided view of one, is first copied, so the other tensor keeps its values.
+    #[test]
+    fn values_mut_writes_in_place_only_what_no_other_tensor_sees() {
+        let values_of = |t: &FlexTensor| values(&contiguous(t)).to_vec();
+        let mut owned = tensor(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
+        let buffer = owned.bytes().as_ptr();
+        values_mut(&mut owned)[0] = 10.0;
+        assert_eq!(owned.bytes().as_ptr(), buffer, "written in place");
+        assert_eq!(values_of(&owned), [10.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+
+        let original = tensor(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]);
+        let mut shared = original.clone();
+        values_mut(&mut shared)[0] = 10.0;
+        assert_eq!(values_of(&shared)[0], 10.0);
+        let layout = original.layout().transpose(0, 1);
+        let mut transposed = original.clone().with_layout(layout);
+        let view = values_mut(&mut transposed);
+        assert_eq!(
+            view,
+            [1.0, 4.0, 2.0, 5.0, 3.0, 6.0],
+            "row-major values of the view"
+        );
+        view[0] = 10.0;
+        assert_eq!(values_of(&original), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+}
