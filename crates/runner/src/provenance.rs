@@ -49,13 +49,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// tracked files outside `results/` and `figures/` differ from it. Results and figures change
 /// while runs go on (logs, other variants' files) without changing what a run computes. An
 /// experiment file kept outside any repository gets the commit of the harness's own source tree
-/// (the code that runs it). Outside git altogether (a copy of the tree sent to a GPU machine
-/// without its `.git`), the value of `HARNESS_COMMIT`, which whoever copied the tree sets to the
-/// commit they copied, marked "(copied tree)"; else "unknown".
+/// (the code that runs it). A tree copied to another machine (a GPU machine, see
+/// `crates/harness/gpu/run_copied_tree.sh`) gets the value of `HARNESS_COMMIT`, which whoever
+/// copied it sets to the commit they built, marked "(copied tree)"; else "unknown".
 pub fn git_commit(dir: &Path) -> String {
-    repository_commit(dir)
-        .or_else(|| repository_commit(Path::new(env!("CARGO_MANIFEST_DIR"))))
-        .unwrap_or_else(|| copied_tree_commit(std::env::var("HARNESS_COMMIT").ok()))
+    recorded_commit(std::env::var("HARNESS_COMMIT").ok(), || {
+        repository_commit(dir).or_else(|| repository_commit(Path::new(env!("CARGO_MANIFEST_DIR"))))
+    })
+}
+
+/// A declared commit wins over the repository's: a copied tree can carry a `.git` of another
+/// commit (a GPU machine's copy of the work tree held the session's start commit, and runs there
+/// recorded it, `-dirty`, instead of the commit the binary was built from).
+fn recorded_commit(
+    declared: Option<String>,
+    repository: impl FnOnce() -> Option<String>,
+) -> String {
+    match declared.as_deref().map(str::trim) {
+        Some(commit) if !commit.is_empty() => format!("{commit} (copied tree)"),
+        _ => repository().unwrap_or_else(|| "unknown".to_string()),
+    }
 }
 
 /// The commit of the git repository holding `dir` (`-dirty` as in [`git_commit`]), if any.
@@ -83,14 +96,6 @@ fn repository_commit(dir: &Path) -> Option<String> {
         Some(c) if c.is_empty() => commit,
         _ => format!("{commit}-dirty"),
     })
-}
-
-/// The commit recorded for a tree outside git: the one its copier declared, or "unknown".
-fn copied_tree_commit(declared: Option<String>) -> String {
-    match declared.as_deref().map(str::trim) {
-        Some(commit) if !commit.is_empty() => format!("{commit} (copied tree)"),
-        _ => "unknown".to_string(),
-    }
 }
 
 /// CPU model name from /proc/cpuinfo, for the device field on CPU backends.
@@ -124,13 +129,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_copied_tree_reports_the_declared_commit() {
+    fn a_declared_commit_wins_over_the_repository() {
+        let repository = || Some("0123456789ab-dirty".to_string());
         assert_eq!(
-            copied_tree_commit(Some(" c8e78f8 \n".into())),
+            recorded_commit(Some(" c8e78f8 \n".into()), repository),
             "c8e78f8 (copied tree)"
         );
-        assert_eq!(copied_tree_commit(Some("  ".into())), "unknown");
-        assert_eq!(copied_tree_commit(None), "unknown");
+        assert_eq!(
+            recorded_commit(Some("  ".into()), repository),
+            "0123456789ab-dirty"
+        );
+        assert_eq!(recorded_commit(None, repository), "0123456789ab-dirty");
+        assert_eq!(recorded_commit(None, || None), "unknown");
     }
 
     #[test]
