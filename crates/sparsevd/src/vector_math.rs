@@ -103,8 +103,8 @@ pub fn zeros(len: usize) -> Vec<f32> {
 /// The features reach only code inlined into the AVX2 copy, so pass the closure as
 /// `with_simd(#[inline(always)] || …)`. A closure that LLVM leaves out of line (the KL pass's and
 /// the noise fill's were, being large and called from both copies) is compiled for baseline
-/// x86-64: 4-wide SSE2, with `floor` a call to libm's `floorf`. The KL pass ran 2.2× slower
-/// that way.
+/// x86-64: 4-wide SSE2, with `floor` a call to libm's `floorf` (the KL pass took about twice as
+/// long that way, judged from its share of a LeNet-5 step profile).
 #[inline(always)]
 pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
