@@ -9,6 +9,7 @@
 //! itself, the backward pass is one product. Other backends keep the composed form.
 
 use crate::flex_host::{FlexTensor, contiguous, is_flex, tensor, values};
+use crate::vector_math::{with_simd, zeros};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,6 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
+use rayon::prelude::*;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait HostGradientBackend: Backend {
@@ -67,6 +69,9 @@ impl HostGradientBackend for Flex {
     }
 }
 
+/// Values per parallel chunk of the backward product.
+const CHUNK: usize = 1 << 14;
+
 /// Passes ∂output to `value` and ∂output ⊙ slope (or ∂output · slope for a scalar output) to x.
 #[derive(Debug)]
 struct SlopeBackward;
@@ -80,14 +85,24 @@ impl Backward<Flex, 2> for SlopeBackward {
         if let Some(node) = node_x {
             let [slope, grad] = [&ops.state, &grad].map(contiguous);
             let (slope_values, grad_values) = (values(&slope), values(&grad));
-            let x_grad: Vec<f32> = match grad_values {
-                [g] => slope_values.iter().map(|s| g * s).collect(),
-                _ => slope_values
-                    .iter()
-                    .zip(grad_values)
-                    .map(|(s, g)| g * s)
-                    .collect(),
-            };
+            let mut x_grad = zeros(slope_values.len());
+            x_grad
+                .par_chunks_mut(CHUNK)
+                .zip(slope_values.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(c, (x_grad, slope))| {
+                    with_simd(
+                        #[inline(always)]
+                        || match grad_values {
+                            [g] => x_grad.iter_mut().zip(slope).for_each(|(x, s)| *x = g * s),
+                            _ => {
+                                let grad = &grad_values[c * CHUNK..][..slope.len()];
+                                let terms = x_grad.iter_mut().zip(slope).zip(grad);
+                                terms.for_each(|((x, s), g)| *x = g * s);
+                            }
+                        },
+                    );
+                });
             let shape = slope.layout().shape().clone();
             grads.register::<Flex>(node.id, tensor(x_grad, shape));
         }

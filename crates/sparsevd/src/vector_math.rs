@@ -96,22 +96,31 @@ pub fn zeros(len: usize) -> Vec<f32> {
     values
 }
 
-/// `work()`, compiled a second time with AVX2 and FMA enabled and run that way where the CPU
-/// has them. Every operation is the same IEEE operation either way (Rust does not contract
-/// a·b + c into an FMA), so the results do not depend on the CPU.
+/// `work()`, compiled again with wider vectors and run that way where the CPU has them: with
+/// AVX-512 (16 lanes), else with AVX2 and FMA (8 lanes). Every operation is the same IEEE
+/// operation in each copy (Rust does not contract a·b + c into an FMA, nor reorder a sum), so
+/// the results do not depend on the CPU.
 ///
-/// The features reach only code inlined into the AVX2 copy, so pass the closure as
+/// The features reach only code inlined into the wider copies, so pass the closure as
 /// `with_simd(#[inline(always)] || …)`. A closure that LLVM leaves out of line (the KL pass's and
-/// the noise fill's were, being large and called from both copies) is compiled for baseline
+/// the noise fill's were, being large and called from every copy) is compiled for baseline
 /// x86-64: 4-wide SSE2, with `floor` a call to libm's `floorf` (the KL pass took about twice as
 /// long that way, judged from its share of a LeNet-5 step profile).
 #[inline(always)]
 pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
         #[target_feature(enable = "avx2,fma")]
         fn avx2<R>(work: impl FnOnce() -> R) -> R {
             work()
+        }
+        if has_avx512() {
+            // SAFETY: the CPU has the features `avx512` was compiled for (checked just above).
+            return unsafe { avx512(work) };
         }
         if has_avx2_fma() {
             // SAFETY: the CPU has the features `avx2` was compiled for (checked just above).
@@ -119,6 +128,12 @@ pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
         }
     }
     work()
+}
+
+/// Whether the CPU has the AVX-512 subsets [`with_simd`]'s widest copy is compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && has_avx2_fma()
 }
 
 /// Whether the CPU has AVX2 and FMA, for code compiled with `#[target_feature(enable =

@@ -7,7 +7,7 @@ use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::{Posterior, VD_LOG_ALPHA_MAX};
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 /// Added under the square root of the LRT variance so that its gradient stays finite.
 pub(crate) const VARIANCE_EPS: f64 = 1e-8;
@@ -79,11 +79,12 @@ fn along_units<const E: usize>(bias: Tensor<1>) -> Tensor<E> {
     bias.reshape(shape)
 }
 
-/// What a training pass needs from the posterior besides θ.
+/// What a training pass needs from the posterior: the mean (θ after the train clip), σ² and
+/// Σ KL.
 struct TrainTerms<const D: usize> {
+    mean: Tensor<D>,
     variance: Tensor<D>,
     kl: Tensor<1>,
-    removed: Option<Tensor<D, Bool>>,
 }
 
 impl<const D: usize> VariationalWeights<D> {
@@ -145,31 +146,30 @@ impl<const D: usize> VariationalWeights<D> {
                 noise_seed,
             } => {
                 let terms = self.train_terms(mask_threshold);
-                let mean = match terms.removed {
-                    Some(removed) => theta.mask_fill(removed, 0.0),
-                    None => theta,
-                };
-                let sample = map.lrt_sample(x, mean, terms.variance, bias, noise_seed);
+                let sample = map.lrt_sample(x, terms.mean, terms.variance, bias, noise_seed);
                 (sample, Some(terms.kl))
             }
         }
     }
 
-    /// σ², Σ KL and the train clip's mask (weights with log α ≥ `mask_threshold`) of a
-    /// variational posterior.
+    /// The mean, σ² and Σ KL of a variational posterior; the mean is θ with the weights whose
+    /// log α ≥ `mask_threshold` set to 0 (the train clip), θ itself without a threshold.
     fn train_terms(&self, mask_threshold: Option<f64>) -> TrainTerms<D> {
         let theta = self.theta.val();
-        let (shape, device) = (theta.dims(), theta.device());
+        let shape = theta.dims();
         let noise = |p: &Option<Param<Tensor<D>>>| p.as_ref().map(Param::val).expect("built so");
+        let clip = |terms: &KlTerms, theta_values: &[f32]| match mask_threshold {
+            Some(t) => terms.train_clipped(theta.clone(), theta_values, t),
+            None => theta.clone(),
+        };
         match self.posterior {
             Posterior::SparseVd { .. } => {
                 let log_sigma2 = noise(&self.log_sigma2);
-                let mut terms = KlTerms::additive(
-                    &host_vec(theta.clone().into_data()),
-                    &host_vec(log_sigma2.clone().into_data()),
-                );
+                let theta_values = host_vec(theta.clone().into_data());
+                let mut terms =
+                    KlTerms::additive(&theta_values, &host_vec(log_sigma2.clone().into_data()));
                 TrainTerms {
-                    removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
+                    mean: clip(&terms, &theta_values),
                     variance: terms.variance_tensor(log_sigma2.clone()),
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
@@ -177,8 +177,12 @@ impl<const D: usize> VariationalWeights<D> {
             Posterior::SparseVdLogAlpha { .. } => {
                 let log_alpha = noise(&self.log_alpha);
                 let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone().into_data()));
+                let theta_values = match mask_threshold {
+                    Some(_) => host_vec(theta.clone().into_data()),
+                    None => Vec::new(),
+                };
                 TrainTerms {
-                    removed: mask_threshold.map(|t| terms.log_alpha_at_least(t, shape, &device)),
+                    mean: clip(&terms, &theta_values),
                     variance: self.learned_log_alpha().exp() * theta.clone().square(),
                     kl: terms.into_tensor(theta, log_alpha),
                 }
@@ -187,11 +191,15 @@ impl<const D: usize> VariationalWeights<D> {
                 let log_alpha = self.learned_log_alpha();
                 let sharing =
                     (theta.shape().num_elements() / log_alpha.shape().num_elements()) as f64;
+                // α ≤ 1: a threshold above the clip removes nothing, so no mask is built.
+                let removed = mask_threshold
+                    .filter(|&t| t <= VD_LOG_ALPHA_MAX)
+                    .map(|t| log_alpha.clone().expand(shape).greater_equal_elem(t));
                 TrainTerms {
-                    // α ≤ 1: a threshold above the clip removes nothing, so no mask is built.
-                    removed: mask_threshold
-                        .filter(|&t| t <= VD_LOG_ALPHA_MAX)
-                        .map(|t| log_alpha.clone().expand(shape).greater_equal_elem(t)),
+                    mean: match removed {
+                        Some(removed) => theta.clone().mask_fill(removed, 0.0),
+                        None => theta.clone(),
+                    },
                     variance: log_alpha.clone().exp() * theta.square(),
                     kl: kl_kingma(log_alpha).sum() * sharing,
                 }
