@@ -290,19 +290,29 @@ mod tests {
     use crate::weights::host_vec;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    use burn::tensor::{Device, Distribution};
+    use burn::tensor::{Device, Distribution, TensorData};
 
     /// The fused sample and its four gradients equal burn's composed operations (two
     /// convolutions, square root, product with ζ), with and without padding, for an input that
-    /// is a strided view.
+    /// is a strided view, and for a mean with four fifths of its entries 0 (as after the train
+    /// clip), which the fused operation multiplies as a sparse matrix.
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
         assert!(crate::flex_host::is_flex(&device));
-        for padding in [0, 1, 2] {
+        let every_fifth = Tensor::<1>::from_data(
+            TensorData::new((0..72).map(|i| u8::from(i % 5 == 0) as f32).collect(), [72]),
+            &device,
+        )
+        .reshape([4, 2, 3, 3]);
+        for (padding, sparse) in [(0, false), (1, false), (2, false), (0, true), (2, true)] {
             let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
                 .swap_dims(2, 3);
-            let mean = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let mut mean =
+                Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            if sparse {
+                mean = mean * every_fifth.clone();
+            }
             let variance =
                 Tensor::<4>::random([4, 2, 3, 3], Distribution::Uniform(0.01, 1.0), &device);
             let bias = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device);
@@ -348,7 +358,7 @@ mod tests {
                 .iter()
                 .zip(fused.iter().zip(&composed))
             {
-                assert_close(name, padding, f, c);
+                assert_close(&format!("{name} (sparse mean: {sparse})"), padding, f, c);
             }
         }
     }

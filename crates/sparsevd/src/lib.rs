@@ -8,6 +8,7 @@ pub mod dense;
 pub mod flex_host;
 pub mod host_gemm;
 pub mod host_gradient;
+pub mod host_sparse;
 pub mod kl;
 pub mod lenet5;
 pub mod max_pool;

@@ -10,8 +10,12 @@
 //!   ∂x = col2im(θᵀ·g); the variance
 //!   path adds, with g_δ = g ⊙ ζ / (2√(δ + ε)), ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ and 2P ⊙ (σ²ᵀ·g_δ)
 //!   inside the col2im.
+//!
+//! When at most a quarter of θ is nonzero (θ after the train clip), θ·P and θᵀ·g visit only the
+//! nonzero weights ([`SparseRows`]) instead of running the gemm.
 
 use crate::host_gemm::{Matrix, Parallelism, gemm};
+use crate::host_sparse::SparseRows;
 use crate::vector_math::with_simd;
 use rayon::prelude::*;
 
@@ -96,6 +100,7 @@ pub fn forward(
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let noisy = noise.is_some();
+    let sparse_mean = SparseRows::of_sparse(mean, patch);
     let mut output = crate::vector_math::zeros(shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_image(&mut delta_factor, shape.batch);
@@ -114,14 +119,20 @@ pub fn forward(
                 let p = im2col(shape, &x[b * shape.image()..][..shape.image()]);
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, positions);
-                gemm(
-                    out,
-                    false,
-                    rows(mean),
-                    cols(&p),
-                    shape.channels_out,
-                    Parallelism::None,
-                );
+                match &sparse_mean {
+                    Some(sparse) => with_simd(
+                        #[inline(always)]
+                        || sparse.times(&p, out),
+                    ),
+                    None => gemm(
+                        out,
+                        false,
+                        rows(mean),
+                        cols(&p),
+                        shape.channels_out,
+                        Parallelism::None,
+                    ),
+                }
                 let out_rows = out.chunks_mut(positions).zip(bias);
                 if let (Some(noise), Some(factor)) = (noise, factor) {
                     with_simd(
@@ -194,6 +205,7 @@ pub fn backward(
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
+    let sparse_mean = need_x.then(|| SparseRows::of_sparse(mean, patch)).flatten();
     // Adds image b's terms to `sums` and, when `dx` is given, writes its ∂x there.
     let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
         let p = &saved.patches[b];
@@ -235,14 +247,20 @@ pub fn backward(
             );
         }
         let Some(dx) = dx else { return };
-        gemm(
-            &mut s.mean_part,
-            false,
-            by_patch(mean).t(),
-            by_position(g),
-            patch,
-            Parallelism::None,
-        );
+        match &sparse_mean {
+            Some(sparse) => with_simd(
+                #[inline(always)]
+                || sparse.transpose_times(g, &mut s.mean_part),
+            ),
+            None => gemm(
+                &mut s.mean_part,
+                false,
+                by_patch(mean).t(),
+                by_position(g),
+                patch,
+                Parallelism::None,
+            ),
+        }
         if let Some(variance) = variance {
             let delta_grad = by_position(&s.delta_grad);
             let variance = by_patch(variance).t();
