@@ -92,14 +92,7 @@ pub fn zeros(len: usize) -> Vec<f32> {
         return vec![0.0; len];
     }
     let mut values = Vec::with_capacity(len);
-    // In chunks that each compile to a memset. rayon's `repeat_n` collected value by value (7 %
-    // of a LeNet-5 Sparse VD step's samples), but the memsets take about as long: the writes are
-    // bound by memory, and only not zeroing buffers that are overwritten anyway would save them.
-    values.spare_capacity_mut()[..len]
-        .par_chunks_mut(SERIAL_BELOW)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: the first `len` elements were all written just above.
-    unsafe { values.set_len(len) };
+    values.par_extend(rayon::iter::repeat_n(0f32, len));
     values
 }
 

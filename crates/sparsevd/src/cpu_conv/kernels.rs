@@ -82,11 +82,13 @@ pub struct VariancePath<'a> {
 }
 
 /// What the backward pass needs from the forward pass: every image's patches P and, with the
-/// variance path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it).
+/// variance path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it), and
+/// θ's nonzero entries when θ is sparse enough to multiply that way.
 #[derive(Debug)]
 pub struct Saved {
     pub patches: Vec<Vec<f32>>,
     pub delta_factor: Vec<f32>,
+    pub sparse_mean: Option<SparseRows>,
 }
 
 /// The convolution plus bias in NCHW order, with the LRT noise when `noise` is given, and what
@@ -179,6 +181,7 @@ pub fn forward(
         Saved {
             patches,
             delta_factor,
+            sparse_mean,
         },
     )
 }
@@ -205,7 +208,6 @@ pub fn backward(
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
-    let sparse_mean = need_x.then(|| SparseRows::of_sparse(mean, patch)).flatten();
     // Adds image b's terms to `sums` and, when `dx` is given, writes its ∂x there.
     let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
         let p = &saved.patches[b];
@@ -247,7 +249,7 @@ pub fn backward(
             );
         }
         let Some(dx) = dx else { return };
-        match &sparse_mean {
+        match &saved.sparse_mean {
             Some(sparse) => with_simd(
                 #[inline(always)]
                 || sparse.transpose_times(g, &mut s.mean_part),
