@@ -5,7 +5,7 @@ use crate::flex_host::is_flex;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::conv2d;
@@ -85,6 +85,7 @@ impl LinearMap<4, 4> for Convolution {
         variance: Tensor<4>,
         bias: Tensor<1>,
         noise_seed: u64,
+        mean_gradient: MeanGradient,
     ) -> Tensor<4> {
         let device = x.device();
         if !is_flex(&device) {
@@ -92,7 +93,7 @@ impl LinearMap<4, 4> for Convolution {
         }
         let dims = cpu_conv::output_dims(x.dims(), mean.dims(), self.padding);
         let zeta = standard_normal(dims, noise_seed, &device);
-        cpu_conv::lrt_conv2d(x, mean, variance, zeta, bias, self.padding)
+        cpu_conv::lrt_conv2d(x, mean, variance, zeta, bias, self.padding, mean_gradient)
     }
 }
 

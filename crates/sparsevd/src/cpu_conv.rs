@@ -16,6 +16,7 @@
 mod kernels;
 
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
+use crate::weights::MeanGradient;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -39,7 +40,8 @@ pub trait CpuConvBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// γ + √(δ + 1e-8) ⊙ ζ + b for x `[B, C, H, W]`, mean θ and variance σ² `[O, C, k, k]`, ζ
-    /// of the output's shape `[B, O, H', W']` and b `[O]`.
+    /// of the output's shape `[B, O, H', W']` and b `[O]`; the mean's gradient is 0 where
+    /// `mean_gradient` says it is not used.
     fn lrt_conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -47,6 +49,7 @@ pub trait CpuConvBackend: Backend {
         zeta: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+        mean_gradient: MeanGradient,
     ) -> FloatTensor<Self>;
 }
 
@@ -70,6 +73,7 @@ pub fn lrt_conv2d(
     zeta: Tensor<4>,
     bias: Tensor<1>,
     padding: usize,
+    mean_gradient: MeanGradient,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuConvBackend>::lrt_conv2d(
         x.into_dispatch(),
@@ -78,6 +82,7 @@ pub fn lrt_conv2d(
         zeta.into_dispatch(),
         bias.into_dispatch(),
         padding,
+        mean_gradient,
     ))
 }
 
@@ -161,6 +166,7 @@ impl CpuConvBackend for Flex {
         zeta: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+        _mean_gradient: MeanGradient,
     ) -> FloatTensor<Self> {
         forward(&x, &mean, &bias, Some((&variance, &zeta)), padding).0
     }
@@ -172,13 +178,14 @@ impl CpuConvBackend for Flex {
 #[derive(Debug)]
 struct ConvBackward;
 
-/// What the backward step keeps: the geometry, the weights and the forward kernel's saved
-/// patches and ∂δ factors.
+/// What the backward step keeps: the geometry, the weights, where the mean's gradient is used
+/// and the forward kernel's saved patches and ∂δ factors.
 #[derive(Clone, Debug)]
 struct State {
     shape: ConvShape,
     mean: FlexTensor,
     variance: Option<FlexTensor>,
+    mean_gradient: MeanGradient,
     saved: Arc<Saved>,
 }
 
@@ -201,6 +208,7 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
             variance.as_ref().map(values),
             values(&grad),
             node_x.is_some(),
+            state.mean_gradient,
         );
         if let (Some(node), Some(x)) = (node_x, result.x) {
             let x_dims = [shape.batch, shape.channels_in, shape.height, shape.width];
@@ -235,7 +243,14 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
             bias.into_primitive(),
         );
         let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
-        finish(prepared, output, shape, mean, None, saved)
+        let state = |saved| State {
+            shape,
+            mean,
+            variance: None,
+            mean_gradient: MeanGradient::Everywhere,
+            saved,
+        };
+        finish(prepared, output, saved, state)
     }
 
     fn lrt_conv2d(
@@ -245,6 +260,7 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         zeta: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+        mean_gradient: MeanGradient,
     ) -> FloatTensor<Self> {
         let prepared = ConvBackward
             .prepare::<C>([x.node(), mean.node(), bias.node(), variance.node()])
@@ -257,29 +273,27 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         );
         let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
         let (output, shape, saved) = forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
-        finish(prepared, output, shape, mean, Some(variance), saved)
+        let state = |saved| State {
+            shape,
+            mean,
+            variance: Some(variance),
+            mean_gradient,
+            saved,
+        };
+        finish(prepared, output, saved, state)
     }
 }
 
-/// Registers the backward step when the graph tracks this operation.
+/// Registers the backward step, with the state `state` builds around the saved patches, when
+/// the graph tracks this operation.
 fn finish<C: CheckpointStrategy, const N: usize>(
     prepared: OpsKind<ConvBackward, Flex, State, C, N>,
     output: FlexTensor,
-    shape: ConvShape,
-    mean: FlexTensor,
-    variance: Option<FlexTensor>,
     saved: Saved,
+    state: impl FnOnce(Arc<Saved>) -> State,
 ) -> FloatTensor<Autodiff<Flex, C>> {
     match prepared {
-        OpsKind::Tracked(prep) => prep.finish(
-            State {
-                shape,
-                mean,
-                variance,
-                saved: Arc::new(saved),
-            },
-            output,
-        ),
+        OpsKind::Tracked(prep) => prep.finish(state(Arc::new(saved)), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     }
 }
@@ -294,24 +308,36 @@ mod tests {
 
     /// The fused sample and its four gradients equal burn's composed operations (two
     /// convolutions, square root, product with ζ), with and without padding, for an input that
-    /// is a strided view, and for a mean with four fifths of its entries 0 (as after the train
-    /// clip), which the fused operation multiplies as a sparse matrix.
+    /// is a strided view, and for a mean with seven eighths of its entries 0 (as after the train
+    /// clip), which the fused operation multiplies as a sparse matrix; with
+    /// [`MeanGradient::WhereNonzero`] ∂mean equals the composed one where the mean is nonzero
+    /// and is 0 elsewhere.
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
         assert!(crate::flex_host::is_flex(&device));
-        let every_fifth = Tensor::<1>::from_data(
-            TensorData::new((0..72).map(|i| u8::from(i % 5 == 0) as f32).collect(), [72]),
+        let every_eighth = Tensor::<1>::from_data(
+            TensorData::new((0..72).map(|i| u8::from(i % 8 == 0) as f32).collect(), [72]),
             &device,
         )
         .reshape([4, 2, 3, 3]);
-        for (padding, sparse) in [(0, false), (1, false), (2, false), (0, true), (2, true)] {
+        let (everywhere, where_nonzero) = (MeanGradient::Everywhere, MeanGradient::WhereNonzero);
+        for (padding, sparse, mean_gradient) in [
+            (0, false, everywhere),
+            (1, false, everywhere),
+            (2, false, everywhere),
+            (0, true, everywhere),
+            (2, true, everywhere),
+            (1, false, where_nonzero),
+            (0, true, where_nonzero),
+            (2, true, where_nonzero),
+        ] {
             let x = Tensor::<4>::random([3, 2, 6, 7], Distribution::Normal(0.0, 1.0), &device)
                 .swap_dims(2, 3);
             let mut mean =
                 Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
             if sparse {
-                mean = mean * every_fifth.clone();
+                mean = mean * every_eighth.clone();
             }
             let variance =
                 Tensor::<4>::random([4, 2, 3, 3], Distribution::Uniform(0.01, 1.0), &device);
@@ -335,6 +361,7 @@ mod tests {
                         zeta.clone(),
                         bias.clone(),
                         padding,
+                        mean_gradient,
                     )
                 } else {
                     let options = ConvOptions::new([1, 1], [padding; 2], [1, 1], 1);
@@ -345,10 +372,16 @@ mod tests {
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked").into_data());
+                let mut mean_grad = grad(&mean);
+                if mean_gradient == MeanGradient::WhereNonzero {
+                    for (g, m) in mean_grad.iter_mut().zip(host_vec(mean.to_data())) {
+                        *g = if m == 0.0 { 0.0 } else { *g };
+                    }
+                }
                 [
                     host_vec(out.into_data()),
                     grad(&x),
-                    grad(&mean),
+                    mean_grad,
                     grad(&variance),
                     host_vec(bias.grad(&grads).expect("tracked").into_data()),
                 ]
@@ -358,7 +391,8 @@ mod tests {
                 .iter()
                 .zip(fused.iter().zip(&composed))
             {
-                assert_close(&format!("{name} (sparse mean: {sparse})"), padding, f, c);
+                let case = format!("{name} (sparse mean: {sparse}, {mean_gradient:?})");
+                assert_close(&case, padding, f, c);
             }
         }
     }
@@ -428,7 +462,7 @@ mod tests {
         let composed = conv2d(x.clone(), mean.clone(), Some(bias.clone()), options.clone())
             + (conv2d(x.clone().square(), variance.clone(), None, options) + 1e-8).sqrt()
                 * zeta.clone();
-        let fused = lrt_conv2d(x, mean, variance, zeta, bias, 0);
+        let fused = lrt_conv2d(x, mean, variance, zeta, bias, 0, MeanGradient::Everywhere);
         for (a, b) in host_vec(fused.into_data())
             .iter()
             .zip(host_vec(composed.into_data()))

@@ -5,7 +5,7 @@ use crate::flex_host::is_flex;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -56,6 +56,7 @@ impl LinearMap<2, 2> for Matmul {
         variance: Tensor<2>,
         bias: Tensor<1>,
         noise_seed: u64,
+        _mean_gradient: MeanGradient,
     ) -> Tensor<2> {
         let device = x.device();
         if !is_flex(&device) {

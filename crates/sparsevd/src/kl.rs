@@ -100,7 +100,10 @@ impl KlTerms {
     /// θ with the weights whose log α ≥ `threshold` set to 0 (the train clip), as a tensor whose
     /// gradient with respect to `theta` (the tensor these terms were computed from; its values
     /// `theta_values`) is 1 where a weight is kept and 0 where it is removed
-    /// ([`plus_zero_with_slope`]). One parallel pass on the host: as a mask built one weight at a
+    /// ([`plus_zero_with_slope`]). A kept weight whose θ is exactly 0 becomes the smallest normal
+    /// f32 (1.2e-38, far below any sum's rounding), so that the result is 0 exactly where a weight
+    /// is removed: the LRT kernels then skip the mean's gradient wherever it is 0
+    /// ([`crate::weights::MeanGradient::WhereNonzero`]). One parallel pass on the host: as a mask built one weight at a
     /// time and burn's `mask_fill` forward and backward it was 3 % of a LeNet-5 Sparse VD step.
     pub fn train_clipped<const D: usize>(
         &self,
@@ -126,7 +129,11 @@ impl KlTerms {
                     || {
                         for (((k, s), &t), &a) in weights {
                             let removed = a as f64 >= threshold;
-                            (*k, *s) = if removed { (0.0, 0.0) } else { (t, 1.0) };
+                            (*k, *s) = match (removed, t == 0.0) {
+                                (true, _) => (0.0, 0.0),
+                                (false, true) => (f32::MIN_POSITIVE, 1.0),
+                                (false, false) => (t, 1.0),
+                            };
                         }
                     },
                 );
@@ -514,22 +521,23 @@ mod tests {
     }
 
     /// The train clip zeroes the weights with log α ≥ 3 and passes the gradient only to the
-    /// others.
+    /// others; a kept θ of exactly 0 (log α = −25 + 18.4 here) stays nonzero, so that the
+    /// result is 0 exactly at the removed weights.
     #[test]
     fn train_clip_follows_log_alpha_gradient_included() {
         let device = Device::flex().autodiff();
-        let values = [1.0, -1.0, 1.0, 0.5];
-        let terms = KlTerms::additive(&values, &[2.0, 3.5, 9.0, -4.0]);
+        let values = [1.0, -1.0, 1.0, 0.5, 0.0];
+        let terms = KlTerms::additive(&values, &[2.0, 3.5, 9.0, -4.0, -25.0]);
         let theta =
-            Tensor::<1>::from_data(TensorData::new(values.to_vec(), [4]), &device).require_grad();
+            Tensor::<1>::from_data(TensorData::new(values.to_vec(), [5]), &device).require_grad();
         let clipped = terms.train_clipped(theta.clone(), &values, 3.0);
         let got = crate::weights::host_vec(clipped.clone().into_data());
-        assert_eq!(got, vec![1.0, 0.0, 0.0, 0.5]);
+        assert_eq!(got, vec![1.0, 0.0, 0.0, 0.5, f32::MIN_POSITIVE]);
         let weights =
-            Tensor::<1>::from_data(TensorData::new(vec![2.0, 3.0, 4.0, 5.0], [4]), &device);
+            Tensor::<1>::from_data(TensorData::new(vec![2.0, 3.0, 4.0, 5.0, 6.0], [5]), &device);
         let grads = (clipped * weights).sum().backward();
         let grad = crate::weights::host_vec(theta.grad(&grads).expect("tracked").into_data());
-        assert_eq!(grad, vec![2.0, 0.0, 0.0, 5.0]);
+        assert_eq!(grad, vec![2.0, 0.0, 0.0, 5.0, 6.0]);
     }
 
     #[test]

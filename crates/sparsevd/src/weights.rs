@@ -44,7 +44,9 @@ pub trait LinearMap<const E: usize, const D: usize> {
     }
 
     /// The local reparameterization sample A(x, mean) + √(A(x ⊙ x, variance) + 1e-8) ⊙ ζ + b,
-    /// with ζ ~ N(0, 1) of the output's shape drawn from `noise_seed`.
+    /// with ζ ~ N(0, 1) of the output's shape drawn from `noise_seed`. The last argument says
+    /// where the caller uses the mean's gradient: a map may leave it 0 elsewhere (this default
+    /// computes it everywhere).
     fn lrt_sample(
         &self,
         x: Tensor<E>,
@@ -52,9 +54,22 @@ pub trait LinearMap<const E: usize, const D: usize> {
         variance: Tensor<D>,
         bias: Tensor<1>,
         noise_seed: u64,
+        _mean_gradient: MeanGradient,
     ) -> Tensor<E> {
         composed_lrt_sample(self, x, mean, variance, bias, noise_seed)
     }
+}
+
+/// Where the gradient of the LRT mean is used (see [`LinearMap::lrt_sample`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeanGradient {
+    /// At every weight.
+    Everywhere,
+    /// Only where the mean is nonzero: after the train clip the mean is 0 exactly at the removed
+    /// weights ([`KlTerms::train_clipped`]), whose gradient the clip discards. LeNet-5's second
+    /// convolution has 94 % of its weights removed by epoch 21, and ∂θ there is then a few
+    /// hundred dot products instead of a matrix product.
+    WhereNonzero,
 }
 
 /// [`LinearMap::lrt_sample`] from two applications of the map and burn's elementwise operations.
@@ -79,10 +94,11 @@ fn along_units<const E: usize>(bias: Tensor<1>) -> Tensor<E> {
     bias.reshape(shape)
 }
 
-/// What a training pass needs from the posterior: the mean (θ after the train clip), σ² and
-/// Σ KL.
+/// What a training pass needs from the posterior: the mean (θ after the train clip) and where its
+/// gradient is used, σ² and Σ KL.
 struct TrainTerms<const D: usize> {
     mean: Tensor<D>,
+    mean_gradient: MeanGradient,
     variance: Tensor<D>,
     kl: Tensor<1>,
 }
@@ -146,7 +162,14 @@ impl<const D: usize> VariationalWeights<D> {
                 noise_seed,
             } => {
                 let terms = self.train_terms(mask_threshold);
-                let sample = map.lrt_sample(x, terms.mean, terms.variance, bias, noise_seed);
+                let sample = map.lrt_sample(
+                    x,
+                    terms.mean,
+                    terms.variance,
+                    bias,
+                    noise_seed,
+                    terms.mean_gradient,
+                );
                 (sample, Some(terms.kl))
             }
         }
@@ -162,6 +185,10 @@ impl<const D: usize> VariationalWeights<D> {
             Some(t) => terms.train_clipped(theta.clone(), theta_values, t),
             None => theta.clone(),
         };
+        let clipped_gradient = match mask_threshold {
+            Some(_) => MeanGradient::WhereNonzero,
+            None => MeanGradient::Everywhere,
+        };
         match self.posterior {
             Posterior::SparseVd { .. } => {
                 let log_sigma2 = noise(&self.log_sigma2);
@@ -170,6 +197,7 @@ impl<const D: usize> VariationalWeights<D> {
                     KlTerms::additive(&theta_values, &host_vec(log_sigma2.clone().into_data()));
                 TrainTerms {
                     mean: clip(&terms, &theta_values),
+                    mean_gradient: clipped_gradient,
                     variance: terms.variance_tensor(log_sigma2.clone()),
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
@@ -183,6 +211,7 @@ impl<const D: usize> VariationalWeights<D> {
                 };
                 TrainTerms {
                     mean: clip(&terms, &theta_values),
+                    mean_gradient: clipped_gradient,
                     variance: self.learned_log_alpha().exp() * theta.clone().square(),
                     kl: terms.into_tensor(theta, log_alpha),
                 }
@@ -200,6 +229,7 @@ impl<const D: usize> VariationalWeights<D> {
                         Some(removed) => theta.clone().mask_fill(removed, 0.0),
                         None => theta.clone(),
                     },
+                    mean_gradient: MeanGradient::Everywhere,
                     variance: log_alpha.clone().exp() * theta.square(),
                     kl: kl_kingma(log_alpha).sum() * sharing,
                 }

@@ -12,11 +12,14 @@
 //!   inside the col2im.
 //!
 //! When at most a quarter of θ is nonzero (θ after the train clip), θ·P and θᵀ·g visit only the
-//! nonzero weights ([`SparseRows`]) instead of running the gemm.
+//! nonzero weights ([`SparseRows`]) instead of running the gemm, and so does ∂θ when the caller
+//! uses it only there ([`MeanGradient::WhereNonzero`]) and at most 15 % of θ is nonzero: one dot
+//! product g_o·P_j per kept weight.
 
 use crate::host_gemm::{Matrix, Parallelism, gemm};
 use crate::host_sparse::SparseRows;
 use crate::vector_math::with_simd;
+use crate::weights::MeanGradient;
 use rayon::prelude::*;
 
 const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
@@ -195,7 +198,8 @@ pub struct Grads {
     pub variance: Option<Vec<f32>>,
 }
 
-/// `variance` is σ² when the forward pass had the variance path, `None` otherwise.
+/// `variance` is σ² when the forward pass had the variance path, `None` otherwise; ∂mean is
+/// left 0 where `mean_gradient` says it is not used.
 pub fn backward(
     shape: ConvShape,
     saved: &Saved,
@@ -203,6 +207,7 @@ pub fn backward(
     variance: Option<&[f32]>,
     grad: &[f32],
     need_x: bool,
+    mean_gradient: MeanGradient,
 ) -> Grads {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
@@ -218,14 +223,22 @@ pub fn backward(
         let by_position = |data| Matrix::row_major(data, positions);
         let by_patch = |data| Matrix::row_major(data, patch);
         let o = shape.channels_out;
-        gemm(
-            &mut sums.mean,
-            true,
-            by_position(g),
-            by_position(p).t(),
-            o,
-            Parallelism::None,
-        );
+        match (&saved.sparse_mean, mean_gradient) {
+            (Some(sparse), MeanGradient::WhereNonzero) if sparse.sampled_product_pays() => {
+                with_simd(
+                    #[inline(always)]
+                    || sparse.add_sampled_product(g, p, &mut sums.mean),
+                )
+            }
+            _ => gemm(
+                &mut sums.mean,
+                true,
+                by_position(g),
+                by_position(p).t(),
+                o,
+                Parallelism::None,
+            ),
+        }
         if noisy {
             let factor = &saved.delta_factor[b * image_out..][..image_out];
             with_simd(
@@ -511,7 +524,15 @@ mod tests {
                     zeta: &zeta,
                 };
                 let (_, saved) = forward(shape, &x, &mean, &bias, Some(noise));
-                let g = backward(shape, &saved, &mean, Some(&variance), &grad, true);
+                let g = backward(
+                    shape,
+                    &saved,
+                    &mean,
+                    Some(&variance),
+                    &grad,
+                    true,
+                    MeanGradient::Everywhere,
+                );
                 (g.x, g.mean, g.bias, g.variance)
             })
         };
