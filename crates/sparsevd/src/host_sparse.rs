@@ -21,11 +21,13 @@ pub struct SparseRows {
 /// second convolution (64 output positions per row).
 const MAX_DENSITY: f64 = 0.25;
 
-/// Above this fraction of nonzero entries a sampled product ([`SparseRows::add_sampled_product`])
-/// takes longer than the gemm of the whole product: at LeNet-5's second convolution (100 images,
-/// rows 64 long, one thread) both take 9.8 ms at 15 % nonzero; at 4 % the sampled product takes
-/// 2.4 ms.
-const MAX_SAMPLED_DENSITY: f64 = 0.15;
+/// Running sums of a sampled product (see [`SparseRows::add_sampled_lanes`]): value i of a row
+/// product goes to lane i mod 16, so that the products vectorise and the lanes are added up
+/// once per group of row pairs, not once per pair. Added up per image, the 16 lanes took twice
+/// as long as the products (LeNet-5's rows are 64 long).
+pub type Lanes = [f32; LANES];
+
+const LANES: usize = 16;
 
 impl SparseRows {
     /// The nonzero entries of `matrix` (`columns` wide), or `None` when more than
@@ -65,9 +67,9 @@ impl SparseRows {
         self.row_start.len() - 1
     }
 
-    /// Whether [`SparseRows::add_sampled_product`] is faster than the dense product.
-    pub fn sampled_product_pays(&self) -> bool {
-        self.value.len() as f64 <= MAX_SAMPLED_DENSITY * (self.rows() * self.columns) as f64
+    /// Zeroed running sums, one per nonzero entry, for [`SparseRows::add_sampled_lanes`].
+    pub fn lanes(&self) -> Vec<Lanes> {
+        vec![[0.0; LANES]; self.value.len()]
     }
 
     /// dst `[rows, n]` = self·rhs for a row-major rhs `[columns, n]`. Inline it into a
@@ -112,11 +114,13 @@ impl SparseRows {
         }
     }
 
-    /// dst `[rows, columns]` += a·bᵀ at this matrix's nonzero entries only, for row-major a
-    /// `[rows, n]` and b `[columns, n]`: one dot product of two rows per entry. Inline it into a
+    /// The sampled product a·bᵀ at this matrix's nonzero entries only, for row-major a
+    /// `[rows, n]` and b `[columns, n]`, added to `lanes` (one per nonzero entry, in order):
+    /// lanes[k] += a_r ⊙ b_c folded to 16 lanes for the k-th nonzero entry (r, c).
+    /// [`SparseRows::add_lane_sums`] turns the lanes into the product. Inline it into a
     /// [`crate::vector_math::with_simd`] closure for wide vectors.
     #[inline(always)]
-    pub fn add_sampled_product(&self, a: &[f32], b: &[f32], dst: &mut [f32]) {
+    pub fn add_sampled_lanes(&self, a: &[f32], b: &[f32], lanes: &mut [Lanes]) {
         let n = a.len() / self.rows();
         assert_eq!(
             a.len(),
@@ -129,45 +133,59 @@ impl SparseRows {
             "sampled product: b is not [columns, n]"
         );
         assert_eq!(
-            dst.len(),
-            self.rows() * self.columns,
-            "sampled product: dst is not [rows, columns]"
+            lanes.len(),
+            self.value.len(),
+            "sampled product: one lane set per entry"
         );
-        for (r, (a, dst)) in a
-            .chunks_exact(n)
-            .zip(dst.chunks_exact_mut(self.columns))
-            .enumerate()
-        {
-            for (c, _) in self.row(r) {
-                dst[c] += dot(a, &b[c * n..][..n]);
+        let mut lanes = lanes.iter_mut();
+        for (r, a) in a.chunks_exact(n).enumerate() {
+            let (a_groups, a_rest) = a.as_chunks::<LANES>();
+            for ((c, _), sums) in self.row(r).zip(&mut lanes) {
+                let (b_groups, b_rest) = b[c * n..][..n].as_chunks::<LANES>();
+                // Summed in a local copy: inlined into the caller, LLVM no longer knows that
+                // the lanes do not overlap a or b, and kept them in memory, one value at a time.
+                let mut local = *sums;
+                for (x, y) in a_groups.iter().zip(b_groups) {
+                    let (x, y) = (*x, *y);
+                    for i in 0..LANES {
+                        local[i] += x[i] * y[i];
+                    }
+                }
+                for ((sum, x), y) in local.iter_mut().zip(a_rest).zip(b_rest) {
+                    *sum += x * y;
+                }
+                *sums = local;
             }
         }
     }
-}
 
-/// Σ x_i·y_i, in 16 running sums so that it vectorises (one sum would be a chain of dependent
-/// additions, which the compiler may not reorder), added up by halves: LeNet-5's rows are 64
-/// long, and 15 additions one after another took longer than the products.
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let (x_groups, x_rest) = x.as_chunks::<LANES>();
-    let (y_groups, y_rest) = y[..x.len()].as_chunks::<LANES>();
-    let mut sums = [0.0f32; LANES];
-    for (x, y) in x_groups.iter().zip(y_groups) {
-        for i in 0..LANES {
-            sums[i] += x[i] * y[i];
+    /// dst `[rows, columns]` += the sum of lanes[k] at the k-th nonzero entry, for lanes from
+    /// [`SparseRows::add_sampled_lanes`], added by halves.
+    pub fn add_lane_sums(&self, lanes: &[Lanes], dst: &mut [f32]) {
+        assert_eq!(
+            lanes.len(),
+            self.value.len(),
+            "lane sums: one lane set per entry"
+        );
+        assert_eq!(
+            dst.len(),
+            self.rows() * self.columns,
+            "lane sums: dst is not [rows, columns]"
+        );
+        let mut lanes = lanes.iter();
+        for (r, dst) in dst.chunks_exact_mut(self.columns).enumerate() {
+            for ((c, _), &(mut sums)) in self.row(r).zip(&mut lanes) {
+                let mut width = LANES;
+                while width > 1 {
+                    width /= 2;
+                    for i in 0..width {
+                        sums[i] += sums[i + width];
+                    }
+                }
+                dst[c] += sums[0];
+            }
         }
     }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            sums[i] += sums[i + width];
-        }
-    }
-    let rest: f32 = x_rest.iter().zip(y_rest).map(|(x, y)| x * y).sum();
-    sums[0] + rest
 }
 
 /// y ← y + a·x.
@@ -213,17 +231,17 @@ mod tests {
         let b: Vec<f32> = (0..68).map(|i| (i % 7) as f32 * 0.5).collect();
         let dense_dot =
             |r: usize, c: usize| -> f32 { (0..17).map(|i| a[r * 17 + i] * b[c * 17 + i]).sum() };
+        let mut lanes = sparse.lanes();
+        // Two rounds of lanes, as for two images summed before the lanes are added up.
+        sparse.add_sampled_lanes(&a, &b, &mut lanes);
+        sparse.add_sampled_lanes(&a, &b, &mut lanes);
         let mut dst = [1.0f32; 8];
-        sparse.add_sampled_product(&a, &b, &mut dst);
+        sparse.add_lane_sums(&lanes, &mut dst);
         let mut want = [1.0f32; 8];
-        want[4] += dense_dot(1, 0);
-        want[7] += dense_dot(1, 3);
+        want[4] += 2.0 * dense_dot(1, 0);
+        want[7] += 2.0 * dense_dot(1, 3);
         assert_eq!(dst, want);
         assert_ne!(want[4], 1.0, "the test's entries are not trivially 0");
-        assert!(
-            !sparse.sampled_product_pays(),
-            "a quarter of the entries are nonzero"
-        );
     }
 
     #[test]

@@ -13,11 +13,11 @@
 //!
 //! When at most a quarter of θ is nonzero (θ after the train clip), θ·P and θᵀ·g visit only the
 //! nonzero weights ([`SparseRows`]) instead of running the gemm, and so does ∂θ when the caller
-//! uses it only there ([`MeanGradient::WhereNonzero`]) and at most 15 % of θ is nonzero: one dot
-//! product g_o·P_j per kept weight.
+//! uses it only there ([`MeanGradient::WhereNonzero`]): one dot product g_o·P_j per kept weight,
+//! summed over a group of images in 16 lanes ([`SparseRows::add_sampled_lanes`]).
 
 use crate::host_gemm::{Matrix, Parallelism, gemm};
-use crate::host_sparse::SparseRows;
+use crate::host_sparse::{Lanes, SparseRows};
 use crate::vector_math::with_simd;
 use crate::weights::MeanGradient;
 use rayon::prelude::*;
@@ -213,6 +213,10 @@ pub fn backward(
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
     let noisy = variance.is_some();
+    let sampled_mean = match mean_gradient {
+        MeanGradient::WhereNonzero => saved.sparse_mean.as_ref(),
+        MeanGradient::Everywhere => None,
+    };
     // Adds image b's terms to `sums` and, when `dx` is given, writes its ∂x there.
     let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
         let p = &saved.patches[b];
@@ -223,14 +227,12 @@ pub fn backward(
         let by_position = |data| Matrix::row_major(data, positions);
         let by_patch = |data| Matrix::row_major(data, patch);
         let o = shape.channels_out;
-        match (&saved.sparse_mean, mean_gradient) {
-            (Some(sparse), MeanGradient::WhereNonzero) if sparse.sampled_product_pays() => {
-                with_simd(
-                    #[inline(always)]
-                    || sparse.add_sampled_product(g, p, &mut sums.mean),
-                )
-            }
-            _ => gemm(
+        match sampled_mean {
+            Some(sparse) => with_simd(
+                #[inline(always)]
+                || sparse.add_sampled_lanes(g, p, &mut sums.mean_lanes),
+            ),
+            None => gemm(
                 &mut sums.mean,
                 true,
                 by_position(g),
@@ -308,9 +310,12 @@ pub fn backward(
         .map_init(
             || Scratch::new(shape, noisy, need_x),
             |scratch, group| {
-                let mut sums = WeightGrads::zeros(shape, noisy);
+                let mut sums = WeightGrads::zeros(shape, noisy, sampled_mean);
                 for (b, dx) in group {
                     add_image(&mut sums, scratch, b, dx);
+                }
+                if let Some(sparse) = sampled_mean {
+                    sparse.add_lane_sums(&sums.mean_lanes, &mut sums.mean);
                 }
                 sums
             },
@@ -319,7 +324,7 @@ pub fn backward(
     let mut group_sums = group_sums.into_iter();
     let mut total = group_sums
         .next()
-        .unwrap_or_else(|| WeightGrads::zeros(shape, noisy));
+        .unwrap_or_else(|| WeightGrads::zeros(shape, noisy, None));
     group_sums.for_each(|sums| total.add(&sums));
     Grads {
         x: need_x.then_some(x_grad),
@@ -329,18 +334,21 @@ pub fn backward(
     }
 }
 
-/// Sums of ∂mean, ∂bias and (with the variance path, else empty) ∂variance over some images.
+/// Sums of ∂mean, ∂bias and (with the variance path, else empty) ∂variance over some images;
+/// when ∂mean is sampled at θ's nonzero entries, its running sums for those entries (else empty).
 struct WeightGrads {
     mean: Vec<f32>,
+    mean_lanes: Vec<Lanes>,
     bias: Vec<f32>,
     variance: Vec<f32>,
 }
 
 impl WeightGrads {
-    fn zeros(shape: ConvShape, noisy: bool) -> Self {
+    fn zeros(shape: ConvShape, noisy: bool, sampled_mean: Option<&SparseRows>) -> Self {
         let weights = shape.channels_out * shape.patch();
         Self {
             mean: vec![0.0; weights],
+            mean_lanes: sampled_mean.map(SparseRows::lanes).unwrap_or_default(),
             bias: vec![0.0; shape.channels_out],
             variance: zeros_if(noisy, weights),
         }
