@@ -117,7 +117,7 @@ impl SparseRows {
     /// The sampled product a·bᵀ at this matrix's nonzero entries only, for row-major a
     /// `[rows, n]` and b `[columns, n]`, added to `lanes` (one per nonzero entry, in order):
     /// lanes[k] += a_r ⊙ b_c folded to 16 lanes for the k-th nonzero entry (r, c).
-    /// [`SparseRows::add_lane_sums`] turns the lanes into the product. Inline it into a
+    /// [`SparseRows::add_lane_sums_transposed`] turns the lanes into the product. Inline it into a
     /// [`crate::vector_math::with_simd`] closure for wide vectors.
     #[inline(always)]
     pub fn add_sampled_lanes(&self, a: &[f32], b: &[f32], lanes: &mut [Lanes]) {
@@ -159,21 +159,22 @@ impl SparseRows {
         }
     }
 
-    /// dst `[rows, columns]` += the sum of lanes[k] at the k-th nonzero entry, for lanes from
-    /// [`SparseRows::add_sampled_lanes`], added by halves.
-    pub fn add_lane_sums(&self, lanes: &[Lanes], dst: &mut [f32]) {
+    /// dstᵀ `[columns, rows]` (the transpose of this matrix's shape) += the sum of lanes[k] at
+    /// the k-th nonzero entry, for lanes from [`SparseRows::add_sampled_lanes`], added by halves.
+    pub fn add_lane_sums_transposed(&self, lanes: &[Lanes], dst_t: &mut [f32]) {
         assert_eq!(
             lanes.len(),
             self.value.len(),
             "lane sums: one lane set per entry"
         );
+        let rows = self.rows();
         assert_eq!(
-            dst.len(),
-            self.rows() * self.columns,
-            "lane sums: dst is not [rows, columns]"
+            dst_t.len(),
+            rows * self.columns,
+            "lane sums: dstᵀ is not [columns, rows]"
         );
         let mut lanes = lanes.iter();
-        for (r, dst) in dst.chunks_exact_mut(self.columns).enumerate() {
+        for r in 0..rows {
             for ((c, _), &(mut sums)) in self.row(r).zip(&mut lanes) {
                 let mut width = LANES;
                 while width > 1 {
@@ -182,7 +183,7 @@ impl SparseRows {
                         sums[i] += sums[i + width];
                     }
                 }
-                dst[c] += sums[0];
+                dst_t[c * rows + r] += sums[0];
             }
         }
     }
@@ -236,12 +237,13 @@ mod tests {
         sparse.add_sampled_lanes(&a, &b, &mut lanes);
         sparse.add_sampled_lanes(&a, &b, &mut lanes);
         let mut dst = [1.0f32; 8];
-        sparse.add_lane_sums(&lanes, &mut dst);
+        sparse.add_lane_sums_transposed(&lanes, &mut dst);
+        // dstᵀ is [4, 2]: entry (1, 0) at 0·2 + 1, entry (1, 3) at 3·2 + 1.
         let mut want = [1.0f32; 8];
-        want[4] += 2.0 * dense_dot(1, 0);
+        want[1] += 2.0 * dense_dot(1, 0);
         want[7] += 2.0 * dense_dot(1, 3);
         assert_eq!(dst, want);
-        assert_ne!(want[4], 1.0, "the test's entries are not trivially 0");
+        assert_ne!(want[1], 1.0, "the test's entries are not trivially 0");
     }
 
     #[test]

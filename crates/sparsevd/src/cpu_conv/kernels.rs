@@ -226,7 +226,6 @@ pub fn backward(
         }
         let by_position = |data| Matrix::row_major(data, positions);
         let by_patch = |data| Matrix::row_major(data, patch);
-        let o = shape.channels_out;
         match sampled_mean {
             Some(sparse) => with_simd(
                 #[inline(always)]
@@ -235,9 +234,9 @@ pub fn backward(
             None => gemm(
                 &mut sums.mean,
                 true,
-                by_position(g),
-                by_position(p).t(),
-                o,
+                by_position(p),
+                by_position(g).t(),
+                patch,
                 Parallelism::None,
             ),
         }
@@ -257,9 +256,9 @@ pub fn backward(
             gemm(
                 &mut sums.variance,
                 true,
-                delta_grad,
-                squares.t(),
-                o,
+                squares,
+                delta_grad.t(),
+                patch,
                 Parallelism::None,
             );
         }
@@ -315,7 +314,7 @@ pub fn backward(
                     add_image(&mut sums, scratch, b, dx);
                 }
                 if let Some(sparse) = sampled_mean {
-                    sparse.add_lane_sums(&sums.mean_lanes, &mut sums.mean);
+                    sparse.add_lane_sums_transposed(&sums.mean_lanes, &mut sums.mean);
                 }
                 sums
             },
@@ -326,16 +325,28 @@ pub fn backward(
         .next()
         .unwrap_or_else(|| WeightGrads::zeros(shape, noisy, None));
     group_sums.for_each(|sums| total.add(&sums));
+    let by_output = |sums_t: &[f32]| transpose(sums_t, shape.channels_out);
     Grads {
         x: need_x.then_some(x_grad),
-        mean: total.mean,
+        mean: by_output(&total.mean),
         bias: total.bias,
-        variance: noisy.then_some(total.variance),
+        variance: noisy.then(|| by_output(&total.variance)),
     }
 }
 
-/// Sums of ∂mean, ∂bias and (with the variance path, else empty) ∂variance over some images;
-/// when ∂mean is sampled at θ's nonzero entries, its running sums for those entries (else empty).
+/// The transpose `[columns, rows]` of a row-major `[rows, columns]` matrix.
+fn transpose(matrix: &[f32], columns: usize) -> Vec<f32> {
+    let rows = matrix.len() / columns;
+    (0..columns)
+        .flat_map(|c| (0..rows).map(move |r| matrix[r * columns + c]))
+        .collect()
+}
+
+/// Sums of ∂mean, ∂bias and (with the variance path, else empty) ∂variance over some images,
+/// the weight gradients transposed (`[C·k², O]`): the gemm packs P·gᵀ faster than g·Pᵀ (per 100
+/// images on one thread, 8.6–8.9 against 9.4 ms at LeNet-5's second convolution, 2.75 against
+/// 3.2 ms at its first). When ∂mean is sampled at θ's nonzero entries, its running sums for those
+/// entries (else empty).
 struct WeightGrads {
     mean: Vec<f32>,
     mean_lanes: Vec<Lanes>,
