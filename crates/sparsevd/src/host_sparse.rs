@@ -2,7 +2,9 @@
 //! train clip (θ set to 0 where log α ≥ t). LeNet-5's second convolution has 85 % of its θ
 //! removed by epoch 11 and 94 % by epoch 21; a gemm multiplies every one of those zeros, in the
 //! forward pass and again for ∂x. Here only the nonzero entries are visited, each an axpy over a
-//! row of the other factor.
+//! row of the other factor; and where only the entries of a product at θ's nonzeros are wanted
+//! (∂θ, whose value at a removed weight the train clip discards), only those are computed, each a
+//! dot product of two rows.
 //!
 //! A skipped term is 0·x = ±0, which changes no sum but for the sign of a zero result, so the
 //! products equal gemm's but for rounding (the terms are added in another order).
