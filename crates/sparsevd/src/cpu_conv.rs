@@ -243,14 +243,14 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
             bias.into_primitive(),
         );
         let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
-        let state = |saved| State {
+        let state = State {
             shape,
             mean,
             variance: None,
             mean_gradient: MeanGradient::Everywhere,
-            saved,
+            saved: Arc::new(saved),
         };
-        finish(prepared, output, saved, state)
+        finish(prepared, output, state)
     }
 
     fn lrt_conv2d(
@@ -273,27 +273,25 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         );
         let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
         let (output, shape, saved) = forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
-        let state = |saved| State {
+        let state = State {
             shape,
             mean,
             variance: Some(variance),
             mean_gradient,
-            saved,
+            saved: Arc::new(saved),
         };
-        finish(prepared, output, saved, state)
+        finish(prepared, output, state)
     }
 }
 
-/// Registers the backward step, with the state `state` builds around the saved patches, when
-/// the graph tracks this operation.
+/// Registers the backward step with `state` when the graph tracks this operation.
 fn finish<C: CheckpointStrategy, const N: usize>(
     prepared: OpsKind<ConvBackward, Flex, State, C, N>,
     output: FlexTensor,
-    saved: Saved,
-    state: impl FnOnce(Arc<Saved>) -> State,
+    state: State,
 ) -> FloatTensor<Autodiff<Flex, C>> {
     match prepared {
-        OpsKind::Tracked(prep) => prep.finish(state(Arc::new(saved)), output),
+        OpsKind::Tracked(prep) => prep.finish(state, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     }
 }

@@ -103,8 +103,9 @@ impl KlTerms {
     /// ([`plus_zero_with_slope`]). A kept weight whose θ is exactly 0 becomes the smallest normal
     /// f32 (1.2e-38, far below any sum's rounding), so that the result is 0 exactly where a weight
     /// is removed: the LRT kernels then skip the mean's gradient wherever it is 0
-    /// ([`crate::weights::MeanGradient::WhereNonzero`]). One parallel pass on the host: as a mask built one weight at a
-    /// time and burn's `mask_fill` forward and backward it was 3 % of a LeNet-5 Sparse VD step.
+    /// ([`crate::weights::MeanGradient::WhereNonzero`]). One parallel pass on the host: as a
+    /// mask built one weight at a time and burn's `mask_fill` forward and backward it was 3 % of
+    /// a LeNet-5 Sparse VD step.
     pub fn train_clipped<const D: usize>(
         &self,
         theta: Tensor<D>,

@@ -181,13 +181,13 @@ impl<const D: usize> VariationalWeights<D> {
         let theta = self.theta.val();
         let shape = theta.dims();
         let noise = |p: &Option<Param<Tensor<D>>>| p.as_ref().map(Param::val).expect("built so");
+        // The mean and where its gradient is used: the train clip discards it at removed weights.
         let clip = |terms: &KlTerms, theta_values: &[f32]| match mask_threshold {
-            Some(t) => terms.train_clipped(theta.clone(), theta_values, t),
-            None => theta.clone(),
-        };
-        let clipped_gradient = match mask_threshold {
-            Some(_) => MeanGradient::WhereNonzero,
-            None => MeanGradient::Everywhere,
+            Some(t) => (
+                terms.train_clipped(theta.clone(), theta_values, t),
+                MeanGradient::WhereNonzero,
+            ),
+            None => (theta.clone(), MeanGradient::Everywhere),
         };
         match self.posterior {
             Posterior::SparseVd { .. } => {
@@ -195,9 +195,10 @@ impl<const D: usize> VariationalWeights<D> {
                 let theta_values = host_vec(theta.clone().into_data());
                 let mut terms =
                     KlTerms::additive(&theta_values, &host_vec(log_sigma2.clone().into_data()));
+                let (mean, mean_gradient) = clip(&terms, &theta_values);
                 TrainTerms {
-                    mean: clip(&terms, &theta_values),
-                    mean_gradient: clipped_gradient,
+                    mean,
+                    mean_gradient,
                     variance: terms.variance_tensor(log_sigma2.clone()),
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
@@ -209,9 +210,10 @@ impl<const D: usize> VariationalWeights<D> {
                     Some(_) => host_vec(theta.clone().into_data()),
                     None => Vec::new(),
                 };
+                let (mean, mean_gradient) = clip(&terms, &theta_values);
                 TrainTerms {
-                    mean: clip(&terms, &theta_values),
-                    mean_gradient: clipped_gradient,
+                    mean,
+                    mean_gradient,
                     variance: self.learned_log_alpha().exp() * theta.clone().square(),
                     kl: terms.into_tensor(theta, log_alpha),
                 }
