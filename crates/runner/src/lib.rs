@@ -331,14 +331,21 @@ impl WithNetwork for &VariantJob<'_> {
     }
 }
 
+/// Training runs on a worker of rayon's pool, which then takes part in every parallel operation
+/// it starts. From the main thread, each operation woke the pool's threads and put the main
+/// thread to sleep until they finished: three threads on two cores, and two thread switches per
+/// operation. Same results (a LeNet-5 epoch gives a byte-identical model); measured per epoch
+/// (2 threads, alternating runs): LeNet-5 original 22.8 and 20.7 s against 24.5 and 22.0 s.
 fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
-    with_network(
-        job.exp.spec.net,
-        job.variant,
-        job.protocol,
-        &job.options.device,
-        job,
-    )
+    rayon::scope(|_| {
+        with_network(
+            job.exp.spec.net,
+            job.variant,
+            job.protocol,
+            &job.options.device,
+            job,
+        )
+    })
 }
 
 /// Error and compression of a saved model at each threshold, on the full test set.
