@@ -6,7 +6,7 @@
 //! first use, see README "Data").
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use datasets::Mnist;
 use runner::spec::Optimizer;
 use runner::train::{Batch, StepSettings, evaluate, optimizer, train_step};
@@ -264,4 +264,13 @@ criterion_group! {
     config = Criterion::default().sample_size(10);
     targets = vgg_steps
 }
-criterion_main!(benches, inference, vgg);
+/// Criterion's `criterion_main!`, with the benches run on a worker of rayon's pool as the
+/// harness runs training and evaluation ([`runner::on_pool_worker`]).
+fn main() {
+    runner::on_pool_worker(|| {
+        benches();
+        inference();
+        vgg();
+    });
+    Criterion::default().configure_from_args().final_summary();
+}
