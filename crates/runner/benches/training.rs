@@ -264,6 +264,7 @@ criterion_group! {
     config = Criterion::default().sample_size(10);
     targets = vgg_steps
 }
+
 /// Criterion's `criterion_main!`, with the benches run on a worker of rayon's pool as the
 /// harness runs training and evaluation ([`runner::on_pool_worker`]).
 fn main() {
