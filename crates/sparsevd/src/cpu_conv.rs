@@ -9,9 +9,9 @@
 //!
 //! burn's convolution builds the image patches (im2col) for the forward pass and again for each
 //! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
-//! about half of a LeNet-5 training step. Here the patches are built once, shared by the mean
-//! and the variance path and kept for the backward pass ([`kernels`]). Other backends keep
-//! burn's operations ([`crate::flex_host::is_flex`] decides).
+//! about half of a LeNet-5 training step. Here the patches are built once per pass, shared by the
+//! mean and the variance path and by all the gradients ([`kernels`]). Other backends keep burn's
+//! operations ([`crate::flex_host::is_flex`] decides).
 
 mod kernels;
 
@@ -173,13 +173,13 @@ impl CpuConvBackend for Flex {
 }
 
 /// The backward step of both operations: gradients for x, the mean, the bias and (with the
-/// variance path, N = 4) the variance from the saved patches; the parents are (x, mean, bias[,
+/// variance path, N = 4) the variance from the saved input; the parents are (x, mean, bias[,
 /// variance]).
 #[derive(Debug)]
 struct ConvBackward;
 
 /// What the backward step keeps: the geometry, the weights, where the mean's gradient is used
-/// and the forward kernel's saved patches and ∂δ factors.
+/// and what the forward kernel saved (the input and the ∂δ factors).
 #[derive(Clone, Debug)]
 struct State {
     shape: ConvShape,
