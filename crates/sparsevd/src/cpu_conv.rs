@@ -25,7 +25,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
-use kernels::{ConvShape, Saved, VariancePath};
+use kernels::{ConvShape, Inputs, Saved, VariancePath};
 use std::sync::Arc;
 
 /// Stride-1 convolutions with `padding` zeros on every side and a bias per output channel.
@@ -173,16 +173,17 @@ impl CpuConvBackend for Flex {
 }
 
 /// The backward step of both operations: gradients for x, the mean, the bias and (with the
-/// variance path, N = 4) the variance from the saved input; the parents are (x, mean, bias[,
-/// variance]).
+/// variance path, N = 4) the variance from the inputs and what the forward kernel saved; the
+/// parents are (x, mean, bias[, variance]).
 #[derive(Debug)]
 struct ConvBackward;
 
-/// What the backward step keeps: the geometry, the weights, where the mean's gradient is used
-/// and what the forward kernel saved (the input and the ∂δ factors).
+/// What the backward step keeps: the geometry, the input and the weights, where the mean's
+/// gradient is used and what the forward kernel saved (the ∂δ factors, θ's nonzero entries).
 #[derive(Clone, Debug)]
 struct State {
     shape: ConvShape,
+    x: FlexTensor,
     mean: FlexTensor,
     variance: Option<FlexTensor>,
     mean_gradient: MeanGradient,
@@ -199,20 +200,24 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
         let (shape, weight_dims): (_, [usize; 4]) = (state.shape, dims(&state.mean));
-        let [mean, grad] = [&state.mean, &grad].map(contiguous);
+        let [x, mean, grad] = [&state.x, &state.mean, &grad].map(contiguous);
         let variance = state.variance.as_ref().map(contiguous);
+        let inputs = Inputs {
+            x: values(&x),
+            mean: values(&mean),
+            variance: variance.as_ref().map(values),
+        };
         let result = kernels::backward(
             shape,
+            inputs,
             &state.saved,
-            values(&mean),
-            variance.as_ref().map(values),
             values(&grad),
             node_x.is_some(),
             state.mean_gradient,
         );
-        if let (Some(node), Some(x)) = (node_x, result.x) {
+        if let (Some(node), Some(x_grad)) = (node_x, result.x) {
             let x_dims = [shape.batch, shape.channels_in, shape.height, shape.width];
-            grads.register::<Flex>(node.id, tensor(x, x_dims));
+            grads.register::<Flex>(node.id, tensor(x_grad, x_dims));
         }
         if let Some(node) = node_mean {
             grads.register::<Flex>(node.id, tensor(result.mean, weight_dims));
@@ -245,6 +250,7 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
         let state = State {
             shape,
+            x,
             mean,
             variance: None,
             mean_gradient: MeanGradient::Everywhere,
@@ -275,6 +281,7 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         let (output, shape, saved) = forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
         let state = State {
             shape,
+            x,
             mean,
             variance: Some(variance),
             mean_gradient,

@@ -84,9 +84,18 @@ pub struct VariancePath<'a> {
     pub zeta: &'a [f32],
 }
 
-/// What the backward pass needs from the forward pass: its input x, with the variance path the
-/// factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it), and θ's nonzero
-/// entries when θ is sparse enough to multiply that way.
+/// The forward pass's inputs that its gradients use: x `[B, C, H, W]`, θ and, with the variance
+/// path, σ² (`[O, C, k, k]`).
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub x: &'a [f32],
+    pub mean: &'a [f32],
+    pub variance: Option<&'a [f32]>,
+}
+
+/// What the backward pass needs from the forward pass besides its [`Inputs`]: with the variance
+/// path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it), and θ's
+/// nonzero entries when θ is sparse enough to multiply that way.
 ///
 /// The patches P are not kept: the backward pass builds them again from x. Kept, they were one
 /// new buffer per image, 11 times x at LeNet-5's second convolution (12.8 MB per batch of 100,
@@ -96,7 +105,6 @@ pub struct VariancePath<'a> {
 /// difference beyond the machine's noise.
 #[derive(Debug)]
 pub struct Saved {
-    pub x: Vec<f32>,
     pub delta_factor: Vec<f32>,
     pub sparse_mean: Option<SparseRows>,
 }
@@ -193,7 +201,6 @@ pub fn forward(
     (
         output,
         Saved {
-            x: x.to_vec(),
             delta_factor,
             sparse_mean,
         },
@@ -209,13 +216,12 @@ pub struct Grads {
     pub variance: Option<Vec<f32>>,
 }
 
-/// `variance` is σ² when the forward pass had the variance path, `None` otherwise; ∂mean is
-/// left 0 where `mean_gradient` says it is not used.
+/// `inputs.variance` is σ² when the forward pass had the variance path, `None` otherwise; ∂mean
+/// is left 0 where `mean_gradient` says it is not used.
 pub fn backward(
     shape: ConvShape,
+    inputs: Inputs,
     saved: &Saved,
-    mean: &[f32],
-    variance: Option<&[f32]>,
     grad: &[f32],
     need_x: bool,
     mean_gradient: MeanGradient,
@@ -223,6 +229,7 @@ pub fn backward(
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let images = per_image(&mut x_grad, shape.batch);
+    let Inputs { x, mean, variance } = inputs;
     let noisy = variance.is_some();
     let sampled_mean = match mean_gradient {
         MeanGradient::WhereNonzero => saved.sparse_mean.as_ref(),
@@ -232,7 +239,7 @@ pub fn backward(
     let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
         im2col(
             shape,
-            &saved.x[b * shape.image()..][..shape.image()],
+            &x[b * shape.image()..][..shape.image()],
             &mut s.patches,
         );
         let p = &s.patches;
@@ -562,15 +569,12 @@ mod tests {
                     zeta: &zeta,
                 };
                 let (_, saved) = forward(shape, &x, &mean, &bias, Some(noise));
-                let g = backward(
-                    shape,
-                    &saved,
-                    &mean,
-                    Some(&variance),
-                    &grad,
-                    true,
-                    MeanGradient::Everywhere,
-                );
+                let inputs = Inputs {
+                    x: &x,
+                    mean: &mean,
+                    variance: Some(&variance),
+                };
+                let g = backward(shape, inputs, &saved, &grad, true, MeanGradient::Everywhere);
                 (g.x, g.mean, g.bias, g.variance)
             })
         };
