@@ -132,7 +132,7 @@ pub fn with_simd<R>(work: impl FnOnce() -> R) -> R {
 
 /// Whether the CPU has the AVX-512 subsets [`with_simd`]'s widest copy is compiled for.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+pub fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && has_avx2_fma()
 }
 
