@@ -344,9 +344,10 @@ impl SparseNet {
     fn classify_all<const L: usize>(&self, images: &[f32], shapes: &[[usize; 3]]) -> Vec<u8> {
         #[cfg(target_arch = "x86_64")]
         {
-            // One image's output rows can be as short as TILE floats (LeNet-5's second
-            // convolution), too short for the wide tiles.
-            if L > 1 && has_avx512() {
+            // Output rows are at least TILE positions wide (checked when the net is built), so
+            // L·TILE floats: one image's rows (LeNet-5's second convolution: 8 floats) are too
+            // short for the wide tiles, a group of LANES images' are not.
+            if L * TILE >= WIDE_TILE && has_avx512() {
                 // SAFETY: the CPU has the features the function was compiled for (checked here).
                 return unsafe { self.classify_with_avx512::<L>(images, shapes) };
             }
