@@ -1,7 +1,7 @@
 //! Inference with the removed weights actually gone. Dense layers keep their surviving weights
 //! in compressed sparse rows (CSR) of Wᵀ, one row per output unit; convolutions keep, per output
 //! channel, the list of surviving taps (input channel, ky, kx). A forward pass touches only the
-//! kept weights. Pure host code, no tensors, compiled a second time with AVX2 for CPUs
+//! kept weights, and only the units whose values reach a logit. Pure host code, no tensors, compiled a second time with AVX2 for CPUs
 //! that have it, and for groups of images a third time with AVX-512, in wider tiles.
 //!
 //! Activations are stored image-innermost: `[f32; L]` holds one feature of `L` images, so that
@@ -60,6 +60,45 @@ impl CsrDense {
 
     pub fn nonzeros(&self) -> usize {
         self.values.len()
+    }
+
+    /// Which of the input channels (`positions` inputs each) the `needed` output units read.
+    fn inputs_read(&self, needed: &[bool], positions: usize) -> Vec<bool> {
+        let mut read = vec![false; self.d_in / positions];
+        for j in (0..self.d_out).filter(|&j| needed[j]) {
+            let row = self.row_start[j] as usize..self.row_start[j + 1] as usize;
+            for &i in &self.inputs[row] {
+                read[i as usize / positions] = true;
+            }
+        }
+        read
+    }
+
+    /// The layer with only the output units in `kept_out`, on inputs that keep only the
+    /// channels (`positions` inputs each) in `kept_in`, which must hold every channel read.
+    fn restricted(&self, kept_in: &[bool], positions: usize, kept_out: &[bool]) -> Self {
+        let channel = new_indices(kept_in);
+        let mut layer = Self {
+            d_in: channel.iter().flatten().count() * positions,
+            d_out: 0,
+            row_start: vec![0],
+            inputs: Vec::new(),
+            values: Vec::new(),
+            bias: Vec::new(),
+        };
+        for j in (0..self.d_out).filter(|&j| kept_out[j]) {
+            let row = self.row_start[j] as usize..self.row_start[j + 1] as usize;
+            for (&i, &v) in self.inputs[row.clone()].iter().zip(&self.values[row]) {
+                let (c, p) = (i as usize / positions, i as usize % positions);
+                let c = channel[c].expect("kept_in holds every channel read");
+                layer.inputs.push((c * positions + p) as u32);
+                layer.values.push(v);
+            }
+            layer.row_start.push(layer.inputs.len() as u32);
+            layer.bias.push(self.bias[j]);
+            layer.d_out += 1;
+        }
+        layer
     }
 
     /// Bytes of the stored layer (values, input indices, row starts, bias).
@@ -160,6 +199,49 @@ impl SparseConv {
         self.values.len()
     }
 
+    /// Which input channels the taps of the `needed` output channels read.
+    fn inputs_read(&self, needed: &[bool]) -> Vec<bool> {
+        let mut read = vec![false; self.channels_in];
+        for o in (0..self.channels_out).filter(|&o| needed[o]) {
+            let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
+            for &c in &self.channel[taps] {
+                read[c as usize] = true;
+            }
+        }
+        read
+    }
+
+    /// The convolution with only the output channels in `kept_out`, on inputs that keep only
+    /// the channels in `kept_in`, which must hold every channel read.
+    fn restricted(&self, kept_in: &[bool], kept_out: &[bool]) -> Self {
+        let channel = new_indices(kept_in);
+        let mut conv = Self {
+            channels_in: channel.iter().flatten().count(),
+            channels_out: 0,
+            kernel: self.kernel,
+            tap_start: vec![0],
+            channel: Vec::new(),
+            dy: Vec::new(),
+            dx: Vec::new(),
+            values: Vec::new(),
+            bias: Vec::new(),
+        };
+        for o in (0..self.channels_out).filter(|&o| kept_out[o]) {
+            for t in self.tap_start[o] as usize..self.tap_start[o + 1] as usize {
+                let c =
+                    channel[self.channel[t] as usize].expect("kept_in holds every channel read");
+                conv.channel.push(c as u16);
+                conv.dy.push(self.dy[t]);
+                conv.dx.push(self.dx[t]);
+                conv.values.push(self.values[t]);
+            }
+            conv.tap_start.push(conv.values.len() as u32);
+            conv.bias.push(self.bias[o]);
+            conv.channels_out += 1;
+        }
+        conv
+    }
+
     /// Bytes of the stored layer (values, 4 bytes of position per tap, tap starts, bias).
     pub fn bytes(&self) -> usize {
         4 * (2 * self.values.len() + self.tap_start.len() + self.bias.len())
@@ -226,6 +308,14 @@ const TILE: usize = 8;
 const WIDE_ROWS: usize = 4;
 const WIDE_TILE: usize = 32;
 
+/// The new index of each kept item (counting kept items only), `None` for the others.
+fn new_indices(kept: &[bool]) -> Vec<Option<usize>> {
+    let mut next = 0..;
+    kept.iter()
+        .map(|&k| k.then(|| next.next().expect("unbounded")))
+        .collect()
+}
+
 /// Starts of `length`-long tiles covering `0..n` (n ≥ `length`), the last shifted to end at `n`.
 fn tile_starts(n: usize, length: usize) -> impl Iterator<Item = usize> {
     (0..n).step_by(length).map(move |s| s.min(n - length))
@@ -259,7 +349,7 @@ impl SparseNet {
             ops.push(SparseOp::Dense(CsrDense::from_view(view, threshold)?));
         }
         let first = views.first().ok_or("no layers")?;
-        Self::checked([1, 1, first.shape[0]], ops)
+        Self::checked([first.shape[0], 1, 1], ops)
     }
 
     /// LeNet-5-Caffe: conv → ReLU → pool → conv → ReLU → pool → dense → ReLU → dense, on 28×28.
@@ -279,11 +369,44 @@ impl SparseNet {
         Self::checked([1, 28, 28], ops)
     }
 
-    /// The net, if every op accepts the shape the previous one produces.
+    /// The net, if every op accepts the shape the previous one produces, without its dead
+    /// units.
     fn checked(input: [usize; 3], ops: Vec<SparseOp>) -> Result<Self, String> {
         let net = Self { input, ops };
         net.shapes()?;
-        Ok(net)
+        Ok(net.without_dead_units())
+    }
+
+    /// The net without the units whose values reach no logit: convolution channels and dense
+    /// units that no kept weight of a later layer reads (Sparse VD removes whole units when it
+    /// removes all their outgoing weights). A unit with no kept incoming weights but read later
+    /// stays: it passes on its bias. What remains computes exactly what it computed before.
+    fn without_dead_units(mut self) -> Self {
+        let shapes = self.shapes().expect("checked before");
+        // The channels of each op's output that later ops read, found from the logits back.
+        let mut needed = vec![Vec::new(); self.ops.len()];
+        let mut read = vec![true; shapes.last().map_or(0, |s| s[0])];
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            let [_, h, w] = if i == 0 { self.input } else { shapes[i - 1] };
+            needed[i] = read;
+            read = match op {
+                SparseOp::Conv(conv) => conv.inputs_read(&needed[i]),
+                SparseOp::Dense(dense) => dense.inputs_read(&needed[i], h * w),
+                SparseOp::Relu | SparseOp::ReluMaxPool => needed[i].clone(),
+            };
+        }
+        // The image's channels are all given, read or not.
+        let mut kept_in = vec![true; self.input[0]];
+        for (i, (op, kept_out)) in self.ops.iter_mut().zip(needed).enumerate() {
+            let [_, h, w] = if i == 0 { self.input } else { shapes[i - 1] };
+            match op {
+                SparseOp::Conv(conv) => *conv = conv.restricted(&kept_in, &kept_out),
+                SparseOp::Dense(dense) => *dense = dense.restricted(&kept_in, h * w, &kept_out),
+                SparseOp::Relu | SparseOp::ReluMaxPool => {}
+            }
+            kept_in = kept_out;
+        }
+        self
     }
 
     /// The shape after each op.
@@ -298,7 +421,7 @@ impl SparseNet {
                 {
                     [conv.channels_out, h + 1 - conv.kernel, w + 1 - conv.kernel]
                 }
-                SparseOp::Dense(dense) if dense.d_in == c * h * w => [1, 1, dense.d_out],
+                SparseOp::Dense(dense) if dense.d_in == c * h * w => [dense.d_out, 1, 1],
                 SparseOp::Relu => shape,
                 SparseOp::ReluMaxPool => [c, h / 2, w / 2],
                 _ => {
@@ -665,6 +788,38 @@ mod tests {
         for batch in [2, 8, 9, 100] {
             assert_eq!(net.predict(&images, batch), one_by_one, "batch {batch}");
         }
+    }
+
+    #[test]
+    fn units_that_reach_no_logit_are_removed() {
+        // Hidden units: h₀ = x₀ − x₁, h₁ = bias 1 only (no kept input, read by the output),
+        // h₂ = x₁ (its outgoing weight removed: log α ≥ 3). Logits: (h₀ + 0.5·h₁, −h₀ + h₁).
+        let first = view(
+            vec![1., 0., 0., -1., 0., 1.],
+            vec![0.; 6],
+            &[2, 3],
+            vec![0., 1., 0.],
+        );
+        let mut second = view(
+            vec![1., -1., 0.5, 1., 7., 7.],
+            vec![0., 0., 0., 0., 5., 5.],
+            &[3, 2],
+            vec![0., 0.],
+        );
+        second.name = "e".into();
+        let net = SparseNet::mlp(&[first, second], 3.0).unwrap();
+        let [
+            SparseOp::Dense(hidden),
+            SparseOp::Relu,
+            SparseOp::Dense(output),
+        ] = &net.ops[..]
+        else {
+            panic!("{:?}", net.ops);
+        };
+        assert_eq!((hidden.d_out, hidden.bias.clone()), (2, vec![0., 1.]));
+        assert_eq!((output.d_in, output.inputs.clone()), (2, vec![0, 1, 0, 1]));
+        // (x₀, x₁) = (1, 3): h = (0, 1) → logits (0.5, 1) → class 1; (3, 1): h = (2, 1) → (2.5, −1).
+        assert_eq!(net.predict(&[1., 3., 3., 1.], 1), vec![1, 0]);
     }
 
     #[test]
