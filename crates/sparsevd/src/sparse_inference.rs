@@ -137,55 +137,63 @@ impl CsrDense {
 /// times its issue interval.
 const PARTIAL_SUMS: usize = 4;
 
-/// A stride-1 "valid" convolution with only its kept weights: output channel `o` adds
-/// `values[t]` × (input channel `channel[t]` shifted by `(dy[t], dx[t])`) for `t` in
-/// `tap_start[o]..tap_start[o + 1]`.
+/// A stride-1 "valid" convolution with only its kept weights, on inputs of shape `input`
+/// (`[channels, height, width]`): output channel `o` adds `values[t]` × the input shifted by
+/// `offset[t]` positions for `t` in `tap_start[o]..tap_start[o + 1]`. A tap of input channel
+/// `c` at kernel row `dy` and column `dx` has offset `(c·height + dy)·width + dx`: where its
+/// window starts, relative to the output position it contributes to.
 #[derive(Debug, Clone)]
 pub struct SparseConv {
-    pub channels_in: usize,
+    pub input: [usize; 3],
     pub channels_out: usize,
     pub kernel: usize,
     pub tap_start: Vec<u32>,
-    pub channel: Vec<u16>,
-    pub dy: Vec<u8>,
-    pub dx: Vec<u8>,
+    pub offset: Vec<u32>,
     pub values: Vec<f32>,
     pub bias: Vec<f32>,
 }
 
 impl SparseConv {
-    /// Keep the weights of `view` (θ `[out, in, k, k]`) with log α < `threshold`.
-    pub fn from_view(view: &WeightLayerView, threshold: f64) -> Result<Self, String> {
+    /// Keep the weights of `view` (θ `[out, in, k, k]`) with log α < `threshold`, for inputs
+    /// of `height` × `width`.
+    pub fn from_view(
+        view: &WeightLayerView,
+        threshold: f64,
+        [height, width]: [usize; 2],
+    ) -> Result<Self, String> {
         let &[channels_out, channels_in, kernel, kw] = view.shape.as_slice() else {
             return Err(format!(
                 "{}: not a convolution (shape {:?})",
                 view.name, view.shape
             ));
         };
-        if kernel != kw || channels_in > u16::MAX as usize || kernel > u8::MAX as usize {
+        if kernel != kw
+            || kernel > height.min(width)
+            || channels_in * height * width > u32::MAX as usize
+        {
             return Err(format!(
-                "{}: unsupported kernel {:?}",
+                "{}: kernel {:?} does not fit inputs of {height}×{width}",
                 view.name, view.shape
             ));
         }
         let kept = view.kept(threshold);
         let mut conv = SparseConv {
-            channels_in,
+            input: [channels_in, height, width],
             channels_out,
             kernel,
             tap_start: vec![0],
-            channel: Vec::new(),
-            dy: Vec::new(),
-            dx: Vec::new(),
+            offset: Vec::new(),
             values: Vec::new(),
             bias: view.bias.clone(),
         };
         for (k, (&theta, &keep)) in view.theta.iter().zip(&kept).enumerate() {
             if keep && theta != 0.0 {
-                conv.channel
-                    .push((k / (kernel * kernel) % channels_in) as u16);
-                conv.dy.push((k / kernel % kernel) as u8);
-                conv.dx.push((k % kernel) as u8);
+                let (c, dy, dx) = (
+                    k / (kernel * kernel) % channels_in,
+                    k / kernel % kernel,
+                    k % kernel,
+                );
+                conv.offset.push(((c * height + dy) * width + dx) as u32);
                 conv.values.push(theta);
             }
             if (k + 1) % (channels_in * kernel * kernel) == 0 {
@@ -199,13 +207,18 @@ impl SparseConv {
         self.values.len()
     }
 
+    /// Input positions per channel.
+    fn plane(&self) -> usize {
+        self.input[1] * self.input[2]
+    }
+
     /// Which input channels the taps of the `needed` output channels read.
     fn inputs_read(&self, needed: &[bool]) -> Vec<bool> {
-        let mut read = vec![false; self.channels_in];
+        let mut read = vec![false; self.input[0]];
         for o in (0..self.channels_out).filter(|&o| needed[o]) {
             let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
-            for &c in &self.channel[taps] {
-                read[c as usize] = true;
+            for &offset in &self.offset[taps] {
+                read[offset as usize / self.plane()] = true;
             }
         }
         read
@@ -215,25 +228,26 @@ impl SparseConv {
     /// the channels in `kept_in`, which must hold every channel read.
     fn restricted(&self, kept_in: &[bool], kept_out: &[bool]) -> Self {
         let channel = new_indices(kept_in);
+        let [_, height, width] = self.input;
         let mut conv = Self {
-            channels_in: channel.iter().flatten().count(),
+            input: [channel.iter().flatten().count(), height, width],
             channels_out: 0,
             kernel: self.kernel,
             tap_start: vec![0],
-            channel: Vec::new(),
-            dy: Vec::new(),
-            dx: Vec::new(),
+            offset: Vec::new(),
             values: Vec::new(),
             bias: Vec::new(),
         };
         for o in (0..self.channels_out).filter(|&o| kept_out[o]) {
-            for t in self.tap_start[o] as usize..self.tap_start[o + 1] as usize {
-                let c =
-                    channel[self.channel[t] as usize].expect("kept_in holds every channel read");
-                conv.channel.push(c as u16);
-                conv.dy.push(self.dy[t]);
-                conv.dx.push(self.dx[t]);
-                conv.values.push(self.values[t]);
+            let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
+            for (&offset, &v) in self.offset[taps.clone()].iter().zip(&self.values[taps]) {
+                let (c, shift) = (
+                    offset as usize / self.plane(),
+                    offset as usize % self.plane(),
+                );
+                let c = channel[c].expect("kept_in holds every channel read");
+                conv.offset.push((c * self.plane() + shift) as u32);
+                conv.values.push(v);
             }
             conv.tap_start.push(conv.values.len() as u32);
             conv.bias.push(self.bias[o]);
@@ -247,7 +261,7 @@ impl SparseConv {
         4 * (2 * self.values.len() + self.tap_start.len() + self.bias.len())
     }
 
-    /// `x` is `[channels_in, h, w]`; `out` receives `[channels_out, h − k + 1, w − k + 1]`.
+    /// `x` is `[channels, h, w]` (`input`); `out` receives `[channels_out, h − k + 1, w − k + 1]`.
     ///
     /// The output is computed in tiles of `R` rows × `W` floats (`W` positions of one image, or
     /// `W / L` positions of `L` images), each tile summed over the channel's kept taps in
@@ -258,31 +272,26 @@ impl SparseConv {
     fn forward<const L: usize, const R: usize, const W: usize>(
         &self,
         x: &[[f32; L]],
-        [h, w]: [usize; 2],
         out: &mut [[f32; L]],
     ) {
+        let [_, h, w] = self.input;
         let (oh, ow) = (h + 1 - self.kernel, w + 1 - self.kernel);
         let (x, out) = (x.as_flattened(), out.as_flattened_mut());
         let (row_in, row_out) = (w * L, ow * L);
-        // Where each kept tap's window starts in `x`, relative to the tile's corner.
-        let tap_offsets: Vec<usize> = (0..self.values.len())
-            .map(|t| {
-                let (channel, dy, dx) = (self.channel[t], self.dy[t], self.dx[t]);
-                (channel as usize * h + dy as usize) * row_in + dx as usize * L
-            })
-            .collect();
         for (o, plane) in out.chunks_exact_mut(oh * row_out).enumerate() {
             let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
-            let (values, offsets) = (&self.values[taps.clone()], &tap_offsets[taps]);
+            let (values, offsets) = (&self.values[taps.clone()], &self.offset[taps]);
             for y in tile_starts(oh, R) {
                 for col in tile_starts(row_out, W) {
                     let mut tile = [[self.bias[o]; W]; R];
                     for (&v, &offset) in values.iter().zip(offsets) {
-                        let start = offset + y * row_in + col;
+                        let start = offset as usize * L + y * row_in + col;
                         let window = &x[start..start + (R - 1) * row_in + W];
                         for (r, acc) in tile.iter_mut().enumerate() {
-                            let src: &[f32; W] =
-                                window[r * row_in..][..W].try_into().expect("W floats");
+                            // SAFETY: r ≤ R − 1, so the W floats at r·row_in lie in `window`.
+                            // (Checked reads kept the row offsets out of registers.)
+                            let src =
+                                unsafe { &*window.as_ptr().add(r * row_in).cast::<[f32; W]>() };
                             axpy(acc, v, src);
                         }
                     }
@@ -357,10 +366,12 @@ impl SparseNet {
         let [conv1, conv2, dense1, dense2] = views else {
             return Err(format!("LeNet-5 has 4 weight layers, got {}", views.len()));
         };
+        let conv1 = SparseConv::from_view(conv1, threshold, [28, 28])?;
+        let pooled = (28 + 1 - conv1.kernel) / 2;
         let ops = vec![
-            SparseOp::Conv(SparseConv::from_view(conv1, threshold)?),
+            SparseOp::Conv(conv1),
             SparseOp::ReluMaxPool,
-            SparseOp::Conv(SparseConv::from_view(conv2, threshold)?),
+            SparseOp::Conv(SparseConv::from_view(conv2, threshold, [pooled, pooled])?),
             SparseOp::ReluMaxPool,
             SparseOp::Dense(CsrDense::from_view(dense1, threshold)?),
             SparseOp::Relu,
@@ -417,7 +428,7 @@ impl SparseNet {
             let [c, h, w] = shape;
             shape = match op {
                 SparseOp::Conv(conv)
-                    if conv.channels_in == c && h.min(w) >= conv.kernel + TILE - 1 =>
+                    if conv.input == shape && h.min(w) >= conv.kernel + TILE - 1 =>
                 {
                     [conv.channels_out, h + 1 - conv.kernel, w + 1 - conv.kernel]
                 }
@@ -545,7 +556,7 @@ impl SparseNet {
             let next_len = next.iter().product();
             let (x, out) = (&a[..len], &mut b[..next_len]);
             match op {
-                SparseOp::Conv(conv) => conv.forward::<L, R, W>(x, [shape[1], shape[2]], out),
+                SparseOp::Conv(conv) => conv.forward::<L, R, W>(x, out),
                 SparseOp::Dense(dense) => dense.forward(x, out),
                 SparseOp::Relu => {
                     for (o, v) in out.iter_mut().zip(x) {
@@ -674,7 +685,7 @@ mod tests {
             &[2, 2, k, k],
             vec![0.25, -1.0],
         );
-        let conv = SparseConv::from_view(&v, 3.0).unwrap();
+        let conv = SparseConv::from_view(&v, 3.0, [h, w]).unwrap();
         assert_eq!(
             conv.nonzeros(),
             23,
@@ -683,8 +694,8 @@ mod tests {
         let x: Vec<f32> = (0..2 * h * w).map(|i| (i as f32 * 0.37).sin()).collect();
         // Lane l holds the image times l + 1. One image in tiles of TILE floats, and four in
         // tiles of WIDE_TILE floats (rows of 36 floats: the second tile overlaps the first).
-        let one = run_conv::<1, TILE, TILE>(&conv, &x, [h, w]);
-        let four = run_conv::<4, WIDE_ROWS, WIDE_TILE>(&conv, &x, [h, w]);
+        let one = run_conv::<1, TILE, TILE>(&conv, &x);
+        let four = run_conv::<4, WIDE_ROWS, WIDE_TILE>(&conv, &x);
         for o in 0..2 {
             for y in 0..oh {
                 for xo in 0..ow {
@@ -713,19 +724,19 @@ mod tests {
         }
     }
 
-    /// `conv` on `L` copies of the image `x` `[channels_in, h, w]`, copy l times l + 1.
+    /// `conv` on `L` copies of the image `x` (of shape `conv.input`), copy l times l + 1.
     fn run_conv<const L: usize, const R: usize, const W: usize>(
         conv: &SparseConv,
         x: &[f32],
-        [h, w]: [usize; 2],
     ) -> Vec<[f32; L]> {
+        let [_, h, w] = conv.input;
         let lanes: Vec<[f32; L]> = x
             .iter()
             .map(|&v| std::array::from_fn(|l| v * (l + 1) as f32))
             .collect();
         let positions = (h + 1 - conv.kernel) * (w + 1 - conv.kernel);
         let mut out = vec![[f32::NAN; L]; conv.channels_out * positions];
-        conv.forward::<L, R, W>(&lanes, [h, w], &mut out);
+        conv.forward::<L, R, W>(&lanes, &mut out);
         out
     }
 
@@ -771,7 +782,7 @@ mod tests {
         let net = SparseNet::checked(
             [1, 14, 14],
             vec![
-                SparseOp::Conv(SparseConv::from_view(&conv, 3.0).unwrap()),
+                SparseOp::Conv(SparseConv::from_view(&conv, 3.0, [14, 14]).unwrap()),
                 SparseOp::ReluMaxPool,
                 SparseOp::Relu,
                 SparseOp::Dense(CsrDense::from_view(&dense, 3.0).unwrap()),
@@ -829,7 +840,7 @@ mod tests {
         assert!(SparseNet::mlp(&[first, second], 3.0).is_err());
         // A 5×5 convolution of a 10×10 image: its 6×6 output is smaller than one tile.
         let conv = view(vec![1.; 25], vec![0.; 25], &[1, 1, 5, 5], vec![0.]);
-        let conv = SparseOp::Conv(SparseConv::from_view(&conv, 3.0).unwrap());
+        let conv = SparseOp::Conv(SparseConv::from_view(&conv, 3.0, [10, 10]).unwrap());
         let error = SparseNet::checked([1, 10, 10], vec![conv]).unwrap_err();
         assert!(error.contains("at least 8×8"), "{error}");
     }
