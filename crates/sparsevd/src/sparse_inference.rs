@@ -144,13 +144,13 @@ const PARTIAL_SUMS: usize = 4;
 /// window starts, relative to the output position it contributes to.
 #[derive(Debug, Clone)]
 pub struct SparseConv {
-    pub input: [usize; 3],
-    pub channels_out: usize,
-    pub kernel: usize,
-    pub tap_start: Vec<u32>,
-    pub offset: Vec<u32>,
-    pub values: Vec<f32>,
-    pub bias: Vec<f32>,
+    input: [usize; 3],
+    channels_out: usize,
+    kernel: usize,
+    tap_start: Vec<u32>,
+    offset: Vec<u32>,
+    values: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 impl SparseConv {
@@ -274,10 +274,14 @@ impl SparseConv {
         x: &[[f32; L]],
         out: &mut [[f32; L]],
     ) {
-        let [_, h, w] = self.input;
+        let [channels, h, w] = self.input;
         let (oh, ow) = (h + 1 - self.kernel, w + 1 - self.kernel);
         let (x, out) = (x.as_flattened(), out.as_flattened_mut());
         let (row_in, row_out) = (w * L, ow * L);
+        // With these, every window read below lies in `x`: the last row of the window of a tap
+        // at (c, dy, dx) for the bottom-right tile ends at ((c·h + dy + oh − 1)·w + dx + ow)·L,
+        // at most ((channels − 1)·h + h − 1)·w·L + w·L = x.len().
+        assert!(x.len() == channels * h * w * L && oh >= R && row_out >= W);
         for (o, plane) in out.chunks_exact_mut(oh * row_out).enumerate() {
             let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
             let (values, offsets) = (&self.values[taps.clone()], &self.offset[taps]);
@@ -285,13 +289,15 @@ impl SparseConv {
                 for col in tile_starts(row_out, W) {
                     let mut tile = [[self.bias[o]; W]; R];
                     for (&v, &offset) in values.iter().zip(offsets) {
-                        let start = offset as usize * L + y * row_in + col;
-                        let window = &x[start..start + (R - 1) * row_in + W];
+                        let corner = offset as usize * L + y * row_in + col;
                         for (r, acc) in tile.iter_mut().enumerate() {
-                            // SAFETY: r ≤ R − 1, so the W floats at r·row_in lie in `window`.
-                            // (Checked reads kept the row offsets out of registers.)
+                            // SAFETY: the offsets are those of taps of a `kernel`-wide kernel on
+                            // `input` (made so by the constructors; the fields are private), y ≤
+                            // oh − R, col ≤ row_out − W and r < R, so the W floats lie in `x`
+                            // (asserted above). Checked reads kept the tile's row offsets out of
+                            // registers and cost a third of the tap loop's instructions.
                             let src =
-                                unsafe { &*window.as_ptr().add(r * row_in).cast::<[f32; W]>() };
+                                unsafe { &*x.as_ptr().add(corner + r * row_in).cast::<[f32; W]>() };
                             axpy(acc, v, src);
                         }
                     }
