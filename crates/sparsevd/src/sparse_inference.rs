@@ -535,10 +535,13 @@ impl SparseNet {
             if count < L {
                 a[..image_len].fill([0.0; L]);
             }
-            for (l, image) in group.chunks_exact(image_len).enumerate() {
-                assert!(l < L); // lets the compiler drop the bounds check below
-                for (lanes, &pixel) in a.iter_mut().zip(image) {
-                    lanes[l] = pixel;
+            if count == L {
+                interleave(group, &mut a[..image_len]);
+            } else {
+                for (l, image) in group.chunks_exact(image_len).enumerate() {
+                    for (lanes, &pixel) in a.iter_mut().zip(image) {
+                        lanes[l] = pixel;
+                    }
                 }
             }
             let logits = self.forward::<L, R, W>(shapes, &mut a, &mut b);
@@ -575,6 +578,31 @@ impl SparseNet {
             (shape, len) = (next, next_len);
         }
         &a[..len]
+    }
+}
+
+/// `L` images (rows of `lanes.len()` floats in `images`) into `lanes`, image-innermost, in
+/// blocks of 8 pixels of each image: a transpose in registers, where pixel by pixel it was a
+/// scatter of each image's pixels (about 7 % of LeNet-5's sparse inference time at batch 100).
+#[inline(always)]
+fn interleave<const L: usize>(images: &[f32], lanes: &mut [[f32; L]]) {
+    const BLOCK: usize = 8;
+    let n = lanes.len();
+    let images: [&[f32]; L] = std::array::from_fn(|l| &images[l * n..(l + 1) * n]);
+    let mut blocks = lanes.chunks_exact_mut(BLOCK);
+    for (b, block) in (&mut blocks).enumerate() {
+        let rows: [[f32; BLOCK]; L] = std::array::from_fn(|l| {
+            images[l][b * BLOCK..][..BLOCK]
+                .try_into()
+                .expect("BLOCK pixels")
+        });
+        for (i, pixel) in block.iter_mut().enumerate() {
+            *pixel = std::array::from_fn(|l| rows[l][i]);
+        }
+    }
+    let done = n - blocks.into_remainder().len();
+    for (p, pixel) in lanes.iter_mut().enumerate().skip(done) {
+        *pixel = std::array::from_fn(|l| images[l][p]);
     }
 }
 
