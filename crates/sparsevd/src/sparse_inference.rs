@@ -528,7 +528,9 @@ impl SparseNet {
             .iter()
             .map(|s| s.iter().product())
             .fold(image_len, usize::max);
-        let (mut a, mut b) = (vec![[0f32; L]; widest], vec![[0f32; L]; widest]);
+        let (mut a_storage, mut b_storage) = (Vec::new(), Vec::new());
+        let a = cache_aligned::<L>(&mut a_storage, widest);
+        let b = cache_aligned::<L>(&mut b_storage, widest);
         let mut classes = Vec::with_capacity(images.len() / image_len);
         for group in images.chunks(L * image_len) {
             let count = group.len() / image_len;
@@ -544,7 +546,7 @@ impl SparseNet {
                     }
                 }
             }
-            let logits = self.forward::<L, R, W>(shapes, &mut a, &mut b);
+            let logits = self.forward::<L, R, W>(shapes, a, b);
             classes.extend((0..count).map(|l| argmax(logits.iter().map(|x| x[l]))));
         }
         classes
@@ -579,6 +581,20 @@ impl SparseNet {
         }
         &a[..len]
     }
+}
+
+/// `len` zeroed positions of `L` floats from `storage`, starting at a cache line (64 bytes), so
+/// that a 512-bit load of 16 floats at an even position of 8 images does not straddle two
+/// lines: `vec!` gave 16-byte alignment, where every such load straddled. LeNet-5 at batch 112,
+/// one thread, six alternated rounds of best of 10: 26–39 ms against 33–46 ms.
+fn cache_aligned<const L: usize>(storage: &mut Vec<f32>, len: usize) -> &mut [[f32; L]] {
+    const LINE: usize = 16;
+    *storage = vec![0.0; len * L + LINE];
+    // `align_offset` may decline (usize::MAX); the buffer then works unaligned.
+    let skip = Some(storage.as_ptr().align_offset(4 * LINE)).filter(|&s| s < LINE);
+    storage[skip.unwrap_or(0)..][..len * L]
+        .as_chunks_mut::<L>()
+        .0
 }
 
 /// `L` images (rows of `lanes.len()` floats in `images`) into `lanes`, image-innermost, in
