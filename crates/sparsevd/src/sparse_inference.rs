@@ -1,8 +1,9 @@
 //! Inference with the removed weights actually gone. Dense layers keep their surviving weights
 //! in compressed sparse rows (CSR) of Wᵀ, one row per output unit; convolutions keep, per output
-//! channel, the list of surviving taps (input channel, ky, kx). A forward pass touches only the
-//! kept weights, and only the units whose values reach a logit. Pure host code, no tensors, compiled a second time with AVX2 for CPUs
-//! that have it, and for groups of images a third time with AVX-512, in wider tiles.
+//! channel, the list of surviving taps (each as its window's offset into the input). A forward
+//! pass touches only the kept weights, and only the units whose values reach a logit. Pure host
+//! code, no tensors, compiled a second time with AVX2 for CPUs that have it, and for groups of
+//! images a third time with AVX-512, in wider tiles.
 //!
 //! Activations are stored image-innermost: `[f32; L]` holds one feature of `L` images, so that
 //! each kept weight is applied to `L` images in one vector operation. Batch 1 is `L = 1`;
@@ -62,43 +63,34 @@ impl CsrDense {
         self.values.len()
     }
 
+    /// The layer's entries as rows, one per output unit.
+    fn rows(&self) -> Rows<'_> {
+        Rows {
+            start: &self.row_start,
+            index: &self.inputs,
+            values: &self.values,
+            bias: &self.bias,
+        }
+    }
+
     /// Which of the input channels (`positions` inputs each) the `needed` output units read.
     fn inputs_read(&self, needed: &[bool], positions: usize) -> Vec<bool> {
-        let mut read = vec![false; self.d_in / positions];
-        for j in (0..self.d_out).filter(|&j| needed[j]) {
-            let row = self.row_start[j] as usize..self.row_start[j + 1] as usize;
-            for &i in &self.inputs[row] {
-                read[i as usize / positions] = true;
-            }
-        }
-        read
+        self.rows()
+            .groups_read(needed, positions, self.d_in / positions)
     }
 
     /// The layer with only the output units in `kept_out`, on inputs that keep only the
     /// channels (`positions` inputs each) in `kept_in`, which must hold every channel read.
     fn restricted(&self, kept_in: &[bool], positions: usize, kept_out: &[bool]) -> Self {
-        let channel = new_indices(kept_in);
-        let mut layer = Self {
-            d_in: channel.iter().flatten().count() * positions,
-            d_out: 0,
-            row_start: vec![0],
-            inputs: Vec::new(),
-            values: Vec::new(),
-            bias: Vec::new(),
-        };
-        for j in (0..self.d_out).filter(|&j| kept_out[j]) {
-            let row = self.row_start[j] as usize..self.row_start[j + 1] as usize;
-            for (&i, &v) in self.inputs[row.clone()].iter().zip(&self.values[row]) {
-                let (c, p) = (i as usize / positions, i as usize % positions);
-                let c = channel[c].expect("kept_in holds every channel read");
-                layer.inputs.push((c * positions + p) as u32);
-                layer.values.push(v);
-            }
-            layer.row_start.push(layer.inputs.len() as u32);
-            layer.bias.push(self.bias[j]);
-            layer.d_out += 1;
+        let rows = self.rows().kept(kept_in, positions, kept_out);
+        Self {
+            d_in: kept_in.iter().filter(|&&k| k).count() * positions,
+            d_out: rows.bias.len(),
+            row_start: rows.start,
+            inputs: rows.index,
+            values: rows.values,
+            bias: rows.bias,
         }
-        layer
     }
 
     /// Bytes of the stored layer (values, input indices, row starts, bias).
@@ -212,48 +204,36 @@ impl SparseConv {
         self.input[1] * self.input[2]
     }
 
+    /// The convolution's taps as rows, one per output channel; a tap's offset lies in the plane
+    /// of its input channel.
+    fn rows(&self) -> Rows<'_> {
+        Rows {
+            start: &self.tap_start,
+            index: &self.offset,
+            values: &self.values,
+            bias: &self.bias,
+        }
+    }
+
     /// Which input channels the taps of the `needed` output channels read.
     fn inputs_read(&self, needed: &[bool]) -> Vec<bool> {
-        let mut read = vec![false; self.input[0]];
-        for o in (0..self.channels_out).filter(|&o| needed[o]) {
-            let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
-            for &offset in &self.offset[taps] {
-                read[offset as usize / self.plane()] = true;
-            }
-        }
-        read
+        self.rows().groups_read(needed, self.plane(), self.input[0])
     }
 
     /// The convolution with only the output channels in `kept_out`, on inputs that keep only
     /// the channels in `kept_in`, which must hold every channel read.
     fn restricted(&self, kept_in: &[bool], kept_out: &[bool]) -> Self {
-        let channel = new_indices(kept_in);
+        let rows = self.rows().kept(kept_in, self.plane(), kept_out);
         let [_, height, width] = self.input;
-        let mut conv = Self {
-            input: [channel.iter().flatten().count(), height, width],
-            channels_out: 0,
+        Self {
+            input: [kept_in.iter().filter(|&&k| k).count(), height, width],
+            channels_out: rows.bias.len(),
             kernel: self.kernel,
-            tap_start: vec![0],
-            offset: Vec::new(),
-            values: Vec::new(),
-            bias: Vec::new(),
-        };
-        for o in (0..self.channels_out).filter(|&o| kept_out[o]) {
-            let taps = self.tap_start[o] as usize..self.tap_start[o + 1] as usize;
-            for (&offset, &v) in self.offset[taps.clone()].iter().zip(&self.values[taps]) {
-                let (c, shift) = (
-                    offset as usize / self.plane(),
-                    offset as usize % self.plane(),
-                );
-                let c = channel[c].expect("kept_in holds every channel read");
-                conv.offset.push((c * self.plane() + shift) as u32);
-                conv.values.push(v);
-            }
-            conv.tap_start.push(conv.values.len() as u32);
-            conv.bias.push(self.bias[o]);
-            conv.channels_out += 1;
+            tap_start: rows.start,
+            offset: rows.index,
+            values: rows.values,
+            bias: rows.bias,
         }
-        conv
     }
 
     /// Bytes of the stored layer (values, 4 bytes of position per tap, tap starts, bias).
@@ -323,12 +303,69 @@ const TILE: usize = 8;
 const WIDE_ROWS: usize = 4;
 const WIDE_TILE: usize = 32;
 
-/// The new index of each kept item (counting kept items only), `None` for the others.
-fn new_indices(kept: &[bool]) -> Vec<Option<usize>> {
-    let mut next = 0..;
-    kept.iter()
-        .map(|&k| k.then(|| next.next().expect("unbounded")))
-        .collect()
+/// Entries grouped in rows, as both sparse layers store them: row `j` (an output unit or
+/// channel) holds the entries `start[j]..start[j + 1]` of `index` and `values`, and has bias
+/// `bias[j]`. An entry's index lies in input group `index / group_len` (an input channel).
+struct Rows<'a> {
+    start: &'a [u32],
+    index: &'a [u32],
+    values: &'a [f32],
+    bias: &'a [f32],
+}
+
+impl Rows<'_> {
+    fn entries(&self, j: usize) -> std::ops::Range<usize> {
+        self.start[j] as usize..self.start[j + 1] as usize
+    }
+
+    /// Which of the `groups` input groups the entries of the `needed` rows read.
+    fn groups_read(&self, needed: &[bool], group_len: usize, groups: usize) -> Vec<bool> {
+        let mut read = vec![false; groups];
+        for j in (0..self.bias.len()).filter(|&j| needed[j]) {
+            for &i in &self.index[self.entries(j)] {
+                read[i as usize / group_len] = true;
+            }
+        }
+        read
+    }
+
+    /// Only the rows in `kept_out`, on inputs that keep only the groups in `kept_in` (which
+    /// must hold every group read): each entry's group moves to its place among the kept ones.
+    fn kept(&self, kept_in: &[bool], group_len: usize, kept_out: &[bool]) -> KeptRows {
+        let mut next = 0..;
+        let group: Vec<Option<usize>> = kept_in
+            .iter()
+            .map(|&k| k.then(|| next.next().expect("unbounded")))
+            .collect();
+        let mut rows = KeptRows {
+            start: vec![0],
+            index: Vec::new(),
+            values: Vec::new(),
+            bias: Vec::new(),
+        };
+        for j in (0..self.bias.len()).filter(|&j| kept_out[j]) {
+            for k in self.entries(j) {
+                let (g, within) = (
+                    self.index[k] as usize / group_len,
+                    self.index[k] as usize % group_len,
+                );
+                let g = group[g].expect("kept_in holds every group read");
+                rows.index.push((g * group_len + within) as u32);
+                rows.values.push(self.values[k]);
+            }
+            rows.start.push(rows.index.len() as u32);
+            rows.bias.push(self.bias[j]);
+        }
+        rows
+    }
+}
+
+/// The rows [`Rows::kept`] returns, in the same layout.
+struct KeptRows {
+    start: Vec<u32>,
+    index: Vec<u32>,
+    values: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 /// Starts of `length`-long tiles covering `0..n` (n ≥ `length`), the last shifted to end at `n`.
@@ -401,10 +438,11 @@ impl SparseNet {
     fn without_dead_units(mut self) -> Self {
         let shapes = self.shapes().expect("checked before");
         // The channels of each op's output that later ops read, found from the logits back.
+        let inputs: Vec<[usize; 3]> = std::iter::once(self.input).chain(shapes.clone()).collect();
         let mut needed = vec![Vec::new(); self.ops.len()];
         let mut read = vec![true; shapes.last().map_or(0, |s| s[0])];
         for (i, op) in self.ops.iter().enumerate().rev() {
-            let [_, h, w] = if i == 0 { self.input } else { shapes[i - 1] };
+            let [_, h, w] = inputs[i];
             needed[i] = read;
             read = match op {
                 SparseOp::Conv(conv) => conv.inputs_read(&needed[i]),
@@ -414,8 +452,7 @@ impl SparseNet {
         }
         // The image's channels are all given, read or not.
         let mut kept_in = vec![true; self.input[0]];
-        for (i, (op, kept_out)) in self.ops.iter_mut().zip(needed).enumerate() {
-            let [_, h, w] = if i == 0 { self.input } else { shapes[i - 1] };
+        for ((op, kept_out), [_, h, w]) in self.ops.iter_mut().zip(needed).zip(inputs) {
             match op {
                 SparseOp::Conv(conv) => *conv = conv.restricted(&kept_in, &kept_out),
                 SparseOp::Dense(dense) => *dense = dense.restricted(&kept_in, h * w, &kept_out),
