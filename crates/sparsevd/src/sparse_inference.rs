@@ -569,20 +569,19 @@ impl SparseNet {
         let a = cache_aligned::<L>(&mut a_storage, widest);
         let b = cache_aligned::<L>(&mut b_storage, widest);
         let mut classes = Vec::with_capacity(images.len() / image_len);
+        let mut padded = Vec::new();
         for group in images.chunks(L * image_len) {
             let count = group.len() / image_len;
-            if count < L {
-                a[..image_len].fill([0.0; L]);
-            }
-            if count == L {
-                interleave(group, &mut a[..image_len]);
+            let group = if count == L {
+                group
             } else {
-                for (l, image) in group.chunks_exact(image_len).enumerate() {
-                    for (lanes, &pixel) in a.iter_mut().zip(image) {
-                        lanes[l] = pixel;
-                    }
-                }
-            }
+                // Filled with zero images, so that one interleave serves every group: filled
+                // pixel by pixel, the lanes of a partial group were written by 512-bit scatters.
+                padded.resize(L * image_len, 0.0);
+                padded[..group.len()].copy_from_slice(group);
+                &padded[..]
+            };
+            interleave(group, &mut a[..image_len]);
             let logits = self.forward::<L, R, W>(shapes, a, b);
             classes.extend((0..count).map(|l| argmax(logits.iter().map(|x| x[l]))));
         }
