@@ -51,6 +51,10 @@ def main():
     parser.add_argument("--python", default="python3", help="interpreter that has torch")
     args = parser.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS="2")
+    # The commit the benches are built from, taken before they are: editing the tree while
+    # they run must not relabel them.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
     # Only this run's benches: criterion keeps the folders of benches that no longer exist.
     shutil.rmtree(ROOT / "target" / "criterion", ignore_errors=True)
     bench = ["cargo", "bench", "-p", "runner", "--bench", "training"]
@@ -73,8 +77,6 @@ def main():
         subprocess.run(bench + ["--", "infer_"], cwd=ROOT, env=env, check=True)
         inference_rounds.append(inference_medians())
     all_benches = sorted(p.name for p in (ROOT / "target" / "criterion").iterdir() if (p / "new").is_dir())
-    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         "# Performance: training step against PyTorch, and the benches",
         "",
