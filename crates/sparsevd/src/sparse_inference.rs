@@ -633,9 +633,9 @@ fn cache_aligned<const L: usize>(storage: &mut Vec<f32>, len: usize) -> &mut [[f
         .0
 }
 
-/// `L` images (rows of `lanes.len()` floats in `images`) into `lanes`, image-innermost, in
-/// blocks of 8 pixels of each image: a transpose in registers, where pixel by pixel it was a
-/// scatter of each image's pixels (about 7 % of LeNet-5's sparse inference time at batch 100).
+/// `L` images (rows of `lanes.len()` floats in `images`) into `lanes`, image-innermost: a group
+/// of 8 by [`interleave_8_with_avx`] on CPUs with AVX, otherwise pixel by pixel (for one image,
+/// a copy).
 #[inline(always)]
 fn interleave<const L: usize>(images: &[f32], lanes: &mut [[f32; L]]) {
     #[cfg(target_arch = "x86_64")]
@@ -644,30 +644,17 @@ fn interleave<const L: usize>(images: &[f32], lanes: &mut [[f32; L]]) {
         // SAFETY: the CPU has AVX (checked just above).
         return unsafe { interleave_8_with_avx(images, lanes) };
     }
-    const BLOCK: usize = 8;
     let n = lanes.len();
-    let images: [&[f32]; L] = std::array::from_fn(|l| &images[l * n..(l + 1) * n]);
-    let mut blocks = lanes.chunks_exact_mut(BLOCK);
-    for (b, block) in (&mut blocks).enumerate() {
-        let rows: [[f32; BLOCK]; L] = std::array::from_fn(|l| {
-            images[l][b * BLOCK..][..BLOCK]
-                .try_into()
-                .expect("BLOCK pixels")
-        });
-        for (i, pixel) in block.iter_mut().enumerate() {
-            *pixel = std::array::from_fn(|l| rows[l][i]);
-        }
-    }
-    let done = n - blocks.into_remainder().len();
-    for (p, pixel) in lanes.iter_mut().enumerate().skip(done) {
-        *pixel = std::array::from_fn(|l| images[l][p]);
+    for (p, pixel) in lanes.iter_mut().enumerate() {
+        *pixel = std::array::from_fn(|l| images[l * n + p]);
     }
 }
 
 /// [`interleave`] of 8 images by 8 × 8 transposes in AVX registers (unpack, shuffle, swap of
-/// 128-bit halves: 24 shuffles per block). Written as plain array code, the transpose was
-/// compiled, in the AVX-512 copy, to 512-bit scatters: 45 % of LeNet-300-100's inference time
-/// at batch 100 on an AMD EPYC (Zen 4), where scatters are slow.
+/// 128-bit halves: 24 shuffles per block of 8 pixels). Written as plain array code, pixel by
+/// pixel or in blocks, the transpose was compiled, in the AVX-512 copy, to 512-bit scatters: 45 %
+/// of LeNet-300-100's inference time at batch 100 on an AMD EPYC (Zen 4), where scatters are
+/// slow.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 fn interleave_8_with_avx(images: &[f32], lanes: &mut [[f32; 8]]) {
@@ -920,6 +907,23 @@ mod tests {
         let mut out = vec![[f32::NAN; L]; conv.channels_out * positions];
         conv.forward::<L, R, W>(&lanes, &mut out);
         out
+    }
+
+    #[test]
+    fn interleave_puts_pixel_p_of_image_l_in_lane_l_of_position_p() {
+        fn check<const L: usize>() {
+            // 21 pixels: two blocks of 8 and a remainder.
+            let n = 21;
+            let images: Vec<f32> = (0..L * n).map(|i| i as f32).collect();
+            let mut lanes = vec![[f32::NAN; L]; n];
+            interleave(&images, &mut lanes);
+            for (p, pixel) in lanes.iter().enumerate() {
+                let expected: [f32; L] = std::array::from_fn(|l| (l * n + p) as f32);
+                assert_eq!(*pixel, expected, "L = {L}, pixel {p}");
+            }
+        }
+        check::<8>(); // by AVX transposes where the CPU has AVX
+        check::<4>(); // pixel by pixel
     }
 
     #[test]
