@@ -641,7 +641,7 @@ fn interleave<const L: usize>(images: &[f32], lanes: &mut [[f32; L]]) {
     #[cfg(target_arch = "x86_64")]
     if L == 8 && has_avx2_fma() {
         let lanes = lanes.as_flattened_mut().as_chunks_mut::<8>().0;
-        // SAFETY: the CPU has AVX (checked just above).
+        // SAFETY: the CPU has AVX2, hence AVX (checked just above).
         return unsafe { interleave_8_with_avx(images, lanes) };
     }
     let n = lanes.len();
@@ -661,9 +661,9 @@ fn interleave_8_with_avx(images: &[f32], lanes: &mut [[f32; 8]]) {
     use std::arch::x86_64::*;
     let n = lanes.len();
     let images: [&[f32]; 8] = std::array::from_fn(|l| &images[l * n..(l + 1) * n]);
-    let blocks = lanes.as_chunks_mut::<8>();
-    for (b, block) in blocks.0.iter_mut().enumerate() {
-        // SAFETY: each image row holds n ≥ 8·(b + 1) floats, and a block holds 8 × 8 floats.
+    let (blocks, rest) = lanes.as_chunks_mut::<8>();
+    for (b, block) in blocks.iter_mut().enumerate() {
+        // SAFETY: each load reads the 8 floats of a (bounds-checked) 8-float slice.
         let r: [__m256; 8] =
             std::array::from_fn(|l| unsafe { _mm256_loadu_ps(images[l][8 * b..][..8].as_ptr()) });
         let t = [
@@ -701,8 +701,8 @@ fn interleave_8_with_avx(images: &[f32], lanes: &mut [[f32; 8]]) {
             unsafe { _mm256_storeu_ps(pixel.as_mut_ptr(), v) };
         }
     }
-    let done = 8 * blocks.0.len();
-    for (p, pixel) in blocks.1.iter_mut().enumerate() {
+    let done = 8 * blocks.len();
+    for (p, pixel) in rest.iter_mut().enumerate() {
         *pixel = std::array::from_fn(|l| images[l][done + p]);
     }
 }
