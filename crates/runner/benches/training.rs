@@ -97,6 +97,11 @@ fn layers(c: &mut Criterion) {
             let terms = sparsevd::KlTerms::additive(
                 &theta.to_data().try_to_vec::<f32>().expect("f32"),
                 &log_sigma2.to_data().try_to_vec::<f32>().expect("f32"),
+                sparsevd::kl::AdditiveRules::new(
+                    sparsevd::LrtVariance::ClippedAlpha,
+                    sparsevd::weights::MapKind::Dense,
+                ),
+                None,
             );
             let kl = terms.into_tensor(theta.clone(), log_sigma2.clone());
             black_box(kl.backward());

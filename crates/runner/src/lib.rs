@@ -19,8 +19,8 @@ use output::Summary;
 use provenance::Provenance;
 use reference::{PAPER_REFERENCE_FILE, PaperReference};
 use sparsevd::{
-    Dropout, LENET300_WIDTHS, LeNet5Config, MlpConfig, Network, Posterior, VggLikeConfig,
-    WeightLayerView,
+    Dropout, LENET300_WIDTHS, LeNet5Config, LrtVariance, MlpConfig, Network, Posterior,
+    VggLikeConfig, WeightLayerView,
 };
 use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
 use std::borrow::Cow;
@@ -258,7 +258,7 @@ pub fn with_network<J: WithNetwork>(
     job: J,
 ) -> J::Output {
     device.seed(rng::derive_seed(protocol.seed, train::STREAM_INIT, 0));
-    let posterior = posterior(variant, &protocol.init);
+    let posterior = posterior(variant, protocol);
     match net {
         Net::Lenet300 => job.run(
             MlpConfig::lenet300(posterior)
@@ -285,8 +285,9 @@ pub fn with_network<J: WithNetwork>(
     }
 }
 
-/// The posterior of the weights of `variant`'s layers under `init`.
-fn posterior(variant: &Variant, init: &spec::Init) -> Posterior {
+/// The posterior of the weights of `variant`'s layers under `protocol`.
+fn posterior(variant: &Variant, protocol: &spec::Protocol) -> Posterior {
+    let init = &protocol.init;
     const VALIDATED: &str = "validated: layers that learn log α have a valid init.log_alpha";
     match variant.layer {
         LayerKind::Plain | LayerKind::BinaryDropout | LayerKind::GaussianDropout => {
@@ -304,7 +305,10 @@ fn posterior(variant: &Variant, init: &spec::Init) -> Posterior {
         LayerKind::SparseVdLogAlpha => Posterior::SparseVdLogAlpha {
             log_alpha_init: init.log_alpha_init().expect(VALIDATED),
         },
-        LayerKind::SparseVd => Posterior::sparse_vd(init.log_sigma2),
+        LayerKind::SparseVd => Posterior::SparseVd {
+            log_sigma2_init: init.log_sigma2,
+            variance: protocol.lrt_variance,
+        },
     }
 }
 
@@ -395,6 +399,26 @@ pub fn evaluate_saved(
         .spec
         .variant_index(&variant.name)
         .map_or(&exp.spec.protocol, |i| exp.spec.protocol_of(i));
+    // The variance form the model was trained with decides its log α's ε (sparsevd::LrtVariance):
+    // as its provenance records it; runs from before the key used σ².
+    let protocol = match output::read_provenance(&dir) {
+        Ok(provenance) if variant.layer == LayerKind::SparseVd => {
+            let recorded = provenance.lrt_variance.as_deref().unwrap_or("sigma2");
+            let lrt_variance = LrtVariance::from_key(recorded).ok_or_else(|| {
+                RunError::Output(output::OutputError::Read {
+                    path: dir.join(output::PROVENANCE_TOML),
+                    message: format!(
+                        "lrt_variance = \"{recorded}\": expected \"clipped_alpha\" or \"sigma2\""
+                    ),
+                })
+            })?;
+            Cow::Owned(spec::Protocol {
+                lrt_variance,
+                ..protocol.clone()
+            })
+        }
+        _ => Cow::Borrowed(protocol),
+    };
     let eval = Eval {
         layers,
         norms,
@@ -403,7 +427,7 @@ pub fn evaluate_saved(
         device: &options.device,
         dir,
     };
-    on_pool_worker(|| with_network(exp.spec.net, variant, protocol, &options.device, eval))
+    on_pool_worker(|| with_network(exp.spec.net, variant, &protocol, &options.device, eval))
 }
 
 /// Train `model` as the job says and write every result file.
@@ -484,6 +508,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
             wall_time_s: wall,
             mean_epoch_s: wall / records.len().max(1) as f64,
             resumed_after_epoch,
+            lrt_variance: (variant.layer == LayerKind::SparseVd)
+                .then(|| protocol.lrt_variance.key().to_string()),
             started: started.clone(),
             finished,
             harness_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -577,9 +603,11 @@ fn start_from<N: Network>(
         .into_iter()
         .map(|view| {
             let fill = |v: f64| Some(vec![v as f32; view.theta.len()]);
-            let (log_sigma2, log_alpha) = match posterior(variant, &protocol.init) {
+            let (log_sigma2, log_alpha) = match posterior(variant, protocol) {
                 Posterior::Point => (None, None),
-                Posterior::SparseVd { log_sigma2_init } => (fill(log_sigma2_init), None),
+                Posterior::SparseVd {
+                    log_sigma2_init, ..
+                } => (fill(log_sigma2_init), None),
                 Posterior::SparseVdLogAlpha { log_alpha_init } => {
                     (None, Some(log_alpha_init.values(&view.theta)))
                 }

@@ -32,6 +32,11 @@ pub struct Provenance {
     /// absent in files written before checkpoints existed).
     #[serde(default)]
     pub resumed_after_epoch: usize,
+    /// The LRT variance form of a Sparse VD variant (`clipped_alpha` or `sigma2`); absent for
+    /// other layers, and in files written before the form was a protocol key, whose Sparse VD
+    /// runs all used `sigma2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lrt_variance: Option<String>,
     pub started: String,
     /// Empty while the run goes on, and in a run that was cut short; written after every epoch.
     pub finished: String,

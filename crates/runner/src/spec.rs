@@ -1,7 +1,7 @@
 //! The declarative experiment file (`experiments/*.toml`). Unknown keys are errors.
 
 use serde::Deserialize;
-use sparsevd::{AlphaSharing, LENET300_WIDTHS, LogAlphaInit};
+use sparsevd::{AlphaSharing, LENET300_WIDTHS, LogAlphaInit, LrtVariance};
 use std::path::{Path, PathBuf};
 
 /// One experiment file: a data set, a net, a protocol, and the variants trained under it.
@@ -83,6 +83,10 @@ pub struct Protocol {
     pub threshold: f64,
     /// Zero weights with log α ≥ threshold in the mean path during training too.
     pub train_clip: bool,
+    /// The variance of Sparse VD layers' LRT sample: `"clipped_alpha"` (the authors' code, the
+    /// default) or `"sigma2"` (see [`LrtVariance`] and docs/method.md).
+    #[serde(default)]
+    pub lrt_variance: LrtVariance,
     pub optimizer: Optimizer,
     pub lr_schedule: LrSchedule,
     pub kl_warmup: KlWarmup,
@@ -873,6 +877,33 @@ paper = { net = "lenet300", method = "sparse_vd" }
             "train_clip = true",
             "train_clip = 1",
             &["line 10", "invalid type"],
+        );
+    }
+
+    #[test]
+    fn lrt_variance_names_its_forms() {
+        assert_error(
+            "train_clip = true",
+            "train_clip = true\nlrt_variance = \"sigma\"",
+            &[
+                "line 11",
+                "unknown variant `sigma`",
+                "clipped_alpha",
+                "sigma2",
+            ],
+        );
+        let parsed = |line: &str| {
+            let text = GOOD.replace("train_clip = true", line);
+            Experiment::parse(&text).map(|e| e.protocol.lrt_variance)
+        };
+        assert_eq!(
+            parsed("train_clip = true").ok(),
+            Some(LrtVariance::ClippedAlpha),
+            "the authors' form is the default"
+        );
+        assert_eq!(
+            parsed("train_clip = true\nlrt_variance = \"sigma2\"").ok(),
+            Some(LrtVariance::Sigma2)
         );
     }
 

@@ -5,7 +5,7 @@ use crate::flex_host::is_flex;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, MeanGradient, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::conv2d;
@@ -46,7 +46,7 @@ impl Conv2dConfig {
         ];
         let theta = Tensor::random(shape, Distribution::Uniform(-bound, bound), device);
         Conv2d {
-            weights: VariationalWeights::new(theta, 0, self.posterior),
+            weights: VariationalWeights::new(theta, MapKind::Convolution, self.posterior),
             padding: self.padding,
         }
     }
@@ -140,6 +140,7 @@ mod tests {
                 log_alpha: None,
                 bias: Param::from_tensor(Tensor::from_data(TensorData::from([0.1f32]), &device)),
                 posterior: Posterior::sparse_vd(-10.0),
+                kind: MapKind::Convolution,
             },
             padding: 0,
         };

@@ -5,7 +5,7 @@ use crate::flex_host::is_flex;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, MeanGradient, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -35,7 +35,7 @@ impl DenseConfig {
         let shape = [self.d_input, self.d_output];
         let theta = Tensor::random(shape, Distribution::Normal(0.0, self.init_std), device);
         Dense {
-            weights: VariationalWeights::new(theta, 1, self.posterior),
+            weights: VariationalWeights::new(theta, MapKind::Dense, self.posterior),
         }
     }
 }
@@ -107,6 +107,7 @@ mod tests {
                     device,
                 )),
                 posterior: Posterior::sparse_vd(-10.0),
+                kind: MapKind::Dense,
             },
         }
     }

@@ -1,60 +1,157 @@
-//! log α and the sigmoid approximation of KL(q(w | θ, σ²) ‖ p(w)) under the log-uniform prior.
+//! log α, the sigmoid approximation of KL(q(w | θ, σ²) ‖ p(w)) under the log-uniform prior, and
+//! the LRT variance of a Sparse VD layer, by the rules of an [`LrtVariance`] form.
 
 use crate::host_gradient::plus_zero_with_slope;
+use crate::posterior::LrtVariance;
 use crate::vector_math;
+use crate::weights::MapKind;
+use burn::tensor::activation::{sigmoid, softplus};
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 /// log α is clipped to [−8, 8], as in the authors' code.
 pub const LOG_ALPHA_CLIP: f64 = 8.0;
 
+/// ε of log α = log σ² − log(θ² + ε) in the σ² form, and in the authors' convolutions.
+pub const LOG_ALPHA_EPS: f32 = 1e-8;
+
 /// Fitted constants of the approximation (Molchanov et al. 2017, eq. 14).
 const K1: f64 = 0.63576;
 const K2: f64 = 1.87320;
 const K3: f64 = 1.48695;
 
-/// log α = clip(log σ² − log(θ² + 1e-8), −8, 8), elementwise.
-pub fn log_alpha<const D: usize>(theta: Tensor<D>, log_sigma2: Tensor<D>) -> Tensor<D> {
-    (log_sigma2 - (theta.square() + 1e-8).log()).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+/// log α = clip(log σ² − log(θ² + ε), −8, 8), elementwise (θ² + ε floored at the smallest normal
+/// f32, so that θ = 0 with ε = 0 gives log α = 8 rather than a logarithm of 0).
+pub fn log_alpha<const D: usize>(theta: Tensor<D>, log_sigma2: Tensor<D>, eps: f32) -> Tensor<D> {
+    clip_log_alpha(unclipped_log_alpha(theta, log_sigma2, eps))
 }
 
-/// Σ KL of one Sparse VD layer, its gradient with respect to the layer's parameters, and log α,
-/// computed in one parallel pass over the weights on the host.
+fn unclipped_log_alpha<const D: usize>(
+    theta: Tensor<D>,
+    log_sigma2: Tensor<D>,
+    eps: f32,
+) -> Tensor<D> {
+    log_sigma2 - (theta.square() + eps).clamp_min(f32::MIN_POSITIVE).log()
+}
+
+/// clip(ℓ, −8, 8) whose gradient is 0 where ℓ is clipped, edges included (as Theano's `switch`
+/// in the authors' code), whatever burn's `clamp` passes there.
+fn clip_log_alpha<const D: usize>(unclipped: Tensor<D>) -> Tensor<D> {
+    let c = LOG_ALPHA_CLIP;
+    let outside = unclipped
+        .clone()
+        .lower_equal_elem(-c)
+        .bool_or(unclipped.clone().greater_equal_elem(c));
+    let clipped = unclipped.clone().detach().clamp(-c, c);
+    unclipped.mask_where(outside, clipped)
+}
+
+/// Where ε enters log α = log σ² − log(θ² + ε), and which variance v the LRT sample takes: the
+/// rules of one Sparse VD layer under an [`LrtVariance`] form (see there for the sources).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdditiveRules {
+    pub variance: LrtVariance,
+    /// ε of log α in the KL term.
+    pub kl_eps: f32,
+    /// ε of log α in the forward pass: train clip, evaluation mask and the variance.
+    pub forward_eps: f32,
+    /// The variance takes θ after the train clip: removed weights give no variance.
+    pub variance_after_train_clip: bool,
+}
+
+impl AdditiveRules {
+    pub fn new(variance: LrtVariance, map: MapKind) -> Self {
+        let (kl_eps, forward_eps, variance_after_train_clip) = match (variance, map) {
+            (LrtVariance::Sigma2, _) => (LOG_ALPHA_EPS, LOG_ALPHA_EPS, false),
+            (LrtVariance::ClippedAlpha, MapKind::Dense) => (0.0, 0.0, false),
+            (LrtVariance::ClippedAlpha, MapKind::Convolution) => (0.0, LOG_ALPHA_EPS, true),
+        };
+        Self {
+            variance,
+            kl_eps,
+            forward_eps,
+            variance_after_train_clip,
+        }
+    }
+}
+
+/// Σ KL of one Sparse VD layer, its gradient with respect to the layer's parameters, log α and
+/// the LRT variance with its gradients, computed in one parallel pass over the weights on the
+/// host.
 ///
-/// Per weight, with log α = clip(ℓ, −8, 8), z = k2 + k3·log α:
+/// Per weight, with ℓ = log σ² − log(θ² + ε_KL), log α = clip(ℓ, −8, 8), z = k2 + k3·log α:
 /// - KL ≈ k1 − k1·sigmoid(z) + 0.5·softplus(−log α), where softplus(−log α) is the stable
 ///   form of log(1 + 1/α) (it never forms 1/α);
-/// - ∂KL/∂ℓ = −k1·k3·sigmoid(z)·(1 − sigmoid(z)) − 0.5·sigmoid(−log α), and 0 where ℓ is
-///   outside [−8, 8] (the clip passes no gradient).
+/// - ∂KL/∂ℓ = −k1·k3·sigmoid(z)·(1 − sigmoid(z)) − 0.5·sigmoid(−log α) for −8 < ℓ < 8, and 0
+///   where ℓ is clipped (the clip passes no gradient);
+/// - ∂KL/∂log σ² = ∂KL/∂ℓ and ∂KL/∂θ = ∂KL/∂ℓ · (−2θ / (θ² + ε_KL)) in the additive
+///   parameterization ([`KlTerms::additive`]); in the original one ([`KlTerms::of_log_alpha`]) ℓ
+///   is the learned log α itself and KL does not depend on θ.
 ///
-/// In the additive parameterization ([`KlTerms::additive`]) ℓ = log σ² − log(θ² + 1e-8), so
-/// ∂KL/∂log σ² = ∂KL/∂ℓ and ∂KL/∂θ = ∂KL/∂ℓ · (−2θ / (θ² + 1e-8)); in the original one
-/// ([`KlTerms::of_log_alpha`]) ℓ is the learned log α itself and KL does not depend on θ.
+/// The variance v (additive parameterization), with log α_f = clip(ℓ_f, −8, 8) of the forward
+/// ε, ℓ_f = log σ² − log(θ² + ε_f):
+/// - σ² form: v = exp(log σ²), ∂v/∂log σ² = v, ∂v/∂θ = 0;
+/// - clipped-α form: v = exp(log α_f)·W², W = θ (0 where removed, if the rules take θ after the
+///   train clip). Inside the clip ∂v/∂log σ² = v and ∂v/∂θ = 2θ·α + v·(−2θ / (θ² + ε_f)),
+///   which is 2θ·α·ε_f / (θ² + ε_f) (0 for ε_f = 0, where v = σ² exactly); where ℓ_f is clipped
+///   ∂v/∂log σ² = 0 and ∂v/∂θ = 2θ·e^(±8); a removed weight gets 0 for both.
 ///
-/// Why not burn's autodiff: the same formula as a chain of ~15 elementwise tensor ops and their
-/// backward steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was
-/// 14 % of a LeNet-5 step and more than half of a LeNet-300-100 step.
+/// Inside the clip ∂v/∂θ is summed from its two terms, as the authors' code (Theano's symbolic
+/// gradient) and any autodiff compute it, rather than written as its closed form: in f32 the two
+/// terms cancel only up to rounding, and Adam normalises that residue into steps of the
+/// learning rate's size wherever nothing else moves θ — at the weights the train clip removes
+/// while β = 0, and at removed weights generally. The closed form (exactly 0 for ε = 0) freezes
+/// them instead and trains measurably differently (LeNet-300-100, one epoch at β = 0: 28.5 /
+/// 23.9 / 17.0 % removed per layer with the closed form, 23.9 / 16.8 / 8.9 % with this sum,
+/// 23.3 / 16.0 / 8.7 % with [`composed_additive_terms`] under burn's autodiff).
+///
+/// Why not burn's autodiff ([`composed_additive_terms`] is that form, and the reference the
+/// tests hold this pass to): the KL as a chain of ~15 elementwise tensor ops and their backward
+/// steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was 14 % of a
+/// LeNet-5 step and more than half of a LeNet-300-100 step.
 #[derive(Debug, Clone)]
 pub struct KlTerms {
     pub kl: f64,
+    /// log α of the forward pass, clipped.
     pub log_alpha: Vec<f32>,
     /// ∂KL/∂θ; `None` when KL does not depend on θ.
     pub d_theta: Option<Vec<f32>>,
     /// ∂KL/∂ of the learned noise parameter (log σ² or log α).
     pub d_noise: Vec<f32>,
-    /// σ² = exp(log σ²) of the additive parameterization, computed in the same pass (burn's
-    /// exp is a scalar libm call per value); `None` for the log α one.
-    pub variance: Option<Vec<f32>>,
+    /// The LRT variance of the additive parameterization (burn's exp is a scalar libm call per
+    /// value, so it is computed in the same pass); `None` for the log α one.
+    pub variance: Option<Variance>,
+}
+
+/// The LRT variance v of a Sparse VD layer and its gradients (see [`KlTerms`]).
+#[derive(Debug, Clone)]
+pub struct Variance {
+    pub value: Vec<f32>,
+    /// ∂v/∂log σ²; `None` where it is v itself (the σ² form).
+    pub d_log_sigma2: Option<Vec<f32>>,
+    /// ∂v/∂θ; `None` where v does not depend on θ (the σ² form).
+    pub d_theta: Option<Vec<f32>>,
 }
 
 /// Weights per parallel chunk; fixed, so that the f64 sum of KL does not depend on threads.
 const CHUNK: usize = 1 << 14;
 
 impl KlTerms {
-    /// The terms of the additive (θ, log σ²) parameterization.
-    pub fn additive(theta: &[f32], log_sigma2: &[f32]) -> Self {
+    /// The terms of the additive (θ, log σ²) parameterization under `rules`; `train_clip` is the
+    /// threshold of the train clip, if it is on.
+    pub fn additive(
+        theta: &[f32],
+        log_sigma2: &[f32],
+        rules: AdditiveRules,
+        train_clip: Option<f64>,
+    ) -> Self {
         assert_eq!(theta.len(), log_sigma2.len(), "θ and log σ² differ in size");
-        Self::from_weights(Weights::Additive { theta, log_sigma2 })
+        Self::from_weights(Weights::Additive {
+            theta,
+            log_sigma2,
+            rules,
+            train_clip: train_clip.unwrap_or(f64::INFINITY),
+        })
     }
 
     /// The terms of the original (θ, log α) parameterization, `log_alpha` unclipped.
@@ -64,23 +161,46 @@ impl KlTerms {
 
     fn from_weights(weights: Weights) -> Self {
         let n = weights.len();
-        let additive = matches!(weights, Weights::Additive { .. });
+        let (additive, clipped_alpha) = match weights {
+            Weights::Additive { rules, .. } => (true, rules.variance == LrtVariance::ClippedAlpha),
+            Weights::LogAlpha(_) => (false, false),
+        };
         let zeros = || vector_math::zeros(n);
-        let (mut log_alpha, mut d_noise, mut d_theta, mut variance) =
-            (zeros(), zeros(), zeros(), zeros());
-        let chunk_kl: Vec<f64> = log_alpha
-            .par_chunks_mut(CHUNK)
-            .zip(d_noise.par_chunks_mut(CHUNK))
-            .zip(d_theta.par_chunks_mut(CHUNK))
-            .zip(variance.par_chunks_mut(CHUNK))
+        let (mut log_alpha, mut d_noise) = (zeros(), zeros());
+        let [
+            mut d_theta,
+            mut variance,
+            mut variance_d_noise,
+            mut variance_d_theta,
+        ] = [additive, additive, clipped_alpha, clipped_alpha].map(|wanted| wanted.then(zeros));
+        let chunks = n.div_ceil(CHUNK);
+        let outputs: Vec<Outputs> = log_alpha
+            .chunks_mut(CHUNK)
+            .zip(d_noise.chunks_mut(CHUNK))
+            .zip(chunked(&mut d_theta, chunks))
+            .zip(chunked(&mut variance, chunks))
+            .zip(chunked(&mut variance_d_noise, chunks))
+            .zip(chunked(&mut variance_d_theta, chunks))
+            .map(
+                |(
+                    ((((log_alpha, d_noise), d_theta), variance), variance_d_noise),
+                    variance_d_theta,
+                )| {
+                    Outputs {
+                        log_alpha,
+                        d_noise,
+                        d_theta,
+                        variance,
+                        variance_d_noise,
+                        variance_d_theta,
+                    }
+                },
+            )
+            .collect();
+        let chunk_kl: Vec<f64> = outputs
+            .into_par_iter()
             .enumerate()
-            .map(|(c, (((log_alpha, d_noise), d_theta), variance))| {
-                let out = Outputs {
-                    log_alpha,
-                    d_theta,
-                    d_noise,
-                    variance,
-                };
+            .map(|(c, out)| {
                 let part = weights.range(c * CHUNK, out.log_alpha.len());
                 vector_math::with_simd(
                     #[inline(always)]
@@ -91,9 +211,13 @@ impl KlTerms {
         KlTerms {
             kl: chunk_kl.iter().sum(),
             log_alpha,
-            d_theta: additive.then_some(d_theta),
+            d_theta,
             d_noise,
-            variance: additive.then_some(variance),
+            variance: variance.map(|value| Variance {
+                value,
+                d_log_sigma2: variance_d_noise,
+                d_theta: variance_d_theta,
+            }),
         }
     }
 
@@ -160,19 +284,75 @@ impl KlTerms {
         }
     }
 
-    /// σ² (see [`KlTerms::variance`]) as a tensor with the gradient of exp with respect to
-    /// `log_sigma2`, the tensor these terms were computed from: σ² + (ℓ − ℓ̄) ⊙ σ², ℓ̄ detached
-    /// ([`plus_zero_with_slope`]). Panics for the log α parameterization, which has no σ² of its own.
-    pub fn variance_tensor<const D: usize>(&mut self, log_sigma2: Tensor<D>) -> Tensor<D> {
-        let sigma2 = self
+    /// The LRT variance (see [`KlTerms::variance`]) as a tensor with its gradients with respect
+    /// to `theta` and `log_sigma2`, the tensors these terms were computed from
+    /// ([`plus_zero_with_slope`]). Panics for the log α parameterization, which has none.
+    pub fn variance_tensor<const D: usize>(
+        &mut self,
+        theta: Tensor<D>,
+        log_sigma2: Tensor<D>,
+    ) -> Tensor<D> {
+        let variance = self
             .variance
             .take()
-            .expect("σ² of the additive parameterization");
-        let sigma2 = Tensor::<D>::from_data(
-            TensorData::new(sigma2, log_sigma2.dims()),
-            &log_sigma2.device(),
-        );
-        plus_zero_with_slope(sigma2.clone(), log_sigma2, sigma2)
+            .expect("the variance of the additive parameterization");
+        let (shape, device) = (log_sigma2.dims(), log_sigma2.device());
+        let tensor = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape), &device);
+        let value = tensor(variance.value);
+        let d_log_sigma2 = variance.d_log_sigma2.map_or_else(|| value.clone(), tensor);
+        let value = plus_zero_with_slope(value, log_sigma2, d_log_sigma2);
+        match variance.d_theta {
+            Some(d_theta) => plus_zero_with_slope(value, theta, tensor(d_theta)),
+            None => value,
+        }
+    }
+}
+
+/// One `Some` chunk of `values` per parallel chunk, or `count` times `None`.
+fn chunked(values: &mut Option<Vec<f32>>, count: usize) -> Vec<Option<&mut [f32]>> {
+    match values {
+        Some(values) => values.chunks_mut(CHUNK).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}
+
+/// Σ KL, the forward pass's log α and the LRT variance of a Sparse VD layer, composed from
+/// burn's tensor operations and differentiated by burn's autodiff: the readable form of
+/// [`KlTerms::additive`] (same formulas, same rules), the reference its tests hold it to, and
+/// the path of backends other than the CPU's. `train_clip` is the train clip's threshold, if on.
+pub struct ComposedTerms<const D: usize> {
+    pub kl: Tensor<1>,
+    /// log α of the forward pass, clipped, without gradient.
+    pub log_alpha: Tensor<D>,
+    pub variance: Tensor<D>,
+}
+
+pub fn composed_additive_terms<const D: usize>(
+    theta: Tensor<D>,
+    log_sigma2: Tensor<D>,
+    rules: AdditiveRules,
+    train_clip: Option<f64>,
+) -> ComposedTerms<D> {
+    let kl_log_alpha = log_alpha(theta.clone(), log_sigma2.clone(), rules.kl_eps);
+    let kl = (softplus(kl_log_alpha.clone().neg(), 1.0) * 0.5
+        - sigmoid(kl_log_alpha * K3 + K2) * K1
+        + K1)
+        .sum();
+    let forward = log_alpha(theta.clone(), log_sigma2.clone(), rules.forward_eps);
+    let variance = match rules.variance {
+        LrtVariance::Sigma2 => log_sigma2.exp(),
+        LrtVariance::ClippedAlpha => {
+            let w = match train_clip.filter(|_| rules.variance_after_train_clip) {
+                Some(t) => theta.mask_fill(forward.clone().greater_equal_elem(t), 0.0),
+                None => theta,
+            };
+            forward.clone().exp() * w.square()
+        }
+    };
+    ComposedTerms {
+        kl,
+        log_alpha: forward.detach(),
+        variance,
     }
 }
 
@@ -182,6 +362,9 @@ enum Weights<'a> {
     Additive {
         theta: &'a [f32],
         log_sigma2: &'a [f32],
+        rules: AdditiveRules,
+        /// The train clip's threshold; +∞ when it is off.
+        train_clip: f64,
     },
     /// The learned log α, unclipped.
     LogAlpha(&'a [f32]),
@@ -198,21 +381,31 @@ impl<'a> Weights<'a> {
     fn range(&self, start: usize, len: usize) -> Weights<'a> {
         let cut = |v: &'a [f32]| &v[start..start + len];
         match *self {
-            Weights::Additive { theta, log_sigma2 } => Weights::Additive {
+            Weights::Additive {
+                theta,
+                log_sigma2,
+                rules,
+                train_clip,
+            } => Weights::Additive {
                 theta: cut(theta),
                 log_sigma2: cut(log_sigma2),
+                rules,
+                train_clip,
             },
             Weights::LogAlpha(log_alpha) => Weights::LogAlpha(cut(log_alpha)),
         }
     }
 }
 
-/// One chunk of [`KlTerms`]' per-weight vectors.
+/// One chunk of [`KlTerms`]' per-weight vectors; the options are there for the additive
+/// parameterization (the variance's slopes for the clipped-α form only).
 struct Outputs<'a> {
     log_alpha: &'a mut [f32],
-    d_theta: &'a mut [f32],
     d_noise: &'a mut [f32],
-    variance: &'a mut [f32],
+    d_theta: Option<&'a mut [f32]>,
+    variance: Option<&'a mut [f32]>,
+    variance_d_noise: Option<&'a mut [f32]>,
+    variance_d_theta: Option<&'a mut [f32]>,
 }
 
 /// Writes the chunk's per-weight terms and returns its Σ KL. Branch-free loops over slices, so
@@ -226,14 +419,54 @@ fn fill(weights: Weights, out: Outputs) -> f64 {
         .zip(out.d_noise.iter_mut())
         .zip(kl.iter_mut());
     match weights {
-        Weights::Additive { theta, log_sigma2 } => {
-            let theta_terms = out.d_theta.iter_mut().zip(out.variance.iter_mut());
-            let inputs = theta.iter().zip(log_sigma2).zip(theta_terms);
-            for (((la, dn), k), ((&t, &s), (dt, var))) in per_weight.zip(inputs) {
-                let term = sigmoid_kl(additive_log_alpha(t, s));
+        Weights::Additive {
+            theta,
+            log_sigma2,
+            rules,
+            train_clip,
+        } => {
+            const BUILT: &str = "allocated for the additive parameterization";
+            let d_theta = out.d_theta.expect(BUILT);
+            let eps = rules.kl_eps;
+            let inputs = theta.iter().zip(log_sigma2).zip(d_theta.iter_mut());
+            for (((la, dn), k), ((&t, &s), dt)) in per_weight.zip(inputs) {
+                let ell = s - vector_math::ln((t * t + eps).max(f32::MIN_POSITIVE));
+                let term = sigmoid_kl(ell);
                 (*la, *dn, *k) = (term.log_alpha, term.d_log_alpha, term.kl);
-                *dt = term.d_log_alpha * (-2.0 * t / (t * t + 1e-8));
-                *var = vector_math::exp(s);
+                // Selected rather than multiplied: with ε = 0 the ratio is 0/0 at θ = 0.
+                let ratio = -2.0 * t / (t * t + eps);
+                *dt = if inside_clip(ell) {
+                    term.d_log_alpha * ratio
+                } else {
+                    0.0
+                };
+            }
+            if rules.forward_eps != rules.kl_eps {
+                let log_alpha = out.log_alpha.iter_mut().zip(theta).zip(log_sigma2);
+                let clip = LOG_ALPHA_CLIP as f32;
+                let eps = rules.forward_eps;
+                for ((la, &t), &s) in log_alpha {
+                    *la = (s - vector_math::ln(t * t + eps)).clamp(-clip, clip);
+                }
+            }
+            let variance = out.variance.expect(BUILT);
+            match rules.variance {
+                LrtVariance::Sigma2 => {
+                    for (v, &s) in variance.iter_mut().zip(log_sigma2) {
+                        *v = vector_math::exp(s);
+                    }
+                }
+                LrtVariance::ClippedAlpha => clipped_alpha_variance(
+                    theta,
+                    out.log_alpha,
+                    ClippedAlphaVariance {
+                        value: variance,
+                        d_log_sigma2: out.variance_d_noise.expect(BUILT),
+                        d_theta: out.variance_d_theta.expect(BUILT),
+                    },
+                    rules,
+                    train_clip,
+                ),
             }
         }
         Weights::LogAlpha(log_alpha) => {
@@ -244,6 +477,51 @@ fn fill(weights: Weights, out: Outputs) -> f64 {
         }
     }
     lane_sum(&kl)
+}
+
+/// One chunk of the clipped-α variance and its slopes.
+struct ClippedAlphaVariance<'a> {
+    value: &'a mut [f32],
+    d_log_sigma2: &'a mut [f32],
+    d_theta: &'a mut [f32],
+}
+
+/// v = exp(log α)·W² and its slopes from θ and the forward pass's clipped log α (see
+/// [`KlTerms`]); log α is inside the clip exactly where its clipped value is.
+#[inline(always)]
+fn clipped_alpha_variance(
+    theta: &[f32],
+    log_alpha: &[f32],
+    out: ClippedAlphaVariance,
+    rules: AdditiveRules,
+    train_clip: f64,
+) {
+    let eps = rules.forward_eps;
+    let removable = rules.variance_after_train_clip;
+    let outputs = out.value.iter_mut().zip(out.d_log_sigma2).zip(out.d_theta);
+    for (((v, dv_ds), dv_dt), (&t, &la)) in outputs.zip(theta.iter().zip(log_alpha)) {
+        let alpha = vector_math::exp(la);
+        let removed = removable && la as f64 >= train_clip;
+        let (value, slope_theta) = (alpha * t * t, 2.0 * t * alpha);
+        let inside = inside_clip(la);
+        *v = if removed { 0.0 } else { value };
+        *dv_ds = if inside && !removed { value } else { 0.0 };
+        // Inside the clip, the two paths of the chain rule as autodiff adds them (see KlTerms).
+        let through_log_alpha = value * (-2.0 * t / (t * t + eps));
+        *dv_dt = match (removed, inside) {
+            (true, _) => 0.0,
+            (false, true) => slope_theta + through_log_alpha,
+            (false, false) => slope_theta,
+        };
+    }
+}
+
+/// −8 < ℓ < 8: where the clip of log α passes a gradient (none at the edges, as Theano's
+/// `switch` in the authors' code).
+#[inline(always)]
+fn inside_clip(unclipped: f32) -> bool {
+    let clip = LOG_ALPHA_CLIP as f32;
+    unclipped > -clip && unclipped < clip
 }
 
 /// Σ values in f64, over 8 interleaved partial sums so that the loop vectorises; the order is
@@ -268,11 +546,10 @@ struct WeightTerm {
     d_log_alpha: f32,
 }
 
-/// ℓ = log σ² − log(θ² + 1e-8): one weight's log α in the additive parameterization, before
-/// the clip.
+/// ℓ = log σ² − log(θ² + 1e-8): one weight's log α in the σ² form, before the clip.
 #[inline(always)]
 pub fn additive_log_alpha(theta: f32, log_sigma2: f32) -> f32 {
-    log_sigma2 - vector_math::ln(theta * theta + 1e-8)
+    log_sigma2 - vector_math::ln(theta * theta + LOG_ALPHA_EPS)
 }
 
 /// KL, clipped log α and ∂KL/∂ℓ at unclipped log α = ℓ.
@@ -291,7 +568,7 @@ fn sigmoid_kl(unclipped: f32) -> WeightTerm {
     } else {
         1.0 / (1.0 + e)
     };
-    let d_log_alpha = if (-clip..=clip).contains(&unclipped) {
+    let d_log_alpha = if inside_clip(unclipped) {
         -k1 * k3 * sig * (1.0 - sig) - 0.5 * sigmoid_neg
     } else {
         0.0
@@ -362,6 +639,11 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, TensorData};
 
+    /// The σ² form: ε = 1e-8 in every log α (the same rules for both map kinds).
+    fn sigma2_rules() -> AdditiveRules {
+        AdditiveRules::new(LrtVariance::Sigma2, MapKind::Dense)
+    }
+
     /// Reference values of KL (positive) from sparse-vd.md.
     const REFERENCE: [(f64, f64); 5] = [
         (-8.0, 4.6359),
@@ -394,7 +676,7 @@ mod tests {
     #[test]
     fn kl_terms_sum_the_scalar_formula() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::additive(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
         let want: f64 = theta
             .iter()
             .zip(&log_sigma2)
@@ -414,7 +696,7 @@ mod tests {
         let tensor =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::from(v), &device).require_grad();
         let (t, s) = (tensor(theta), tensor(log_sigma2));
-        let la = log_alpha(t.clone(), s.clone());
+        let la = log_alpha(t.clone(), s.clone(), LOG_ALPHA_EPS);
         let kl = (softplus(-la.clone(), 1.0) * 0.5 - sigmoid(la * K3 + K2) * K1).sum();
         let grads = kl.backward();
         let grad =
@@ -425,7 +707,7 @@ mod tests {
     #[test]
     fn kl_gradient_matches_autodiff_of_the_formula() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::additive(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
         let (d_theta, d_log_sigma2) = autodiff_gradient(&theta, &log_sigma2);
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
         for i in 0..theta.len() {
@@ -458,7 +740,7 @@ mod tests {
     #[test]
     fn kl_of_learned_log_alpha_matches_the_additive_form_and_autodiff() {
         let (theta, log_sigma2) = grid();
-        let additive = KlTerms::additive(&theta, &log_sigma2);
+        let additive = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
         let unclipped: Vec<f32> = theta
             .iter()
             .zip(&log_sigma2)
@@ -502,7 +784,7 @@ mod tests {
     #[test]
     fn kl_tensor_carries_value_and_gradient() {
         let (theta, log_sigma2) = grid();
-        let terms = KlTerms::additive(&theta, &log_sigma2);
+        let terms = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
         let device = Device::flex().autodiff();
         let tensor =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::from(v), &device).require_grad();
@@ -528,7 +810,7 @@ mod tests {
     fn train_clip_follows_log_alpha_gradient_included() {
         let device = Device::flex().autodiff();
         let values = [1.0, -1.0, 1.0, 0.5, 0.0];
-        let terms = KlTerms::additive(&values, &[2.0, 3.5, 9.0, -4.0, -25.0]);
+        let terms = KlTerms::additive(&values, &[2.0, 3.5, 9.0, -4.0, -25.0], sigma2_rules(), None);
         let theta =
             Tensor::<1>::from_data(TensorData::new(values.to_vec(), [5]), &device).require_grad();
         let clipped = terms.train_clipped(theta.clone(), &values, 3.0);
@@ -568,7 +850,7 @@ mod tests {
         let device = Device::flex();
         let theta = Tensor::<1>::from_data(TensorData::from([1.0f32, 1e-3, 10.0]), &device);
         let log_sigma2 = Tensor::<1>::from_data(TensorData::from([0.5f32, 0.0, -20.0]), &device);
-        let got = crate::weights::host_vec(log_alpha(theta, log_sigma2).into_data());
+        let got = crate::weights::host_vec(log_alpha(theta, log_sigma2, LOG_ALPHA_EPS).into_data());
         assert!((got[0] - 0.5).abs() < 1e-6);
         assert_eq!(got[1], 8.0);
         assert_eq!(got[2], -8.0);
@@ -579,8 +861,10 @@ mod tests {
         let device = Device::flex().autodiff();
         let log_sigma2 = [-10.0f32, -3.5, 0.0, 2.25];
         let noise = Tensor::<1>::from_data(TensorData::from(log_sigma2), &device).require_grad();
-        let mut terms = KlTerms::additive(&[0.1, -0.2, 0.3, 0.0], &log_sigma2);
-        let variance = terms.variance_tensor(noise.clone());
+        let theta = [0.1, -0.2, 0.3, 0.0];
+        let mut terms = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
+        let theta = Tensor::<1>::from_data(TensorData::from(theta), &device).require_grad();
+        let variance = terms.variance_tensor(theta, noise.clone());
         let grads = variance.clone().sum().backward();
         let value = variance.into_data().try_to_vec::<f32>().expect("f32");
         let slope = noise
@@ -597,6 +881,235 @@ mod tests {
                 value[i]
             );
             assert_eq!(slope[i], value[i], "d exp(ℓ)/dℓ = exp(ℓ)");
+        }
+    }
+
+    fn authors(kind: MapKind) -> AdditiveRules {
+        AdditiveRules::new(LrtVariance::ClippedAlpha, kind)
+    }
+
+    /// One weight's KL and LRT variance in f64, straight from the formulas of [`KlTerms`].
+    fn reference(t: f64, s: f64, rules: AdditiveRules, train_clip: Option<f64>) -> (f64, f64) {
+        let ell = |eps: f32| s - (t * t + eps as f64).ln();
+        let kl = kl_approx_value(ell(rules.kl_eps).clamp(-8.0, 8.0));
+        let la = ell(rules.forward_eps).clamp(-8.0, 8.0);
+        let removed = rules.variance_after_train_clip && train_clip.is_some_and(|c| la >= c);
+        let v = match rules.variance {
+            LrtVariance::Sigma2 => s.exp(),
+            LrtVariance::ClippedAlpha if removed => 0.0,
+            LrtVariance::ClippedAlpha => la.exp() * t * t,
+        };
+        (kl, v)
+    }
+
+    /// ∂v/∂log σ² and ∂v/∂θ of the first weight of `terms`.
+    fn variance_slopes(terms: &KlTerms, i: usize) -> (f32, f32) {
+        let v = terms.variance.as_ref().expect("additive");
+        let d_s = v.d_log_sigma2.as_ref().map_or(v.value[i], |d| d[i]);
+        let d_t = v.d_theta.as_ref().map_or(0.0, |d| d[i]);
+        (d_s, d_t)
+    }
+
+    /// The authors' form caps the variance at e⁸·θ² and floors it at e⁻⁸·θ², where log σ² then
+    /// gets no gradient and θ gets 2θ·e^(±8); inside the clip it is σ² with σ²'s gradient.
+    #[test]
+    fn clipped_alpha_variance_at_known_values_in_both_clip_regions() {
+        let theta = [0.5f32, 1e-3, 2.0];
+        let log_sigma2 = [-3.0f32, 0.0, -12.0];
+        let terms = KlTerms::additive(&theta, &log_sigma2, authors(MapKind::Dense), None);
+        let v = &terms.variance.as_ref().expect("additive").value;
+        let e8 = 8f64.exp();
+        let want = [(-3f64).exp(), e8 * 1e-6, 4.0 / e8];
+        for i in 0..3 {
+            assert!(
+                (v[i] as f64 - want[i]).abs() <= 1e-5 * want[i],
+                "v[{i}] = {} vs {}",
+                v[i],
+                want[i]
+            );
+        }
+        assert_eq!(terms.log_alpha[1], 8.0);
+        assert_eq!(terms.log_alpha[2], -8.0);
+        let slopes: Vec<(f32, f32)> = (0..3).map(|i| variance_slopes(&terms, i)).collect();
+        assert_eq!(slopes[0].0, v[0], "inside: ∂σ²/∂log σ² = σ²");
+        assert_eq!(
+            slopes[0].1, 0.0,
+            "inside, ε = 0: v = σ² does not depend on θ"
+        );
+        assert_eq!(
+            (slopes[1].0, slopes[2].0),
+            (0.0, 0.0),
+            "clipped: no log σ² gradient"
+        );
+        assert!((slopes[1].1 as f64 - 2e-3 * e8).abs() < 1e-3 * 2e-3 * e8);
+        assert!((slopes[2].1 as f64 - 4.0 / e8).abs() < 1e-3 * 4.0 / e8);
+        // The σ² form is σ² everywhere: 1 and e⁻¹² where the authors' form is capped.
+        let sigma2 = KlTerms::additive(&theta, &log_sigma2, sigma2_rules(), None);
+        let v2 = &sigma2.variance.as_ref().expect("additive").value;
+        assert!((v2[1] - 1.0).abs() < 1e-6 && (v2[2] as f64 - (-12f64).exp()).abs() < 1e-11);
+    }
+
+    /// Under the train clip (threshold 3) a convolution's removed weights give no variance and
+    /// no variance gradient; a dense layer's keep both. The convolution's log α has ε = 1e-8,
+    /// the dense layer's none, so a tiny θ can be removed in one and kept in the other; the KL
+    /// term has no ε in either.
+    #[test]
+    fn train_clip_removes_variance_in_convolutions_only() {
+        let theta = [0.5f32, 0.01, 0.02, 1e-5];
+        let log_sigma2 = [-3.0f32, -6.0, -1.0, -20.0];
+        let dense = KlTerms::additive(&theta, &log_sigma2, authors(MapKind::Dense), Some(3.0));
+        let conv = KlTerms::additive(
+            &theta,
+            &log_sigma2,
+            authors(MapKind::Convolution),
+            Some(3.0),
+        );
+        // log α (ε = 0): −1.61, 3.21, 6.82, 3.03; with ε = 1e-8 the last is −20 + 18.41.
+        assert!(
+            (dense.log_alpha[3] - 3.026).abs() < 1e-2,
+            "{:?}",
+            dense.log_alpha
+        );
+        assert!(
+            (conv.log_alpha[3] + 1.589).abs() < 1e-2,
+            "{:?}",
+            conv.log_alpha
+        );
+        assert_eq!(dense.kl, conv.kl);
+        let value = |t: &KlTerms| t.variance.as_ref().expect("additive").value.clone();
+        let (vd, vc) = (value(&dense), value(&conv));
+        for i in 0..3 {
+            let sigma2 = (log_sigma2[i] as f64).exp();
+            assert!(
+                (vd[i] as f64 - sigma2).abs() < 1e-5 * sigma2,
+                "dense v[{i}]"
+            );
+        }
+        assert!((vc[0] as f64 - (-3f64).exp()).abs() < 1e-5 * (-3f64).exp());
+        assert_eq!((vc[1], vc[2]), (0.0, 0.0), "removed weights: no variance");
+        assert!(vc[3] > 0.0, "kept by the convolution's log α");
+        for i in [1, 2] {
+            assert_eq!(variance_slopes(&conv, i), (0.0, 0.0));
+            assert_eq!(variance_slopes(&dense, i).0, vd[i]);
+        }
+        // Without the train clip the convolution keeps them.
+        let unclipped = KlTerms::additive(&theta, &log_sigma2, authors(MapKind::Convolution), None);
+        assert!(value(&unclipped)[1] > 0.0);
+    }
+
+    /// ∂KL and ∂v with respect to log σ² and θ against central finite differences of the f64
+    /// formulas, on both sides of each clip edge (log α = ±7.5, ±8.5), inside, and for a weight
+    /// the train clip removes; for every form and map kind.
+    #[test]
+    fn gradients_match_finite_differences_on_both_sides_of_each_clip_edge() {
+        let t = 0.3f64;
+        let train_clip = Some(3.0);
+        let rule_sets = [
+            sigma2_rules(),
+            authors(MapKind::Dense),
+            authors(MapKind::Convolution),
+        ];
+        for rules in rule_sets {
+            for target in [-8.5, -7.5, 0.0, 5.0, 7.5, 8.5] {
+                let s = target + (t * t + rules.forward_eps as f64).ln();
+                let terms = KlTerms::additive(&[t as f32], &[s as f32], rules, train_clip);
+                let h = 1e-4;
+                let diff = |f: &dyn Fn(f64, f64) -> f64, dt: f64, ds: f64| {
+                    (f(t + dt, s + ds) - f(t - dt, s - ds)) / (2.0 * h)
+                };
+                let kl = |t: f64, s: f64| reference(t, s, rules, train_clip).0;
+                let v = |t: f64, s: f64| reference(t, s, rules, train_clip).1;
+                let (dv_ds, dv_dt) = variance_slopes(&terms, 0);
+                let checks = [
+                    ("∂KL/∂log σ²", terms.d_noise[0], diff(&kl, 0.0, h)),
+                    (
+                        "∂KL/∂θ",
+                        terms.d_theta.as_ref().expect("additive")[0],
+                        diff(&kl, h, 0.0),
+                    ),
+                    ("∂v/∂log σ²", dv_ds, diff(&v, 0.0, h)),
+                    ("∂v/∂θ", dv_dt, diff(&v, h, 0.0)),
+                ];
+                for (what, got, want) in checks {
+                    assert!(
+                        (got as f64 - want).abs() <= 2e-3 * want.abs() + 1e-6,
+                        "{rules:?}, log α {target}: {what} = {got}, finite difference {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The host pass and the composed burn form (autodiff) give the same KL, log α, variance and
+    /// gradients of KL + Σ c·v, for every form and map kind, with and without the train clip.
+    #[test]
+    fn host_pass_equals_the_composed_tensor_form() {
+        let (theta, log_sigma2) = grid();
+        let n = theta.len();
+        let weights: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let device = Device::flex().autodiff();
+        let tensor =
+            |v: &[f32]| Tensor::<1>::from_data(TensorData::from(v), &device).require_grad();
+        let host = |v: Tensor<1>| crate::weights::host_vec(v.into_data());
+        let rule_sets = [
+            sigma2_rules(),
+            authors(MapKind::Dense),
+            authors(MapKind::Convolution),
+        ];
+        for rules in rule_sets {
+            for train_clip in [None, Some(3.0)] {
+                let c = Tensor::<1>::from_data(TensorData::from(weights.as_slice()), &device);
+                let (t1, s1) = (tensor(&theta), tensor(&log_sigma2));
+                let mut terms = KlTerms::additive(&theta, &log_sigma2, rules, train_clip);
+                let log_alpha_host = terms.log_alpha.clone();
+                let kl_value = terms.kl;
+                let v1 = terms.variance_tensor(t1.clone(), s1.clone());
+                let kl1 = terms.into_tensor(t1.clone(), s1.clone());
+                let loss1 = kl1 + (v1.clone() * c.clone()).sum();
+                let g1 = loss1.backward();
+
+                let (t2, s2) = (tensor(&theta), tensor(&log_sigma2));
+                let composed = composed_additive_terms(t2.clone(), s2.clone(), rules, train_clip);
+                let kl2: f32 = composed.kl.clone().into_scalar();
+                let v2 = composed.variance.clone();
+                let loss2 = composed.kl + (v2.clone() * c).sum();
+                let g2 = loss2.backward();
+
+                let case = format!("{rules:?}, train clip {train_clip:?}");
+                assert!(
+                    (kl_value - kl2 as f64).abs() < 1e-4 * kl_value.abs(),
+                    "{case}: KL"
+                );
+                let close = |a: f32, b: f32, tol: f32| (a - b).abs() <= tol * (1.0 + b.abs());
+                let pairs = [
+                    ("log α", log_alpha_host, host(composed.log_alpha), 1e-5),
+                    ("v", host(v1), host(v2), 1e-5),
+                    (
+                        "∂/∂θ",
+                        host(t1.grad(&g1).expect("tracked")),
+                        host(t2.grad(&g2).expect("tracked")),
+                        1e-4,
+                    ),
+                    (
+                        "∂/∂log σ²",
+                        host(s1.grad(&g1).expect("tracked")),
+                        host(s2.grad(&g2).expect("tracked")),
+                        1e-4,
+                    ),
+                ];
+                for (what, a, b, tol) in pairs {
+                    for i in 0..n {
+                        assert!(
+                            close(a[i], b[i], tol),
+                            "{case}: {what} at θ = {}, log σ² = {}: host {} vs composed {}",
+                            theta[i],
+                            log_sigma2[i],
+                            a[i],
+                            b[i]
+                        );
+                    }
+                }
+            }
         }
     }
 }

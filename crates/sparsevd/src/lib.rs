@@ -30,6 +30,6 @@ pub use kl::{
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{LENET300_WIDTHS, Mlp, MlpConfig};
 pub use mode::{Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
-pub use posterior::{AlphaSharing, LogAlphaInit, Posterior};
+pub use posterior::{AlphaSharing, LogAlphaInit, LrtVariance, Posterior};
 pub use sparse_inference::{CsrDense, SparseConv, SparseNet, SparseOp};
 pub use vgglike::{VggLike, VggLikeConfig};

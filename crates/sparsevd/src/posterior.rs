@@ -12,8 +12,12 @@ pub enum Posterior {
     /// Deterministic weights θ (no noise, no KL).
     Point,
     /// Sparse VD, additive parameterization (the paper's): q(w_ij) = N(θ_ij, σ²_ij), learned θ
-    /// and log σ² per weight, α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8], sigmoid KL.
-    SparseVd { log_sigma2_init: f64 },
+    /// and log σ² per weight, α_ij = σ²_ij / θ²_ij, log α clipped to [−8, 8], sigmoid KL; the
+    /// LRT sample's variance in the form `variance`.
+    SparseVd {
+        log_sigma2_init: f64,
+        variance: LrtVariance,
+    },
     /// Sparse VD in the original parameterization: learned θ and log α per weight (clipped to
     /// [−8, 8]), σ²_ij = α_ij·θ²_ij, sigmoid KL. The gradient with respect to θ carries the
     /// noise through σ², which is what the additive form removes.
@@ -25,6 +29,41 @@ pub enum Posterior {
         log_alpha_init: f64,
         sharing: AlphaSharing,
     },
+}
+
+/// The per-weight variance v of the LRT sample δ = A(x ⊙ x, v) of a Sparse VD layer; written
+/// `"clipped_alpha"` or `"sigma2"` in experiment files. The two agree wherever log α is inside
+/// the clip range (there exp(log α)·θ² = σ² in value and gradient), and differ where it binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(crate = "burn::serde", rename_all = "snake_case")]
+pub enum LrtVariance {
+    /// The authors' code (svdo-lasagne `nets/layers.py`): v = exp(log α)·W², log α clipped to
+    /// [−8, 8], so v is capped at e⁸·θ² and log σ² gets no gradient while log α is clipped.
+    /// Per layer kind, as there: a dense layer takes log α = log σ² − log θ² and W = θ; a
+    /// convolution takes log α = log σ² − log(θ² + 1e-8) and W = θ after the train clip (removed
+    /// weights give neither mean nor variance). Their KL term takes log σ² − log θ² in both.
+    #[default]
+    ClippedAlpha,
+    /// v = σ² = exp(log σ²), the posterior's own variance, never capped; log α = log σ² −
+    /// log(θ² + 1e-8) everywhere. The paper's text reads this way; this harness used it before.
+    Sigma2,
+}
+
+impl LrtVariance {
+    /// The name experiment files and provenance use.
+    pub fn key(self) -> &'static str {
+        match self {
+            LrtVariance::ClippedAlpha => "clipped_alpha",
+            LrtVariance::Sigma2 => "sigma2",
+        }
+    }
+
+    /// The form named `key` ([`LrtVariance::key`]).
+    pub fn from_key(key: &str) -> Option<Self> {
+        [LrtVariance::ClippedAlpha, LrtVariance::Sigma2]
+            .into_iter()
+            .find(|form| form.key() == key)
+    }
 }
 
 /// Where the learned per-weight log α of [`Posterior::SparseVdLogAlpha`] starts.
@@ -68,9 +107,12 @@ pub enum AlphaSharing {
 pub const VD_LOG_ALPHA_MAX: f64 = 0.0;
 
 impl Posterior {
-    /// The paper's Sparse VD with log σ² starting at `log_sigma2_init`.
+    /// The paper's Sparse VD with log σ² starting at `log_sigma2_init`, the authors' LRT variance.
     pub fn sparse_vd(log_sigma2_init: f64) -> Self {
-        Posterior::SparseVd { log_sigma2_init }
+        Posterior::SparseVd {
+            log_sigma2_init,
+            variance: LrtVariance::default(),
+        }
     }
 
     /// Shape of the learned log α for weights θ of shape `theta` whose output unit is axis

@@ -2,7 +2,10 @@
 //! variational forward pass that dense and convolutional layers share; they differ only in the
 //! linear map applied.
 
-use crate::kl::{KlTerms, LOG_ALPHA_CLIP, kl_kingma, log_alpha};
+use crate::flex_host::is_flex;
+use crate::kl::{
+    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, kl_kingma, log_alpha,
+};
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::{Posterior, VD_LOG_ALPHA_MAX};
@@ -20,7 +23,9 @@ pub(crate) const VARIANCE_EPS: f64 = 1e-8;
 /// convolution):
 /// - training (local reparameterization): γ = A(x, θ) + b, δ = A(x ⊙ x, σ²),
 ///   output γ + √(δ + 1e-8) ⊙ ζ, ζ ~ N(0, 1) per output element (drawn from the mode's noise
-///   seed); the bias never enters δ. σ² = exp(log σ²) (Sparse VD) or α·θ² (log α posteriors);
+///   seed); the bias never enters δ. Sparse VD takes the variance in the form of its
+///   [`crate::LrtVariance`] (σ² = exp(log σ²), or exp(clip(log α))·W² as the authors' code,
+///   with its rules per [`MapKind`]); the log α posteriors take α·θ²;
 /// - evaluation: A(x, θ ⊙ [log α < threshold]) + b, deterministic.
 #[derive(Module, Debug)]
 pub struct VariationalWeights<const D: usize> {
@@ -30,6 +35,28 @@ pub struct VariationalWeights<const D: usize> {
     pub bias: Param<Tensor<1>>,
     #[module(skip)]
     pub posterior: Posterior,
+    #[module(skip)]
+    pub kind: MapKind,
+}
+
+/// The linear map of a layer. The authors' code differs between the two in where ε enters
+/// log α and whether the LRT variance sees the train clip ([`AdditiveRules`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// x·θ, θ `[inputs, units]`.
+    Dense,
+    /// conv(x, θ), θ `[units, channels in, k, k]`.
+    Convolution,
+}
+
+impl MapKind {
+    /// The axis of θ that indexes output units.
+    pub fn unit_axis(self) -> usize {
+        match self {
+            MapKind::Dense => 1,
+            MapKind::Convolution => 0,
+        }
+    }
 }
 
 /// The linear map A of a layer (matmul or convolution); b is the bias, one per output unit
@@ -104,15 +131,18 @@ struct TrainTerms<const D: usize> {
 }
 
 impl<const D: usize> VariationalWeights<D> {
-    /// Weights with initial θ whose output unit is axis `unit_axis`, zero bias, and the noise
-    /// parameter of `posterior` at its initial value everywhere.
-    pub fn new(theta: Tensor<D>, unit_axis: usize, posterior: Posterior) -> Self {
+    /// Weights of a `kind` layer with initial θ, zero bias, and the noise parameter of
+    /// `posterior` at its initial value everywhere.
+    pub fn new(theta: Tensor<D>, kind: MapKind, posterior: Posterior) -> Self {
+        let unit_axis = kind.unit_axis();
         let device = theta.device();
         let shape = theta.dims();
         let full = |s: [usize; D], v: f64| Some(Param::from_tensor(Tensor::full(s, v, &device)));
         let (log_sigma2, log_alpha) = match posterior {
             Posterior::Point => (None, None),
-            Posterior::SparseVd { log_sigma2_init } => (full(shape, log_sigma2_init), None),
+            Posterior::SparseVd {
+                log_sigma2_init, ..
+            } => (full(shape, log_sigma2_init), None),
             Posterior::SparseVdLogAlpha { log_alpha_init } => {
                 let values = log_alpha_init.values(&host_vec(theta.to_data()));
                 let log_alpha = Tensor::from_data(TensorData::new(values, shape), &device);
@@ -131,6 +161,7 @@ impl<const D: usize> VariationalWeights<D> {
             bias: Param::from_tensor(Tensor::zeros([shape[unit_axis]], &device)),
             theta: Param::from_tensor(theta),
             posterior,
+            kind,
         }
     }
 
@@ -190,16 +221,35 @@ impl<const D: usize> VariationalWeights<D> {
             None => (theta.clone(), MeanGradient::Everywhere),
         };
         match self.posterior {
-            Posterior::SparseVd { .. } => {
+            Posterior::SparseVd { variance, .. } => {
+                let rules = AdditiveRules::new(variance, self.kind);
                 let log_sigma2 = noise(&self.log_sigma2);
+                if !is_flex(&theta.device()) {
+                    let terms =
+                        composed_additive_terms(theta.clone(), log_sigma2, rules, mask_threshold);
+                    let mean = match mask_threshold {
+                        Some(t) => theta.mask_fill(terms.log_alpha.greater_equal_elem(t), 0.0),
+                        None => theta,
+                    };
+                    return TrainTerms {
+                        mean,
+                        mean_gradient: MeanGradient::Everywhere,
+                        variance: terms.variance,
+                        kl: terms.kl,
+                    };
+                }
                 let theta_values = host_vec(theta.clone().into_data());
-                let mut terms =
-                    KlTerms::additive(&theta_values, &host_vec(log_sigma2.clone().into_data()));
+                let mut terms = KlTerms::additive(
+                    &theta_values,
+                    &host_vec(log_sigma2.clone().into_data()),
+                    rules,
+                    mask_threshold,
+                );
                 let (mean, mean_gradient) = clip(&terms, &theta_values);
                 TrainTerms {
                     mean,
                     mean_gradient,
-                    variance: terms.variance_tensor(log_sigma2.clone()),
+                    variance: terms.variance_tensor(theta.clone(), log_sigma2.clone()),
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
             }
@@ -258,9 +308,10 @@ impl<const D: usize> VariationalWeights<D> {
         let theta = self.theta.val();
         match self.posterior {
             Posterior::Point => None,
-            Posterior::SparseVd { .. } => Some(log_alpha(
+            Posterior::SparseVd { variance, .. } => Some(log_alpha(
                 theta,
                 self.log_sigma2.as_ref().map(Param::val).expect("built so"),
+                AdditiveRules::new(variance, self.kind).forward_eps,
             )),
             Posterior::SparseVdLogAlpha { .. } | Posterior::VariationalDropout { .. } => {
                 Some(self.learned_log_alpha().expand(theta.dims()))
@@ -333,6 +384,7 @@ impl<const D: usize> VariationalWeights<D> {
                 &device,
             )),
             posterior: self.posterior,
+            kind: self.kind,
         })
     }
 
@@ -398,6 +450,7 @@ mod tests {
             log_alpha: Some(tensor(log_alpha, shape)),
             bias: Param::from_tensor(Tensor::from_data(TensorData::from([0.3f32, -0.2]), device)),
             posterior,
+            kind: MapKind::Dense,
         }
     }
 
@@ -413,10 +466,10 @@ mod tests {
     fn log_alpha_from_log_sigma2_starts_where_the_additive_posterior_starts() {
         let device = Device::flex();
         let theta = || Tensor::<2>::from_data(TensorData::new(THETA.to_vec(), [3, 2]), &device);
-        let additive = VariationalWeights::new(theta(), 1, Posterior::sparse_vd(-1.0));
+        let additive = VariationalWeights::new(theta(), MapKind::Dense, Posterior::sparse_vd(-1.0));
         let original = VariationalWeights::new(
             theta(),
-            1,
+            MapKind::Dense,
             Posterior::SparseVdLogAlpha {
                 log_alpha_init: LogAlphaInit::FromLogSigma2 { log_sigma2: -1.0 },
             },
@@ -571,13 +624,20 @@ mod tests {
             view.log_alpha.as_deref(),
             Some(&[-1.0f32, -2.5, -1.0, -2.5, -1.0, -2.5][..])
         );
-        let fresh = VariationalWeights::new(Tensor::<2>::zeros([3, 2], &device), 1, per_unit_vd());
+        let fresh = VariationalWeights::new(
+            Tensor::<2>::zeros([3, 2], &device),
+            MapKind::Dense,
+            per_unit_vd(),
+        );
         let restored = fresh.with_values(&view).expect("same structure");
         let learned = restored.log_alpha.expect("built so").val();
         assert_eq!(learned.dims(), [1, 2]);
         assert_eq!(host_vec(learned.into_data()), vec![-1.0, -2.5]);
-        let point =
-            VariationalWeights::new(Tensor::<2>::zeros([3, 2], &device), 1, Posterior::Point);
+        let point = VariationalWeights::new(
+            Tensor::<2>::zeros([3, 2], &device),
+            MapKind::Dense,
+            Posterior::Point,
+        );
         let err = point
             .with_values(&view)
             .expect_err("point layer, log α in the file");
