@@ -399,24 +399,12 @@ pub fn evaluate_saved(
         .spec
         .variant_index(&variant.name)
         .map_or(&exp.spec.protocol, |i| exp.spec.protocol_of(i));
-    // The variance form the model was trained with decides its log α's ε (sparsevd::LrtVariance):
-    // as its provenance records it; runs from before the key used σ².
-    let protocol = match output::read_provenance(&dir) {
-        Ok(provenance) if variant.layer == LayerKind::SparseVd => {
-            let recorded = provenance.lrt_variance.as_deref().unwrap_or("sigma2");
-            let lrt_variance = LrtVariance::from_key(recorded).ok_or_else(|| {
-                RunError::Output(output::OutputError::Read {
-                    path: dir.join(output::PROVENANCE_TOML),
-                    message: format!(
-                        "lrt_variance = \"{recorded}\": expected \"clipped_alpha\" or \"sigma2\""
-                    ),
-                })
-            })?;
-            Cow::Owned(spec::Protocol {
-                lrt_variance,
-                ..protocol.clone()
-            })
-        }
+    // The variance form the model was trained with decides its log α's ε (sparsevd::LrtVariance).
+    let protocol = match variant.layer {
+        LayerKind::SparseVd => Cow::Owned(spec::Protocol {
+            lrt_variance: output::recorded_lrt_variance(&dir)?,
+            ..protocol.clone()
+        }),
         _ => Cow::Borrowed(protocol),
     };
     let eval = Eval {
@@ -563,12 +551,22 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         wall_time_s: provenance.wall_time_s,
         train_error_pct: last.train_error_pct,
     };
+    // How to read log α back from the file: the rule of the variance form (sparsevd::LrtVariance).
+    let log_alpha_rule = match (variant.layer, protocol.lrt_variance) {
+        (LayerKind::SparseVd, LrtVariance::ClippedAlpha) => {
+            "; lrt_variance=clipped_alpha; log_alpha = clip(log_sigma2 - log(theta^2 + eps), -8, 8), eps = 0 in dense and 1e-8 in conv layers"
+        }
+        (LayerKind::SparseVd, LrtVariance::Sigma2) => {
+            "; lrt_variance=sigma2; log_alpha = clip(log_sigma2 - log(theta^2 + 1e-8), -8, 8)"
+        }
+        _ => "",
+    };
     let description = format!(
-        "experiment={}; variant={}; net={}; threshold={}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias; conv theta and log_sigma2 are [out, in, kh, kw]",
+        "experiment={}; variant={}; net={}; threshold={}{log_alpha_rule}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias; conv theta and log_sigma2 are [out, in, kh, kw]",
         spec.name,
         variant.name,
         spec.net.key(),
-        protocol.threshold
+        protocol.threshold,
     );
     let metadata = [("harness", description)];
     output::write_model(dir, &model.weight_layers(), &model.norm_layers(), &metadata)?;

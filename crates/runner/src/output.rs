@@ -5,7 +5,9 @@ use crate::provenance::Provenance;
 use crate::reference::PaperResult;
 use crate::train::EpochRecord;
 use serde::{Deserialize, Serialize};
-use sparsevd::{NormLayerView, WeightLayerView};
+use sparsevd::kl::AdditiveRules;
+use sparsevd::weights::MapKind;
+use sparsevd::{LrtVariance, NormLayerView, WeightLayerView};
 use std::path::{Path, PathBuf};
 
 pub const EPOCHS_CSV: &str = "epochs.csv";
@@ -161,6 +163,24 @@ pub fn read_provenance(dir: &Path) -> Result<Provenance, OutputError> {
     toml::from_str(&text).map_err(|e| OutputError::Read {
         path,
         message: e.to_string(),
+    })
+}
+
+/// The LRT variance form the model in `dir` was trained with, as its provenance records it;
+/// provenance from before the form was a protocol key has none, and those runs used σ². A folder
+/// without provenance (a model copied elsewhere) is read as the default form.
+pub fn recorded_lrt_variance(dir: &Path) -> Result<LrtVariance, OutputError> {
+    let path = dir.join(PROVENANCE_TOML);
+    if !path.is_file() {
+        return Ok(LrtVariance::default());
+    }
+    let provenance = read_provenance(dir)?;
+    let key = provenance
+        .lrt_variance
+        .unwrap_or_else(|| LrtVariance::Sigma2.key().to_string());
+    LrtVariance::from_key(&key).ok_or_else(|| OutputError::Read {
+        path,
+        message: format!("lrt_variance = \"{key}\": expected \"clipped_alpha\" or \"sigma2\""),
     })
 }
 
@@ -464,10 +484,11 @@ fn layer_names(
 
 /// Read a `model.safetensors` written by [`write_model`] back into layer views, input to
 /// output (convolutions before dense layers, then by number). log α is recomputed on the host
-/// from log σ² with the formula of the forward pass, or read from `<name>.log_alpha` for layers
-/// that learn it.
+/// from log σ² with the formula of the forward pass under the form the model was trained with
+/// ([`recorded_lrt_variance`]), or read from `<name>.log_alpha` for layers that learn it.
 pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
-    with_model_file(dir, weight_views)
+    let form = recorded_lrt_variance(dir)?;
+    with_model_file(dir, |tensors| weight_views(tensors, form))
 }
 
 /// The weight layers and the batch-norm layers (none for a net without batch norm) of a
@@ -475,12 +496,16 @@ pub fn read_model(dir: &Path) -> Result<Vec<WeightLayerView>, OutputError> {
 pub fn read_model_and_norms(
     dir: &Path,
 ) -> Result<(Vec<WeightLayerView>, Vec<NormLayerView>), OutputError> {
+    let form = recorded_lrt_variance(dir)?;
     with_model_file(dir, |tensors| {
-        Ok((weight_views(tensors)?, norm_views(tensors)?))
+        Ok((weight_views(tensors, form)?, norm_views(tensors)?))
     })
 }
 
-fn weight_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<WeightLayerView>, String> {
+fn weight_views(
+    tensors: &safetensors::SafeTensors<'_>,
+    form: LrtVariance,
+) -> Result<Vec<WeightLayerView>, String> {
     let floats = |name: &str| float_tensor(tensors, name);
     layer_names(tensors, ".theta", |n| !n.starts_with("conv"))
         .into_iter()
@@ -491,11 +516,18 @@ fn weight_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<WeightLaye
                 .ok_or_else(|| format!("{name}.bias missing"))?
                 .1;
             let clip = sparsevd::LOG_ALPHA_CLIP as f32;
+            let kind = match name.starts_with("conv") {
+                true => MapKind::Convolution,
+                false => MapKind::Dense,
+            };
+            let eps = AdditiveRules::new(form, kind).forward_eps;
             let log_alpha = match &log_sigma2 {
                 Some(s) => Some(
                     s.iter()
                         .zip(&theta)
-                        .map(|(s, t)| (s - (t * t + 1e-8).ln()).clamp(-clip, clip))
+                        .map(|(s, t)| {
+                            (s - (t * t + eps).max(f32::MIN_POSITIVE).ln()).clamp(-clip, clip)
+                        })
                         .collect(),
                 ),
                 None => floats(&format!("{name}.log_alpha"))?.map(|(_, v)| v),
