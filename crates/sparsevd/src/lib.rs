@@ -1,5 +1,5 @@
 //! The method: Sparse Variational Dropout layers, the KL approximation, and the networks of the
-//! paper built from them. Formulas and symbol names follow `shared/paper/sparse-vd.md`.
+//! paper built from them. Formulas and symbol names follow `docs/method.md`.
 
 pub mod conv;
 pub mod cpu_conv;
