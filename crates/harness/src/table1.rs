@@ -81,7 +81,7 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
                     let s = output::read_summary(&dir)?;
                     let p =
                         output::read_provenance(&dir).with_context(|| dir.display().to_string())?;
-                    let note = if s.shortened {
+                    let mut note = if s.shortened {
                         format!("SHORTENED run: {}", p.shortened_how)
                     } else {
                         format!(
@@ -89,6 +89,10 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
                             s.epochs, p.seed, p.backend, p.threads, p.wall_time_s
                         )
                     };
+                    if variant.layer == runner::spec::LayerKind::SparseVd {
+                        let form = output::recorded_lrt_variance(&dir)?;
+                        note += &format!(", LRT variance {}", form.key());
+                    }
                     Row {
                         net: net_name.into(),
                         method: method_name.into(),
