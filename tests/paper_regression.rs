@@ -44,14 +44,12 @@ fn check_variant(
     match output::read_provenance(dir) {
         Err(e) => problems.push(e.to_string()),
         Ok(p) => {
-            if p.experiment_sha256 != exp.sha256() {
-                problems.push(format!(
-                    "{}: results were produced from a different version of {} (sha256 {} vs {} in the tree); rerun the experiment",
-                    dir.display(),
-                    exp.path.display(),
-                    p.experiment_sha256,
-                    exp.sha256()
-                ));
+            let index = exp
+                .spec
+                .variant_index(&variant.name)
+                .expect("a variant of exp");
+            if let Some(why) = p.stale_against(exp, index) {
+                problems.push(format!("{}: {why}; rerun the experiment", dir.display()));
             }
             if p.commit.is_empty()
                 || p.backend.is_empty()

@@ -57,6 +57,14 @@ enum Command {
         #[arg(long, default_value = "figures")]
         figures_dir: PathBuf,
     },
+    /// Record the training-spec hash in the provenance of finished runs that predate it (their
+    /// experiment file unchanged since they ran), so that editing comments, paper rows or
+    /// tolerances later leaves them current.
+    Stamp {
+        experiment: PathBuf,
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+    },
     /// Redraw an experiment's figures and rewrite its comparison table from its results on disk.
     Figures {
         experiment: PathBuf,
@@ -198,6 +206,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             results_dir,
             figures_dir,
         }) => report(&results_dir, &figures_dir),
+        Some(Command::Stamp {
+            experiment,
+            results_dir,
+        }) => {
+            let exp = LoadedExperiment::load(&experiment)?;
+            for line in runner::stamp_variant_hashes(&exp, &results_dir)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Some(Command::Eval {
             experiment,
             variant,

@@ -481,6 +481,10 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         Provenance {
             experiment_file: exp.path.display().to_string(),
             experiment_sha256: exp.sha256(),
+            variant_sha256: exp
+                .spec
+                .variant_index(&variant.name)
+                .map(|i| exp.variant_sha256(i)),
             variant: variant.name.clone(),
             commit: commit.to_string(),
             backend: options.backend.clone(),
@@ -628,6 +632,43 @@ fn start_from<N: Network>(
         .with_weight_layers(&layers)
         .and_then(|m| m.with_norm_layers(&norms))
         .map_err(missing)
+}
+
+/// Record the training-spec hash ([`LoadedExperiment::variant_sha256`]) in the provenance of each
+/// finished run of `exp` under `results_dir` that has none and whose experiment-file hash is the
+/// file's now, so that the spec the run trained under is exactly the one hashed. A Sparse VD run
+/// whose provenance does not name its LRT variance form (it trained before the key, with σ²) is
+/// stamped only if the file asks for σ² too. Returns one line per run: what was done or why not.
+pub fn stamp_variant_hashes(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+) -> Result<Vec<String>, RunError> {
+    let mut lines = Vec::new();
+    for (index, variant) in exp.spec.variants.iter().enumerate() {
+        let dir = results_dir.join(&exp.spec.name).join(&variant.name);
+        if !dir.join(output::SUMMARY_CSV).is_file() {
+            lines.push(format!("{}: not finished, nothing to stamp", dir.display()));
+            continue;
+        }
+        let mut provenance = output::read_provenance(&dir)?;
+        let form = exp.spec.protocol_of(index).lrt_variance.key();
+        let recorded_form = provenance.lrt_variance.as_deref().unwrap_or("sigma2");
+        let line = if provenance.variant_sha256.is_some() {
+            "already has its training-spec hash".to_string()
+        } else if provenance.experiment_sha256 != exp.sha256() {
+            "trained under another version of the file: rerun it instead".to_string()
+        } else if variant.layer == LayerKind::SparseVd && recorded_form != form {
+            format!(
+                "trained with lrt_variance = {recorded_form}, the file now says {form}: rerun it"
+            )
+        } else {
+            provenance.variant_sha256 = Some(exp.variant_sha256(index));
+            output::write_provenance(&dir, &provenance)?;
+            "stamped".to_string()
+        };
+        lines.push(format!("{}: {line}", dir.display()));
+    }
+    Ok(lines)
 }
 
 /// Rewrite `results_dir/<experiment>/comparison.md` from the finished variants on disk (after a

@@ -1,5 +1,6 @@
 //! Where a result came from: commit, experiment-file hash, backend, device, seed, epochs, time.
 
+use crate::spec::LoadedExperiment;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -10,6 +11,10 @@ use std::process::Command;
 pub struct Provenance {
     pub experiment_file: String,
     pub experiment_sha256: String,
+    /// sha256 of what decides how this variant trains
+    /// ([`crate::spec::LoadedExperiment::variant_sha256`]); absent in files written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_sha256: Option<String>,
     pub variant: String,
     /// `git describe --always --dirty` of the tree the harness ran from.
     pub commit: String,
@@ -41,6 +46,34 @@ pub struct Provenance {
     /// Empty while the run goes on, and in a run that was cut short; written after every epoch.
     pub finished: String,
     pub harness_version: String,
+}
+
+impl Provenance {
+    /// Why this finished run no longer stands for variant `index` of `exp` (`None` while it
+    /// does): its training spec hash differs from the file's now, or, for runs from before that
+    /// hash, the file itself differs.
+    pub fn stale_against(&self, exp: &LoadedExperiment, index: usize) -> Option<String> {
+        let file = exp.path.display();
+        match &self.variant_sha256 {
+            Some(recorded) => {
+                let now = exp.variant_sha256(index);
+                (*recorded != now).then(|| {
+                    format!(
+                        "the variant's training spec in {file} changed since the run (sha256 {recorded} vs {now})"
+                    )
+                })
+            }
+            None => {
+                let now = exp.sha256();
+                (self.experiment_sha256 != now).then(|| {
+                    format!(
+                        "results were produced from a different version of {file} (sha256 {} vs {now} in the tree)",
+                        self.experiment_sha256
+                    )
+                })
+            }
+        }
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -1,6 +1,6 @@
 //! The declarative experiment file (`experiments/*.toml`). Unknown keys are errors.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sparsevd::{AlphaSharing, LENET300_WIDTHS, LogAlphaInit, LrtVariance};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,7 @@ pub struct Experiment {
     pub variant_protocols: Vec<Protocol>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum Preprocessing {
     /// ZCA whitening fitted on the training set.
@@ -35,7 +35,7 @@ pub enum Preprocessing {
     PerChannel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dataset {
     Mnist,
@@ -51,7 +51,7 @@ impl Dataset {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Net {
     /// 784 → 300 → 100 → 10, ReLU.
@@ -73,7 +73,7 @@ impl Net {
 }
 
 /// How every variant of the experiment is trained.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Protocol {
     pub epochs: usize,
@@ -85,7 +85,7 @@ pub struct Protocol {
     pub train_clip: bool,
     /// The variance of Sparse VD layers' LRT sample: `"clipped_alpha"` (the authors' code, the
     /// default) or `"sigma2"` (see [`LrtVariance`] and docs/method.md).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub lrt_variance: LrtVariance,
     pub optimizer: Optimizer,
     pub lr_schedule: LrSchedule,
@@ -107,7 +107,7 @@ pub struct Protocol {
     pub evaluate_train_set: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum Optimizer {
     Adam {
@@ -119,7 +119,7 @@ pub enum Optimizer {
 }
 
 /// Learning rate as a function of the epoch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum LrSchedule {
     /// Base rate until `decay_start_epoch`, then linear to 0 at the last epoch
@@ -128,14 +128,14 @@ pub enum LrSchedule {
 }
 
 /// β = 0 for `zero_epochs`, then linear to 1 over `ramp_epochs`, then 1.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KlWarmup {
     pub zero_epochs: usize,
     pub ramp_epochs: usize,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Init {
     /// θ ~ N(0, theta_std²) for the LeNets' dense layers (convolutions start Glorot-uniform,
@@ -150,14 +150,14 @@ pub struct Init {
 
 /// `init.log_alpha`: one number for every weight, or `"from_log_sigma2"` (per weight, for
 /// `sparse_vd_log_alpha`): log α = log σ²₀ − log θ², where the additive posterior starts.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(untagged, expecting = "expected a number or \"from_log_sigma2\"")]
 pub enum InitialLogAlpha {
     Value(f64),
     Rule(LogAlphaRule),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogAlphaRule {
     FromLogSigma2,
@@ -203,7 +203,7 @@ pub struct Variant {
 
 /// Keep-probability of dropout: one p for every layer input (`keep = 0.5`), or one per layer
 /// input, the image first (`keep = [0.8, 0.5, 0.5]`, Srivastava et al.'s rates).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(
     untagged,
     expecting = "expected a probability, or a list of one per layer input, e.g. keep = [0.8, 0.5, 0.5]"
@@ -225,7 +225,7 @@ impl Keep {
 
 /// The layers of a variant: the links of the dropout family (formulas in `sparsevd::Posterior`
 /// and `sparsevd::Dropout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerKind {
     /// Deterministic dense layers (the paper's "original" network).
@@ -355,6 +355,64 @@ impl LoadedExperiment {
     pub fn sha256(&self) -> String {
         crate::provenance::sha256_hex(self.text.as_bytes())
     }
+
+    /// sha256 of what decides how variant `index` trains ([`TrainingSpec`]): unlike the file's
+    /// hash it stays the same when names, comments, paper rows, tolerances or other variants
+    /// change, so that such edits leave finished runs current.
+    pub fn variant_sha256(&self, index: usize) -> String {
+        let spec = &self.spec;
+        let variant = &spec.variants[index];
+        let start_from = variant.start_from.as_ref().map(|name| {
+            let source = spec
+                .variant_index(name)
+                .expect("validated: start_from names a variant of the file");
+            self.variant_sha256(source)
+        });
+        let training = TrainingSpec {
+            dataset: spec.dataset,
+            preprocessing: spec.preprocessing,
+            net: spec.net,
+            shortened: spec.shortened.as_deref(),
+            protocol: spec.protocol_of(index),
+            layer: variant.layer,
+            width: variant.width,
+            keep: variant.keep.as_ref(),
+            alpha: variant.alpha,
+            start_from,
+        };
+        let canonical = toml::Value::try_from(&training)
+            .and_then(|value| toml::to_string(&value))
+            .expect("a parsed experiment serializes");
+        crate::provenance::sha256_hex(canonical.as_bytes())
+    }
+}
+
+/// Everything of an experiment file that decides how one variant trains: the data set, the net,
+/// how the file is shortened, the variant's protocol (its own changes merged), its layers, and
+/// the hash of the variant it starts from. Keys at their default are left out, so that a key
+/// added later with a default keeps the hashes of earlier runs.
+#[derive(Serialize)]
+struct TrainingSpec<'a> {
+    dataset: Dataset,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preprocessing: Option<Preprocessing>,
+    net: Net,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shortened: Option<&'a str>,
+    protocol: &'a Protocol,
+    layer: LayerKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep: Option<&'a Keep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpha: Option<AlphaSharing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_from: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Experiment {
@@ -878,6 +936,53 @@ paper = { net = "lenet300", method = "sparse_vd" }
             "train_clip = 1",
             &["line 10", "invalid type"],
         );
+    }
+
+    /// `GOOD` with each `(from, to)` replaced, loaded; the hash of its variant "a".
+    fn variant_hash_after(edits: &[(&str, &str)]) -> String {
+        let text = edits
+            .iter()
+            .fold(GOOD.to_string(), |t, (from, to)| t.replacen(from, to, 1));
+        let path = std::env::temp_dir().join(format!("hash-test-{}.toml", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let exp = LoadedExperiment::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        let exp = exp.unwrap();
+        exp.variant_sha256(exp.spec.variant_index("a").unwrap())
+    }
+
+    #[test]
+    fn variant_hash_follows_what_trains_and_nothing_else() {
+        let base = variant_hash_after(&[]);
+        let same = [
+            ("name = \"t\"", "# a comment\nname = \"t\""),
+            (
+                "method = \"sparse_vd\" }",
+                "method = \"sparse_vd\" }\ntolerance = { error_pp = 0.2, compression_fraction = 0.8 }",
+            ),
+            (
+                "train_clip = true",
+                "train_clip = true\nlrt_variance = \"clipped_alpha\"",
+            ),
+        ];
+        for edit in same {
+            assert_eq!(variant_hash_after(&[edit]), base, "{edit:?}");
+        }
+        let changed = [
+            ("lr = 1e-3", "lr = 2e-3"),
+            (
+                "train_clip = true",
+                "train_clip = true\nlrt_variance = \"sigma2\"",
+            ),
+            ("layer = \"sparse_vd\"", "layer = \"plain\""),
+            (
+                "method = \"sparse_vd\" }",
+                "method = \"sparse_vd\" }\nprotocol = { seed = 2 }",
+            ),
+        ];
+        for edit in changed {
+            assert_ne!(variant_hash_after(&[edit]), base, "{edit:?}");
+        }
     }
 
     #[test]
