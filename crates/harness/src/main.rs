@@ -311,8 +311,15 @@ fn run(args: RunArgs) -> Result<()> {
     draw_figures(&exp, &options.results_dir, &args.figures_dir)?;
     let dir = runner::experiment_dir(&exp, &options);
     for s in &summaries {
+        let paper = match (s.paper_error_pct, s.paper_compression) {
+            (Some(error), Some(compression)) => {
+                format!("  paper: {error:.2}%, {compression:.1}×")
+            }
+            (Some(error), None) => format!("  paper: {error:.2}%"),
+            _ => String::new(),
+        };
         println!(
-            "{:<12} test error {:.2}%  compression {:.1}×  ({} epochs{})",
+            "{:<12} test error {:.2}%  compression {:.1}×  ({} epochs{}){paper}",
             s.variant,
             s.test_error_pct,
             s.compression,
