@@ -373,7 +373,7 @@ pub fn width_sweep(
     if exp.spec.net != runner::spec::Net::Vgglike || exp.spec.protocol.random_labels {
         return Ok(Vec::new());
     }
-    let paper = runner::paper_reference_for(&exp.path)?;
+    let paper = runner::paper_reference_of(exp)?;
     let (mut error, mut compression) = (Vec::new(), Vec::new());
     let mut shortened = false;
     let mut ours_finished = false;
@@ -384,10 +384,10 @@ pub fn width_sweep(
             .spec
             .variants
             .iter()
-            .filter(|v| v.paper.method == method)
+            .filter(|v| v.paper.as_ref().is_some_and(|p| p.method == method))
         {
             let k = variant.width.unwrap_or_default();
-            if let Some(r) = paper.find(&variant.paper) {
+            if let Some(r) = variant.paper.as_ref().and_then(|key| paper.find(key)) {
                 theirs.push((k, r.error_pct, r.compression.unwrap_or(1.0)));
             }
             let dir = results_dir.join(&exp.spec.name).join(&variant.name);

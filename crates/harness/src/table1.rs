@@ -73,7 +73,7 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
                 .spec
                 .variants
                 .iter()
-                .filter(|v| v.paper.method == method)
+                .filter(|v| v.paper.as_ref().is_some_and(|p| p.method == method))
             {
                 let dir = results_dir.join(&exp.spec.name).join(&variant.name);
                 let source = "ours".to_string();

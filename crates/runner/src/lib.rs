@@ -69,8 +69,18 @@ pub struct RunOptions {
     pub epochs: Option<usize>,
 }
 
-/// The paper's numbers shipped with the project, found beside the experiment file.
-pub fn paper_reference_for(experiment: &Path) -> Result<PaperReference, RunError> {
+/// The paper's numbers for the rows `exp`'s variants name; none are read when no variant names
+/// one (an experiment of one's own needs no reference file).
+pub fn paper_reference_of(exp: &LoadedExperiment) -> Result<PaperReference, RunError> {
+    if exp.spec.variants.iter().all(|v| v.paper.is_none()) {
+        return Ok(PaperReference::default());
+    }
+    paper_reference_file(&exp.path)
+}
+
+/// The paper's numbers shipped with the project: the reference file beside the experiment file,
+/// else the repository's.
+fn paper_reference_file(experiment: &Path) -> Result<PaperReference, RunError> {
     let beside = experiment
         .parent()
         .unwrap_or(Path::new("."))
@@ -101,7 +111,7 @@ pub fn run_experiment(
     {
         return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
     }
-    let paper = paper_reference_for(&exp.path)?;
+    let paper = paper_reference_of(exp)?;
     cpu::prepare_for_training();
     let data = load_data(spec, &options.data_dir)?;
     let dir = experiment_dir(exp, options);
@@ -534,7 +544,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
 
     let last = records.last().expect("at least one epoch is validated");
     let provenance = provenance_after(&records, provenance::now_rfc3339());
-    let reference = paper.find(&variant.paper);
+    let reference = variant.paper.as_ref().and_then(|key| paper.find(key));
     let summary = Summary {
         experiment: spec.name.clone(),
         variant: variant.name.clone(),
@@ -674,7 +684,7 @@ pub fn stamp_variant_hashes(
 /// Rewrite `results_dir/<experiment>/comparison.md` from the finished variants on disk (after a
 /// change to the table's columns, without retraining).
 pub fn rewrite_comparison(exp: &LoadedExperiment, results_dir: &Path) -> Result<(), RunError> {
-    let paper = paper_reference_for(&exp.path)?;
+    let paper = paper_reference_of(exp)?;
     write_comparison(exp, &results_dir.join(&exp.spec.name), &paper).map(|_| ())
 }
 
@@ -691,7 +701,8 @@ fn write_comparison(
             continue;
         }
         let summary = output::read_summary(&variant_dir)?;
-        rows.push((summary, paper.find(&variant.paper).cloned()));
+        let reference = variant.paper.as_ref().and_then(|key| paper.find(key));
+        rows.push((summary, reference.cloned()));
     }
     if !rows.is_empty() {
         output::write_comparison(dir, &exp.spec.name, &rows)?;

@@ -255,7 +255,12 @@ pub fn write_comparison(
     title: &str,
     rows: &[(Summary, Option<PaperResult>)],
 ) -> Result<(), OutputError> {
-    let mut md = format!("# {title}: ours beside the paper\n\n");
+    // An experiment of one's own (no variant names a paper row) gets our columns alone.
+    let with_paper = rows.iter().any(|(_, paper)| paper.is_some());
+    let mut md = match with_paper {
+        true => format!("# {title}: ours beside the paper\n\n"),
+        false => format!("# {title}\n\n"),
+    };
     md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers.\n\n");
     // Runs that evaluated the training set (random labels) also get train and test accuracy and
     // the share of all weights removed, as the paper reports them.
@@ -281,6 +286,11 @@ pub fn write_comparison(
             "paper: % removed",
         ]);
     }
+    let shown: Vec<bool> = header
+        .iter()
+        .map(|name| with_paper || !name.starts_with("paper:"))
+        .collect();
+    let header = shown_columns(&header, &shown);
     md.push_str(&format!("| {} |\n", header.join(" | ")));
     md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
     let number = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
@@ -321,9 +331,22 @@ pub fn write_comparison(
                 number(paper.as_ref().and_then(|p| p.removed_pct)),
             ]);
         }
-        md.push_str(&format!("| {} |\n", cells.join(" | ")));
+        md.push_str(&format!(
+            "| {} |\n",
+            shown_columns(&cells, &shown).join(" | ")
+        ));
     }
     write_atomic(&experiment_dir.join(COMPARISON_MD), md.as_bytes())
+}
+
+/// The cells of the columns that `shown` keeps.
+fn shown_columns<T: Clone>(cells: &[T], shown: &[bool]) -> Vec<T> {
+    cells
+        .iter()
+        .zip(shown)
+        .filter(|(_, shown)| **shown)
+        .map(|(cell, _)| cell.clone())
+        .collect()
 }
 
 /// Delete a variant's results and checkpoint (for `--force`).
@@ -602,9 +625,8 @@ mod tests {
             removed_pct: Some(100.0),
             source: "poster".into(),
         };
-        write_comparison(&dir, "rl", &[(ours, Some(paper))]).unwrap();
+        write_comparison(&dir, "rl", &[(ours.clone(), Some(paper))]).unwrap();
         let md = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
         let cells = |line: &str| -> Vec<String> {
             line.trim_matches('|')
@@ -612,6 +634,15 @@ mod tests {
                 .map(|c| c.trim().to_string())
                 .collect()
         };
+        // Without a paper row (an experiment of one's own) only our columns remain.
+        write_comparison(&dir, "own", &[(ours, None)]).unwrap();
+        let own = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let own_lines: Vec<&str> = own.lines().filter(|l| l.starts_with('|')).collect();
+        let (own_header, own_row) = (cells(own_lines[0]), cells(own_lines[2]));
+        assert!(own_header.iter().all(|h| !h.starts_with("paper")), "{own}");
+        assert_eq!(own_header.len(), own_row.len());
+        assert!(own_header.contains(&"ours: train accuracy %".to_string()));
         let (header, row) = (cells(lines[0]), cells(lines[2]));
         let column = |name: &str| {
             let i = header.iter().position(|h| h == name).expect(name);

@@ -19,7 +19,7 @@ pub struct PaperResult {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct PaperReference {
     #[serde(rename = "result")]
     pub results: Vec<PaperResult>,

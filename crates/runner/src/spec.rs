@@ -181,9 +181,11 @@ pub struct Variant {
     /// Folder name under the experiment's results.
     pub name: String,
     pub layer: LayerKind,
-    /// The paper's row this variant is compared with.
-    pub paper: PaperKey,
-    /// Regression tolerance against the paper's row (checked by the tests under `tests/`).
+    /// The paper's row this variant is compared with; none for an experiment of one's own, whose
+    /// tables then show our numbers alone.
+    pub paper: Option<PaperKey>,
+    /// Regression tolerance against the paper's row (checked by the tests under `tests/`; needs
+    /// `paper`).
     pub tolerance: Option<Tolerance>,
     /// Width multiplier k (VGG-like only, where it is required).
     pub width: Option<f64>,
@@ -539,6 +541,13 @@ impl Experiment {
                 return fail(
                     &format!("variant[{i}].name"),
                     format!("duplicate variant name {:?}", v.name),
+                );
+            }
+            if v.tolerance.is_some() && v.paper.is_none() {
+                return fail(
+                    &format!("variant[{i}].tolerance"),
+                    "a tolerance is held against the paper's row: expected paper = { net, method }"
+                        .into(),
                 );
             }
             match (self.net, v.width) {
@@ -983,6 +992,17 @@ paper = { net = "lenet300", method = "sparse_vd" }
         for edit in changed {
             assert_ne!(variant_hash_after(&[edit]), base, "{edit:?}");
         }
+    }
+
+    #[test]
+    fn a_variant_without_a_paper_row_is_ones_own_and_takes_no_tolerance() {
+        let own = "paper = { net = \"lenet300\", method = \"sparse_vd\" }";
+        assert_eq!(error_after(own, ""), "");
+        assert_error(
+            own,
+            "tolerance = { error_pp = 0.2, compression_fraction = 0.8 }",
+            &["variant[0].tolerance", "paper = { net, method }"],
+        );
     }
 
     #[test]
