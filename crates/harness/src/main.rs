@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 mod eval;
 mod figures;
+mod report;
 mod table1;
 
 #[derive(Parser)]
@@ -31,7 +32,8 @@ enum Command {
         #[arg(long, value_enum)]
         device: Option<Backend>,
     },
-    /// Regenerate results/table1.{md,csv} and every experiment's figures from the results on disk.
+    /// Regenerate results/table1.{md,csv}, every experiment's figures and results/REPORT.md (all
+    /// tables and figures in one document) from the results on disk.
     Report {
         #[arg(long, default_value = "results")]
         results_dir: PathBuf,
@@ -200,7 +202,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             figures_dir,
         }) => {
             let exp = LoadedExperiment::load(&experiment)?;
-            draw_figures(&exp, &results_dir, &figures_dir)
+            draw_figures(&exp, &results_dir, &figures_dir).map(|_| ())
         }
         Some(Command::Report {
             results_dir,
@@ -233,20 +235,24 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// Draw `exp`'s figures and rewrite its comparison table; the figure files written.
 fn draw_figures(
     exp: &LoadedExperiment,
     results_dir: &std::path::Path,
     figures_dir: &std::path::Path,
-) -> Result<()> {
-    let written = [
+) -> Result<Vec<PathBuf>> {
+    let written: Vec<PathBuf> = [
         figures::training_curves(exp, results_dir, figures_dir)?,
         figures::first_layer_masks(exp, results_dir, figures_dir)?,
         figures::width_sweep(exp, results_dir, figures_dir)?,
         figures::parameterization(exp, results_dir, figures_dir)?,
-    ];
-    print_written(written.iter().flatten());
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    print_written(written.iter());
     runner::rewrite_comparison(exp, results_dir)?;
-    Ok(())
+    Ok(written)
 }
 
 fn print_written<'a>(paths: impl Iterator<Item = &'a PathBuf>) {
@@ -266,11 +272,18 @@ fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Resul
         })
         .collect();
     files.sort();
+    let mut sections = Vec::new();
     for file in files {
-        draw_figures(&LoadedExperiment::load(&file)?, results_dir, figures_dir)?;
+        let exp = LoadedExperiment::load(&file)?;
+        let figures = draw_figures(&exp, results_dir, figures_dir)?;
+        sections.push(report::Section { exp, figures });
     }
-    print_written(figures::kl_approximation(figures_dir)?.iter());
-    print_written(table1::write(repo, results_dir, figures_dir)?.iter());
+    let kl = figures::kl_approximation(figures_dir)?;
+    print_written(kl.iter());
+    let table1 = table1::write(repo, results_dir, figures_dir)?;
+    print_written(table1.iter());
+    let report = report::write(results_dir, &table1, &sections, &kl)?;
+    println!("wrote {}", report.display());
     Ok(())
 }
 
