@@ -1,5 +1,5 @@
-//! Real CIFAR-10, fetched into the data cache (README, "Data") and verified by md5: the
-//! counts, labels and statistics that ../shared/data/README.md states for the genuine set.
+//! Real CIFAR-10, fetched into the data cache (README, "Data") and verified by md5: the counts,
+//! labels and per-channel statistics of the genuine set.
 
 use datasets::cifar::{CLASSES, IMAGE_BYTES, channel_moments};
 use datasets::{Cifar10, Preprocessing};
