@@ -662,14 +662,14 @@ pub fn stamp_variant_hashes(
         }
         let mut provenance = output::read_provenance(&dir)?;
         let form = exp.spec.protocol_of(index).lrt_variance.key();
-        let recorded_form = provenance.lrt_variance.as_deref().unwrap_or("sigma2");
         let line = if provenance.variant_sha256.is_some() {
             "already has its training-spec hash".to_string()
         } else if provenance.experiment_sha256 != exp.sha256() {
             "trained under another version of the file: rerun it instead".to_string()
-        } else if variant.layer == LayerKind::SparseVd && recorded_form != form {
+        } else if variant.layer == LayerKind::SparseVd && provenance.lrt_variance_key() != form {
             format!(
-                "trained with lrt_variance = {recorded_form}, the file now says {form}: rerun it"
+                "trained with lrt_variance = {}, the file now says {form}: rerun it",
+                provenance.lrt_variance_key()
             )
         } else {
             provenance.variant_sha256 = Some(exp.variant_sha256(index));

@@ -175,10 +175,8 @@ pub fn recorded_lrt_variance(dir: &Path) -> Result<LrtVariance, OutputError> {
         return Ok(LrtVariance::default());
     }
     let provenance = read_provenance(dir)?;
-    let key = provenance
-        .lrt_variance
-        .unwrap_or_else(|| LrtVariance::Sigma2.key().to_string());
-    LrtVariance::from_key(&key).ok_or_else(|| OutputError::Read {
+    let key = provenance.lrt_variance_key();
+    LrtVariance::from_key(key).ok_or_else(|| OutputError::Read {
         path,
         message: format!("lrt_variance = \"{key}\": expected \"clipped_alpha\" or \"sigma2\""),
     })

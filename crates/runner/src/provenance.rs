@@ -49,6 +49,12 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// The LRT variance form this run trained with, by its key: runs from before the form was a
+    /// protocol key record none, and used σ².
+    pub fn lrt_variance_key(&self) -> &str {
+        self.lrt_variance.as_deref().unwrap_or("sigma2")
+    }
+
     /// Why this finished run no longer stands for variant `index` of `exp` (`None` while it
     /// does): its training spec hash differs from the file's now, or, for runs from before that
     /// hash, the file itself differs.

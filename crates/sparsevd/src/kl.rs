@@ -430,7 +430,7 @@ fn fill(weights: Weights, out: Outputs) -> f64 {
             let eps = rules.kl_eps;
             let inputs = theta.iter().zip(log_sigma2).zip(d_theta.iter_mut());
             for (((la, dn), k), ((&t, &s), dt)) in per_weight.zip(inputs) {
-                let ell = s - vector_math::ln((t * t + eps).max(f32::MIN_POSITIVE));
+                let ell = additive_log_alpha(t, s, eps);
                 let term = sigmoid_kl(ell);
                 (*la, *dn, *k) = (term.log_alpha, term.d_log_alpha, term.kl);
                 // Selected rather than multiplied: with ε = 0 the ratio is 0/0 at θ = 0.
@@ -446,7 +446,7 @@ fn fill(weights: Weights, out: Outputs) -> f64 {
                 let clip = LOG_ALPHA_CLIP as f32;
                 let eps = rules.forward_eps;
                 for ((la, &t), &s) in log_alpha {
-                    *la = (s - vector_math::ln(t * t + eps)).clamp(-clip, clip);
+                    *la = additive_log_alpha(t, s, eps).clamp(-clip, clip);
                 }
             }
             let variance = out.variance.expect(BUILT);
@@ -546,10 +546,11 @@ struct WeightTerm {
     d_log_alpha: f32,
 }
 
-/// ℓ = log σ² − log(θ² + 1e-8): one weight's log α in the σ² form, before the clip.
+/// ℓ = log σ² − log(θ² + ε): one weight's log α in the additive parameterization, before the
+/// clip (θ² + ε floored at the smallest normal f32, as in [`log_alpha`]).
 #[inline(always)]
-pub fn additive_log_alpha(theta: f32, log_sigma2: f32) -> f32 {
-    log_sigma2 - vector_math::ln(theta * theta + LOG_ALPHA_EPS)
+pub fn additive_log_alpha(theta: f32, log_sigma2: f32, eps: f32) -> f32 {
+    log_sigma2 - vector_math::ln((theta * theta + eps).max(f32::MIN_POSITIVE))
 }
 
 /// KL, clipped log α and ∂KL/∂ℓ at unclipped log α = ℓ.

@@ -84,7 +84,10 @@ impl LogAlphaInit {
             LogAlphaInit::Constant { log_alpha } => vec![log_alpha as f32; theta.len()],
             LogAlphaInit::FromLogSigma2 { log_sigma2 } => theta
                 .iter()
-                .map(|&t| crate::kl::additive_log_alpha(t, log_sigma2 as f32).clamp(-CLIP, CLIP))
+                .map(|&t| {
+                    crate::kl::additive_log_alpha(t, log_sigma2 as f32, crate::kl::LOG_ALPHA_EPS)
+                        .clamp(-CLIP, CLIP)
+                })
                 .collect(),
         }
     }
