@@ -150,7 +150,7 @@ fn probe(backend: Backend) -> Result<()> {
     let (device, name) = (backend.device(), backend.description());
     let x: Vec<f32> = (0..1024u16).map(f32::from).collect();
     let x = Tensor::<2>::from_data(TensorData::new(x, [1, 1024]), &device);
-    let product = x.clone().matmul(x.transpose()).into_data().convert::<f64>();
+    let product = sparsevd::ops::read_back(x.clone().matmul(x.transpose())).convert::<f64>();
     let got = product
         .try_to_vec::<f64>()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];

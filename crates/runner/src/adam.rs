@@ -15,7 +15,8 @@ use burn::optim::{
 };
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
-use sparsevd::flex_host::{contiguous, is_flex, values, values_mut};
+use sparsevd::flex_host::{contiguous, values, values_mut};
+use sparsevd::ops::host_kernels;
 use sparsevd::vector_math::with_simd;
 
 /// Adam with β₁, β₂ and ε (no weight decay, no gradient clipping).
@@ -139,7 +140,7 @@ impl Optimizer for FusedAdam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        if !is_flex(&tensor.device()) {
+        if !host_kernels(&tensor.device()) {
             return self.composed.step(lr, tensor, grad, state);
         }
         let (time, moment_1, moment_2) = match state {

@@ -1,5 +1,7 @@
 //! Runs experiments: reads an experiment file, trains each variant, writes its results.
 
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod adam;
 pub mod checkpoint;
 pub mod cpu;

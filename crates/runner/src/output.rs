@@ -78,6 +78,7 @@ pub fn write_epochs(
     }
     header.extend(layer_names.iter().map(|n| format!("removed_pct_{n}")));
     header.push("seconds".into());
+    header.push("steps_per_second".into());
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
@@ -96,6 +97,7 @@ pub fn write_epochs(
             }
             row.extend(r.removed_pct_per_layer.iter().map(|p| format!("{p:.3}")));
             row.push(format!("{:.2}", r.seconds));
+            row.push(format!("{:.2}", r.steps_per_second.unwrap_or(f64::NAN)));
             row
         })
         .collect();
@@ -384,6 +386,7 @@ pub fn read_epoch_records(dir: &Path) -> Result<Vec<EpochRecord>, OutputError> {
         column("seconds")?,
     );
     let train_error = table.column("train_error_pct");
+    let steps_per_second = table.column("steps_per_second");
     Ok((0..table.rows.len())
         .map(|i| EpochRecord {
             epoch: epoch[i] as usize,
@@ -397,6 +400,7 @@ pub fn read_epoch_records(dir: &Path) -> Result<Vec<EpochRecord>, OutputError> {
             compression: compression[i],
             removed_pct_per_layer: removed.iter().map(|&c| table.rows[i][c]).collect(),
             seconds: seconds[i],
+            steps_per_second: steps_per_second.as_ref().map(|c| c[i]),
         })
         .collect())
 }

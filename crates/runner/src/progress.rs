@@ -3,10 +3,13 @@
 
 use crate::train::EpochRecord;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::cell::Cell;
 
 pub struct EpochBar {
     bar: ProgressBar,
     epochs: usize,
+    /// The last mean loss read.
+    loss: Cell<f64>,
 }
 
 impl EpochBar {
@@ -17,7 +20,11 @@ impl EpochBar {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        Self { bar, epochs }
+        Self {
+            bar,
+            epochs,
+            loss: Cell::new(f64::NAN),
+        }
     }
 
     pub fn start_epoch(&self, epoch: usize) {
@@ -26,10 +33,18 @@ impl EpochBar {
             .set_prefix(format!("epoch {}/{}", epoch + 1, self.epochs));
     }
 
-    pub fn step(&self, loss: f64) {
+    /// One step done; `mean_loss` is the epoch's mean loss so far when it was read at this step.
+    pub fn step(&self, mean_loss: Option<f64>) {
+        if let Some(loss) = mean_loss {
+            self.loss.set(loss);
+        }
         self.bar.inc(1);
         if self.bar.position().is_multiple_of(20) {
-            self.bar.set_message(format!("loss {loss:.4}"));
+            self.bar.set_message(format!(
+                "loss {:.4}  {:.1} steps/s",
+                self.loss.get(),
+                self.bar.per_sec()
+            ));
         }
     }
 
@@ -46,7 +61,7 @@ impl EpochBar {
             format!("  β {:.3}  KL {:.1}", r.beta, r.kl)
         };
         let line = format!(
-            "epoch {:>3}/{}  lr {:.2e}{kl}  loss {:.4}  CE {:.4}  test error {:.2}%  compression {:.1}×  removed % [{}]  {:.1}s",
+            "epoch {:>3}/{}  lr {:.2e}{kl}  loss {:.4}  CE {:.4}  test error {:.2}%  compression {:.1}×  removed % [{}]  {:.1}s  {}",
             r.epoch,
             self.epochs,
             r.lr,
@@ -55,7 +70,9 @@ impl EpochBar {
             r.test_error_pct,
             r.compression,
             layers.join(", "),
-            r.seconds
+            r.seconds,
+            r.steps_per_second
+                .map_or(String::new(), |s| format!("{s:.1} steps/s")),
         );
         // A hidden bar (output is not a terminal, e.g. a log file) drops println: print directly.
         if self.bar.is_hidden() {

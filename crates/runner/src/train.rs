@@ -8,6 +8,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::log_softmax};
 use datasets::Split;
 use metrics::LayerCount;
+use sparsevd::ops::{host_kernels, read_back};
 use sparsevd::{ForwardMode, Network};
 
 /// Seeds of independent random streams, derived from the experiment's seed.
@@ -18,6 +19,10 @@ pub(crate) const STREAM_LABELS: u64 = 4;
 
 /// Test images per evaluation batch (memory, not results, depends on it).
 const EVAL_BATCH: usize = 1000;
+
+/// In composed execution, the steps between two reads of the running loss (for the progress
+/// line and the check for a non-finite loss); each read waits for the device.
+const STEPS_PER_LOSS_READ: usize = 50;
 
 /// What one epoch did, as written to the per-epoch CSV.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,17 +45,21 @@ pub struct EpochRecord {
     #[serde(skip)]
     pub removed_pct_per_layer: Vec<f64>,
     pub seconds: f64,
+    /// Training steps per second of the epoch's training part (evaluation excluded); `None` in
+    /// records read back from files written before the column.
+    pub steps_per_second: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(
-        "non-finite {what} at epoch {epoch}, step {step}: the run is stopped and no summary is written"
+        "non-finite {what} at epoch {epoch}, {step}: the run is stopped and no summary is written"
     )]
     NonFinite {
         what: String,
         epoch: usize,
-        step: usize,
+        /// The step, or the steps within which it happened when the loss is read every few steps.
+        step: String,
     },
     #[error("training stopped by the epoch callback: {0}")]
     Callback(String),
@@ -100,9 +109,7 @@ pub fn predict<N: Network>(
             device,
         );
         let logits = model.forward(x, ForwardMode::Eval { threshold }).logits;
-        let classes: Vec<i64> = logits
-            .argmax(1)
-            .into_data()
+        let classes: Vec<i64> = read_back(logits.argmax(1))
             .convert::<i64>()
             .try_to_vec::<i64>()
             .expect("converted to i64 just above");
@@ -160,14 +167,16 @@ pub struct StepSettings {
     pub l2: f64,
 }
 
-/// Mean cross-entropy and Σ KL of a step, read before the update.
-#[derive(Debug, Clone, Copy)]
+/// Mean cross-entropy and Σ KL of a step, before the update, on the device (detached from the
+/// graph); `kl` is `None` for a net without variational layers.
+#[derive(Debug, Clone)]
 pub struct StepLosses {
-    pub ce: f64,
-    pub kl: f64,
+    pub ce: Tensor<1>,
+    pub kl: Option<Tensor<1>>,
 }
 
 /// One Adam step on N·(mean CE + λ·Σθ²) + β·Σ KL for `batch` (λ = 0 leaves out the penalty).
+/// Nothing is read back to the host: in composed execution the step stays on the device.
 pub fn train_step<N: Network>(
     model: N,
     optimizer: &mut ModuleOptimizer,
@@ -194,8 +203,8 @@ pub fn train_step<N: Network>(
         loss = loss + model.theta_squared() * (s.l2 * s.train_size as f64);
     }
     let losses = StepLosses {
-        ce: ce.into_scalar::<f32>() as f64,
-        kl: out.kl.map_or(0.0, |kl| kl.into_scalar::<f32>() as f64),
+        ce: ce.detach(),
+        kl: out.kl.map(Tensor::detach),
     };
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (optimizer.step(s.lr, model, grads), losses)
@@ -234,7 +243,10 @@ pub fn train<N: Network>(
         let lr = learning_rate(&p.lr_schedule, base_lr, epoch, p.epochs);
         let beta = kl_weight(&p.kl_warmup, epoch);
         let order = permutation(n, derive_seed(p.seed, STREAM_SHUFFLE, epoch as u64));
-        let (mut loss_sum, mut data_sum, mut last_kl) = (0.0, 0.0, 0.0);
+        // The device's own noise generator (composed execution) restarts from the run's seed
+        // and the epoch, so that a resumed run draws what an uninterrupted one would.
+        device.seed(derive_seed(p.seed, STREAM_NOISE, epoch as u64));
+        let mut tally = LossTally::new(host_kernels(device));
         progress.start_epoch(epoch);
         for step in 0..steps {
             let batch = Batch::gather(train, &order[step * m..(step + 1) * m], device);
@@ -249,27 +261,27 @@ pub fn train<N: Network>(
             };
             let (next, losses) = train_step(model, &mut optimizer, batch, &settings);
             model = next;
-            let objective = losses.ce + beta * losses.kl / n as f64;
-            if !objective.is_finite() {
+            let last = step + 1 == steps;
+            let read = tally.add(losses, beta, n, last);
+            if let Some(read) = read.as_ref().filter(|r| !r.mean_objective.is_finite()) {
                 let layer = first_non_finite_layer(&model).map_or(String::new(), |l| {
                     format!("; first non-finite parameter in layer {l}")
                 });
                 return Err(TrainError::NonFinite {
-                    what: format!("loss (CE {}, KL {}){layer}", losses.ce, losses.kl),
+                    what: format!("loss{} {}{layer}", read.what, read.mean_objective),
                     epoch: epoch + 1,
-                    step: step + 1,
+                    step: read.steps.clone(),
                 });
             }
-            loss_sum += objective;
-            data_sum += losses.ce;
-            last_kl = losses.kl;
-            progress.step(objective);
+            progress.step(read.map(|r| r.mean_objective));
         }
+        let training_seconds = started.elapsed().as_secs_f64();
+        let totals = tally.totals();
         if let Some(layer) = first_non_finite_layer(&model) {
             return Err(TrainError::NonFinite {
                 what: format!("parameter in layer {layer}"),
                 epoch: epoch + 1,
-                step: steps,
+                step: format!("step {steps}"),
             });
         }
         let eval = evaluate(&model, test, p.threshold, device);
@@ -280,14 +292,15 @@ pub fn train<N: Network>(
             epoch: epoch + 1,
             lr,
             beta,
-            train_loss: loss_sum / steps as f64,
-            data_term: data_sum / steps as f64,
-            kl: last_kl,
+            train_loss: totals.objective / steps as f64,
+            data_term: totals.data / steps as f64,
+            kl: totals.last_kl,
             test_error_pct: eval.error_pct,
             train_error_pct,
             compression: metrics::compression_ratio(&eval.layers),
             removed_pct_per_layer: eval.layers.iter().map(LayerCount::removed_pct).collect(),
             seconds: started.elapsed().as_secs_f64(),
+            steps_per_second: Some(steps as f64 / training_seconds),
         };
         progress.finish_epoch(&record);
         on_epoch(&record, &model, &optimizer).map_err(TrainError::Callback)?;
@@ -296,10 +309,210 @@ pub fn train<N: Network>(
     Ok(model)
 }
 
+/// The step losses of one epoch, summed where they are computed. With the host kernels each
+/// step's losses are read as they come (on the CPU there is nothing to wait for), summed in
+/// f64, and a non-finite one is caught at its step. In composed execution they are summed on
+/// the device and read every [`STEPS_PER_LOSS_READ`] steps and at the epoch's end: a step itself
+/// reads nothing back.
+struct LossTally {
+    on_host: bool,
+    steps: usize,
+    /// The sums, read step by step (host kernels).
+    host: LossTotals,
+    /// The objective's sum, the data term's sum and the last KL, on the device (composed).
+    device: [Option<Tensor<1>>; 3],
+}
+
+/// A read of the running objective.
+struct LossRead {
+    /// Mean of the epoch's step objectives so far (a non-finite step's own value on the host).
+    mean_objective: f64,
+    /// What the value is, for an error message.
+    what: String,
+    /// Which step or steps it covers, for an error message.
+    steps: String,
+}
+
+/// The sums of one epoch.
+#[derive(Default)]
+struct LossTotals {
+    objective: f64,
+    data: f64,
+    last_kl: f64,
+}
+
+impl LossTally {
+    fn new(on_host: bool) -> Self {
+        Self {
+            on_host,
+            steps: 0,
+            host: LossTotals::default(),
+            device: [None, None, None],
+        }
+    }
+
+    /// Add a step's losses, its objective being CE + β·KL / N; returns the running mean
+    /// objective when it was read (every step on the host; every few steps and at the `last`
+    /// step of the epoch on the device).
+    fn add(&mut self, losses: StepLosses, beta: f64, n: usize, last: bool) -> Option<LossRead> {
+        self.steps += 1;
+        let steps = self.steps;
+        if self.on_host {
+            let ce = read_scalar(losses.ce);
+            let kl = losses.kl.map_or(0.0, read_scalar);
+            let step_objective = ce + beta * kl / n as f64;
+            let sums = &mut self.host;
+            sums.objective += step_objective;
+            sums.data += ce;
+            sums.last_kl = kl;
+            return Some(LossRead {
+                mean_objective: match step_objective.is_finite() {
+                    true => sums.objective / steps as f64,
+                    false => step_objective,
+                },
+                what: format!(" (CE {ce}, KL {kl}):"),
+                steps: format!("step {steps}"),
+            });
+        }
+        let step_objective = match &losses.kl {
+            Some(kl) => losses.ce.clone() + kl.clone() * (beta / n as f64),
+            None => losses.ce.clone(),
+        };
+        let [objective, data, last_kl] = &mut self.device;
+        for (total, value) in [(&mut *objective, step_objective), (data, losses.ce)] {
+            *total = Some(match total.take() {
+                Some(t) => t + value,
+                None => value,
+            });
+        }
+        *last_kl = losses.kl;
+        if !(last || steps.is_multiple_of(STEPS_PER_LOSS_READ)) {
+            return None;
+        }
+        let first = (steps - 1) / STEPS_PER_LOSS_READ * STEPS_PER_LOSS_READ + 1;
+        Some(LossRead {
+            mean_objective: objective.clone().map_or(f64::NAN, read_scalar) / steps as f64,
+            what: " (mean so far):".to_string(),
+            steps: format!("steps {first}–{steps}"),
+        })
+    }
+
+    fn totals(self) -> LossTotals {
+        if self.on_host {
+            return self.host;
+        }
+        let [objective, data, last_kl] = self.device.map(|t| t.map_or(0.0, read_scalar));
+        LossTotals {
+            objective,
+            data,
+            last_kl,
+        }
+    }
+}
+
+/// The value of a one-element tensor, as f64 (NaN if it cannot be read as a number).
+fn read_scalar(t: Tensor<1>) -> f64 {
+    read_back(t)
+        .convert::<f64>()
+        .as_slice::<f64>()
+        .map_or(f64::NAN, |v| v[0])
+}
+
 fn first_non_finite_layer<N: Network>(model: &N) -> Option<String> {
     model.weight_layers().into_iter().find_map(|l| {
         let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
         let ok = finite(&l.theta) && finite(&l.bias) && l.log_sigma2.as_deref().is_none_or(finite);
         (!ok).then_some(l.name)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use sparsevd::ops::{compose_on_this_thread, read_backs};
+    use sparsevd::{
+        AlphaSharing, Dropout, LeNet5Config, LogAlphaInit, MlpConfig, Posterior, VggLikeConfig,
+    };
+
+    fn adam() -> Optimizer {
+        Optimizer::Adam {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+
+    fn settings(mask_threshold: Option<f64>) -> StepSettings {
+        StepSettings {
+            train_size: 60_000,
+            beta: 0.5,
+            lr: 1e-3,
+            mask_threshold,
+            noise_seed: 7,
+            l2: 0.0,
+        }
+    }
+
+    /// Tensors read back to the host by three training steps of `model` (the first creates
+    /// Adam's state, so it is counted too) on `pixels`-value random images.
+    fn read_backs_in_steps<N: Network>(model: N, pixels: usize, batch: usize) -> u64 {
+        let device = Device::flex().autodiff();
+        let mut optimizer = optimizer(&adam());
+        let before = read_backs();
+        let mut model = model;
+        for _ in 0..3 {
+            let batch = Batch {
+                x: Tensor::random([batch, pixels], Distribution::Normal(0.0, 0.3), &device),
+                y: Tensor::random([batch], Distribution::Uniform(0.0, 10.0), &device),
+            };
+            model = train_step(model, &mut optimizer, batch, &settings(Some(3.0))).0;
+        }
+        read_backs() - before
+    }
+
+    /// The generic path (every backend but the CPU's) keeps a training step on the device: no
+    /// tensor comes back to the host, for every layer kind of the dropout family and each net.
+    /// The same steps with the CPU's host kernels do read back (the host KL pass reads θ and
+    /// log σ²), which shows that the count sees a read inside a step.
+    #[test]
+    fn a_composed_training_step_reads_nothing_back() {
+        let device = Device::flex().autodiff();
+        let sparse_vd = Posterior::sparse_vd(-10.0);
+        let posteriors = [
+            sparse_vd,
+            Posterior::SparseVdLogAlpha {
+                log_alpha_init: LogAlphaInit::Constant { log_alpha: -4.0 },
+            },
+            Posterior::VariationalDropout {
+                log_alpha_init: -4.0,
+                sharing: AlphaSharing::PerUnit,
+            },
+        ];
+        let dropout = [Dropout::Binary { keep: 0.8 }, Dropout::Gaussian { keep: 0.8 }];
+        let lenet300 = |posterior| MlpConfig::lenet300(posterior).init(&device);
+        {
+            let _composed = compose_on_this_thread();
+            for posterior in posteriors {
+                assert_eq!(read_backs_in_steps(lenet300(posterior), 784, 16), 0, "{posterior:?}");
+            }
+            for d in dropout {
+                let net = MlpConfig::lenet300(Posterior::Point)
+                    .with_dropout(vec![d; 3])
+                    .init(&device);
+                assert_eq!(read_backs_in_steps(net, 784, 16), 0, "{d:?}");
+            }
+            let lenet5 = LeNet5Config::new().with_posterior(sparse_vd).init(&device);
+            assert_eq!(read_backs_in_steps(lenet5, 784, 8), 0, "LeNet-5");
+            for (posterior, dropout) in [(Posterior::Point, true), (sparse_vd, false)] {
+                let vgg = VggLikeConfig::new(0.25)
+                    .with_posterior(posterior)
+                    .with_dropout(dropout)
+                    .init(&device);
+                assert_eq!(read_backs_in_steps(vgg, 3 * 32 * 32, 4), 0, "VGG-like");
+            }
+        }
+        assert!(read_backs_in_steps(lenet300(sparse_vd), 784, 16) > 0);
+    }
 }

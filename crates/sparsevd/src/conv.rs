@@ -1,7 +1,7 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
 use crate::cpu_conv;
-use crate::flex_host::is_flex;
+use crate::ops::host_kernels;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
@@ -71,7 +71,7 @@ impl LinearMap<4, 4> for Convolution {
 
     /// On the CPU backend [`crate::cpu_conv`]'s convolution, bias included; elsewhere burn's.
     fn apply_with_bias(&self, x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
-        if is_flex(&x.device()) {
+        if host_kernels(&x.device()) {
             return cpu_conv::conv2d(x, w, bias, self.padding);
         }
         conv2d(x, w, Some(bias), self.options())
@@ -88,7 +88,7 @@ impl LinearMap<4, 4> for Convolution {
         mean_gradient: MeanGradient,
     ) -> Tensor<4> {
         let device = x.device();
-        if !is_flex(&device) {
+        if !host_kernels(&device) {
             return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
         }
         let dims = cpu_conv::output_dims(x.dims(), mean.dims(), self.padding);
@@ -156,7 +156,7 @@ mod tests {
             },
         );
         assert!(kl.is_some());
-        let out: Vec<f64> = host_vec(out.into_data())
+        let out: Vec<f64> = host_vec(out)
             .into_iter()
             .map(f64::from)
             .collect();

@@ -11,7 +11,7 @@
 //! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
 //! about half of a LeNet-5 training step. Here the patches are built once per pass, shared by the
 //! mean and the variance path and by all the gradients ([`kernels`]). Other backends keep burn's
-//! operations ([`crate::flex_host::is_flex`] decides).
+//! operations ([`crate::ops::execution`] decides).
 
 mod kernels;
 
@@ -54,7 +54,7 @@ pub trait CpuConvBackend: Backend {
 }
 
 /// The plain convolution (see [`CpuConvBackend::conv2d`]); only for tensors on the CPU backend
-/// ([`crate::flex_host::is_flex`]).
+/// ([`crate::ops::execution`]).
 pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuConvBackend>::conv2d(
         x.into_dispatch(),
@@ -65,7 +65,7 @@ pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, bias: Tensor<1>, padding: usize) ->
 }
 
 /// The LRT sample (see [`CpuConvBackend::lrt_conv2d`]); only for tensors on the CPU backend
-/// ([`crate::flex_host::is_flex`]).
+/// ([`crate::ops::execution`]).
 pub fn lrt_conv2d(
     x: Tensor<4>,
     mean: Tensor<4>,
@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
-        assert!(crate::flex_host::is_flex(&device));
+        assert!(crate::ops::host_kernels(&device));
         let every_eighth = Tensor::<1>::from_data(
             TensorData::new((0..72).map(|i| u8::from(i % 8 == 0) as f32).collect(), [72]),
             &device,
@@ -376,19 +376,19 @@ mod tests {
                     gamma + (delta + 1e-8).sqrt() * zeta.clone()
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
-                let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked").into_data());
+                let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked"));
                 let mut mean_grad = grad(&mean);
                 if mean_gradient == MeanGradient::WhereNonzero {
-                    for (g, m) in mean_grad.iter_mut().zip(host_vec(mean.to_data())) {
+                    for (g, m) in mean_grad.iter_mut().zip(host_vec(mean.clone())) {
                         *g = if m == 0.0 { 0.0 } else { *g };
                     }
                 }
                 [
-                    host_vec(out.into_data()),
+                    host_vec(out),
                     grad(&x),
                     mean_grad,
                     grad(&variance),
-                    host_vec(bias.grad(&grads).expect("tracked").into_data()),
+                    host_vec(bias.grad(&grads).expect("tracked")),
                 ]
             };
             let (fused, composed) = (run(true), run(false));
@@ -427,12 +427,12 @@ mod tests {
                     conv2d(x.clone(), mean.clone(), Some(bias.clone()), options)
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
-                let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked").into_data());
+                let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked"));
                 [
-                    host_vec(out.into_data()),
+                    host_vec(out),
                     grad(&x),
                     grad(&mean),
-                    host_vec(bias.grad(&grads).expect("tracked").into_data()),
+                    host_vec(bias.grad(&grads).expect("tracked")),
                 ]
             };
             let (ours, burns) = (run(true), run(false));
@@ -468,9 +468,9 @@ mod tests {
             + (conv2d(x.clone().square(), variance.clone(), None, options) + 1e-8).sqrt()
                 * zeta.clone();
         let fused = lrt_conv2d(x, mean, variance, zeta, bias, 0, MeanGradient::Everywhere);
-        for (a, b) in host_vec(fused.into_data())
+        for (a, b) in host_vec(fused)
             .iter()
-            .zip(host_vec(composed.into_data()))
+            .zip(host_vec(composed))
         {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }

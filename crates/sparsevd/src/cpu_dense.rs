@@ -39,7 +39,7 @@ pub trait CpuDenseBackend: Backend {
 }
 
 /// The dense LRT sample (see [`CpuDenseBackend::lrt_dense`]); only for tensors on the CPU
-/// backend ([`crate::flex_host::is_flex`]).
+/// backend ([`crate::ops::execution`]).
 pub fn lrt_dense(
     x: Tensor<2>,
     mean: Tensor<2>,
@@ -283,13 +283,13 @@ mod tests {
                 gamma + (delta + 1e-8).sqrt() * zeta.clone() + bias.clone().reshape([1, 3])
             };
             let grads = (out.clone() * weights.clone()).sum().backward();
-            let grad = |t: &Tensor<2>| host_vec(t.grad(&grads).expect("tracked").into_data());
+            let grad = |t: &Tensor<2>| host_vec(t.grad(&grads).expect("tracked"));
             [
-                host_vec(out.into_data()),
+                host_vec(out),
                 grad(&x),
                 grad(&mean),
                 grad(&variance),
-                host_vec(bias.grad(&grads).expect("tracked").into_data()),
+                host_vec(bias.grad(&grads).expect("tracked")),
             ]
         };
         let (fused, composed) = (run(true), run(false));

@@ -1,7 +1,7 @@
 //! Dense layer: plain (the "original" baseline) or variational.
 
 use crate::cpu_dense;
-use crate::flex_host::is_flex;
+use crate::ops::host_kernels;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
 use crate::posterior::Posterior;
@@ -59,7 +59,7 @@ impl LinearMap<2, 2> for Matmul {
         _mean_gradient: MeanGradient,
     ) -> Tensor<2> {
         let device = x.device();
-        if !is_flex(&device) {
+        if !host_kernels(&device) {
             return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
         }
         let zeta = standard_normal([x.dims()[0], mean.dims()[1]], noise_seed, &device);
@@ -127,7 +127,7 @@ mod tests {
             },
         );
         assert!(kl.is_some());
-        let out: Vec<f32> = host_vec(out.into_data());
+        let out: Vec<f32> = host_vec(out);
 
         let theta = [[0.5f64, -1.0], [0.25, 2.0], [-0.75, 0.1]];
         let sigma2 = [[-1.0f64, -2.0], [-3.0, -0.5], [-1.5, -4.0]].map(|r| r.map(f64::exp));
@@ -167,7 +167,7 @@ mod tests {
         let x = tensor2(&[1.0, -2.0, 0.5], [1, 3], &device);
         let (out, kl) = layer.forward(x, ForwardMode::Eval { threshold: 0.5 });
         assert!(kl.is_none());
-        let out = host_vec(out.into_data());
+        let out = host_vec(out);
         // Unit 1 without the removed weight: 1·(−1) + (−2)·2 + 0.5·0 − 0.2 = −5.2.
         assert!((out[0] - (0.5 - 0.5 - 0.375 + 0.3)).abs() < 1e-6, "{out:?}");
         assert!((out[1] + 5.2).abs() < 1e-6, "{out:?}");
@@ -189,8 +189,7 @@ mod tests {
                             noise_seed: 11,
                         },
                     )
-                    .0
-                    .into_data(),
+                    .0,
             )
         };
         let (unmasked, masked) = (run(None), run(Some(0.5)));
@@ -223,6 +222,6 @@ mod tests {
             },
         );
         assert!(kl.is_none());
-        assert_eq!(host_vec(a.into_data()), host_vec(b.into_data()));
+        assert_eq!(host_vec(a), host_vec(b));
     }
 }

@@ -8,7 +8,7 @@ pub type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether tensors on `device` are the CPU backend's (with or without autodiff), so that the
 /// host kernels apply.
-pub fn is_flex(device: &Device) -> bool {
+pub(crate) fn is_flex(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)

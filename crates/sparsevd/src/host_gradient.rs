@@ -8,7 +8,8 @@
 //! weights. On the CPU backend it is one operation here: the forward pass returns `value`
 //! itself, the backward pass is one product. Other backends keep the composed form.
 
-use crate::flex_host::{FlexTensor, contiguous, is_flex, tensor, values};
+use crate::flex_host::{FlexTensor, contiguous, tensor, values};
+use crate::ops::host_kernels;
 use crate::vector_math::{with_simd, zeros};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -43,7 +44,7 @@ pub fn plus_zero_with_slope<const E: usize, const D: usize>(
         count == x_count || count == 1,
         "plus_zero_with_slope: value has {count} elements, x has {x_count}"
     );
-    if is_flex(&value.device()) {
+    if host_kernels(&value.device()) {
         return Tensor::from_dispatch(<Dispatch as HostGradientBackend>::plus_zero_with_slope(
             value.into_dispatch(),
             x.into_dispatch(),
@@ -166,8 +167,8 @@ mod tests {
                     (out * weights.clone()).sum()
                 };
                 let grads = loss.clone().backward();
-                let grad = |t: &Tensor<2>| host_vec(t.grad(&grads).expect("tracked").into_data());
-                [host_vec(loss.into_data()), grad(&x), grad(&base)]
+                let grad = |t: &Tensor<2>| host_vec(t.grad(&grads).expect("tracked"));
+                [host_vec(loss), grad(&x), grad(&base)]
             };
             let (ours, composed) = (run(true), run(false));
             for (name, (a, b)) in ["loss", "∂x", "∂value"]
@@ -191,6 +192,6 @@ mod tests {
         let value = Tensor::<1>::from_data(TensorData::from([1.5f32, -2.0]), &device);
         let x = Tensor::<1>::from_data(TensorData::from([3.0f32, 4.0]), &device);
         let out = plus_zero_with_slope(value, x.clone(), x);
-        assert_eq!(host_vec(out.into_data()), vec![1.5, -2.0]);
+        assert_eq!(host_vec(out), vec![1.5, -2.0]);
     }
 }

@@ -333,11 +333,7 @@ pub fn composed_additive_terms<const D: usize>(
     rules: AdditiveRules,
     train_clip: Option<f64>,
 ) -> ComposedTerms<D> {
-    let kl_log_alpha = log_alpha(theta.clone(), log_sigma2.clone(), rules.kl_eps);
-    let kl = (softplus(kl_log_alpha.clone().neg(), 1.0) * 0.5
-        - sigmoid(kl_log_alpha * K3 + K2) * K1
-        + K1)
-        .sum();
+    let kl = kl_approx(log_alpha(theta.clone(), log_sigma2.clone(), rules.kl_eps)).sum();
     let forward = log_alpha(theta.clone(), log_sigma2.clone(), rules.forward_eps);
     let variance = match rules.variance {
         LrtVariance::Sigma2 => log_sigma2.exp(),
@@ -354,6 +350,18 @@ pub fn composed_additive_terms<const D: usize>(
         log_alpha: forward.detach(),
         variance,
     }
+}
+
+/// KL ≈ k₁ − k₁·σ(k₂ + k₃·log α) + ½·log(1 + 1/α) per weight (the paper's eq. 14, negated), from
+/// log α already clipped, in burn's operations; ½·log(1 + 1/α) is ½·softplus(−log α).
+pub fn kl_approx<const D: usize>(log_alpha: Tensor<D>) -> Tensor<D> {
+    softplus(log_alpha.clone().neg(), 1.0) * 0.5 - sigmoid(log_alpha * K3 + K2) * K1 + K1
+}
+
+/// Σ KL of the original (θ, log α) parameterization in burn's operations, from the learned log α
+/// (unclipped): the composed form of [`KlTerms::of_log_alpha`].
+pub fn composed_log_alpha_kl<const D: usize>(learned_log_alpha: Tensor<D>) -> Tensor<1> {
+    kl_approx(clip_log_alpha(learned_log_alpha)).sum()
 }
 
 /// What the KL pass reads per weight.
@@ -701,7 +709,7 @@ mod tests {
         let kl = (softplus(-la.clone(), 1.0) * 0.5 - sigmoid(la * K3 + K2) * K1).sum();
         let grads = kl.backward();
         let grad =
-            |x: &Tensor<1>| crate::weights::host_vec(x.grad(&grads).expect("tracked").into_data());
+            |x: &Tensor<1>| crate::weights::host_vec(x.grad(&grads).expect("tracked"));
         (grad(&t), grad(&s))
     }
 
@@ -774,7 +782,6 @@ mod tests {
                 TensorData::from([0.0f32, -4.0, -8.0]),
                 &device,
             ))
-            .into_data(),
         );
         for (got, want) in got.iter().zip([0.389_472_15, 2.614_408_98, 4.634_791_97]) {
             assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
@@ -794,7 +801,7 @@ mod tests {
         let value: f32 = kl.clone().into_scalar();
         assert!((value as f64 - terms.kl).abs() < 1e-3 * terms.kl.abs());
         let grads = (kl * 2.0).backward();
-        let d_theta = crate::weights::host_vec(t.grad(&grads).expect("tracked").into_data());
+        let d_theta = crate::weights::host_vec(t.grad(&grads).expect("tracked"));
         let want: Vec<f32> = terms
             .d_theta
             .expect("additive")
@@ -815,12 +822,12 @@ mod tests {
         let theta =
             Tensor::<1>::from_data(TensorData::new(values.to_vec(), [5]), &device).require_grad();
         let clipped = terms.train_clipped(theta.clone(), &values, 3.0);
-        let got = crate::weights::host_vec(clipped.clone().into_data());
+        let got = crate::weights::host_vec(clipped.clone());
         assert_eq!(got, vec![1.0, 0.0, 0.0, 0.5, f32::MIN_POSITIVE]);
         let weights =
             Tensor::<1>::from_data(TensorData::new(vec![2.0, 3.0, 4.0, 5.0, 6.0], [5]), &device);
         let grads = (clipped * weights).sum().backward();
-        let grad = crate::weights::host_vec(theta.grad(&grads).expect("tracked").into_data());
+        let grad = crate::weights::host_vec(theta.grad(&grads).expect("tracked"));
         assert_eq!(grad, vec![2.0, 0.0, 0.0, 5.0, 6.0]);
     }
 
@@ -851,7 +858,7 @@ mod tests {
         let device = Device::flex();
         let theta = Tensor::<1>::from_data(TensorData::from([1.0f32, 1e-3, 10.0]), &device);
         let log_sigma2 = Tensor::<1>::from_data(TensorData::from([0.5f32, 0.0, -20.0]), &device);
-        let got = crate::weights::host_vec(log_alpha(theta, log_sigma2, LOG_ALPHA_EPS).into_data());
+        let got = crate::weights::host_vec(log_alpha(theta, log_sigma2, LOG_ALPHA_EPS));
         assert!((got[0] - 0.5).abs() < 1e-6);
         assert_eq!(got[1], 8.0);
         assert_eq!(got[2], -8.0);
@@ -1051,7 +1058,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let tensor =
             |v: &[f32]| Tensor::<1>::from_data(TensorData::from(v), &device).require_grad();
-        let host = |v: Tensor<1>| crate::weights::host_vec(v.into_data());
+        let host = |v: Tensor<1>| crate::weights::host_vec(v);
         let rule_sets = [
             sigma2_rules(),
             authors(MapKind::Dense),

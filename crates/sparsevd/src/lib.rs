@@ -1,6 +1,8 @@
 //! The method: Sparse Variational Dropout layers, the KL approximation, and the networks of the
 //! paper built from them. Formulas and symbol names follow `docs/method.md`.
 
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 pub mod conv;
 pub mod cpu_conv;
 pub mod cpu_dense;
@@ -15,6 +17,7 @@ pub mod max_pool;
 pub mod mlp;
 pub mod mode;
 pub mod noise;
+pub mod ops;
 pub mod posterior;
 pub mod sparse_inference;
 pub mod vector_math;

@@ -6,7 +6,8 @@
 //! back one element at a time, about a tenth of a LeNet-5 training step. Other backends use
 //! burn's `max_pool2d`.
 
-use crate::flex_host::{FlexTensor, contiguous, dims, is_flex, tensor, values};
+use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
+use crate::ops::host_kernels;
 use crate::vector_math::zeros;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 /// 2×2 max pooling with stride 2 of x `[B, C, H, W]` (H and W even) to `[B, C, H/2, W/2]`.
 pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
-    if !is_flex(&x.device()) {
+    if !host_kernels(&x.device()) {
         return max_pool2d(x, MaxPoolOptions::new([2, 2]));
     }
     Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
@@ -162,7 +163,7 @@ mod tests {
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 let dx = x.grad(&grads).expect("tracked");
-                (host_vec(out.into_data()), host_vec(dx.into_data()))
+                (host_vec(out), host_vec(dx))
             };
             assert_eq!(run(true), run(false));
         }
@@ -188,7 +189,7 @@ mod tests {
                 };
                 let grads = (out.clone() * weights.clone()).sum().backward();
                 let dx = x.grad(&grads).expect("tracked");
-                (host_vec(out.into_data()), host_vec(dx.into_data()))
+                (host_vec(out), host_vec(dx))
             };
             assert_eq!(run(true), run(false));
         }
@@ -213,6 +214,6 @@ mod tests {
             ),
             &device,
         );
-        assert_eq!(host_vec(max_pool_2x2(x).into_data()), vec![5.0, 7.0]);
+        assert_eq!(host_vec(max_pool_2x2(x)), vec![5.0, 7.0]);
     }
 }

@@ -126,7 +126,7 @@ mod tests {
             ..plain.clone()
         };
         let x = Tensor::<2>::ones([4, 20], &device);
-        let run = |net: &Mlp, mode| host_vec(net.forward(x.clone(), mode).logits.into_data());
+        let run = |net: &Mlp, mode| host_vec(net.forward(x.clone(), mode).logits);
         let eval = ForwardMode::Eval { threshold: 3.0 };
         assert_eq!(run(&plain, eval), run(&dropped, eval));
         let train = |noise_seed| ForwardMode::Train {

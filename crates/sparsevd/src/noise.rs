@@ -1,5 +1,11 @@
-//! Training noise drawn on the host: ζ ~ N(0, 1) for the local reparameterization trick, and
-//! binary and Gaussian dropout masks.
+//! Training noise: ζ ~ N(0, 1) for the local reparameterization trick, and binary and Gaussian
+//! dropout masks.
+//!
+//! In composed execution ([`crate::ops`]) the device's own generator draws them, so that the
+//! noise never crosses from host to device; the training loop seeds it at the start of every
+//! epoch (burn's generators are per backend, so such runs are reproducible per backend), and
+//! the `seed` arguments are not used. With the host kernels, noise is drawn on the host as
+//! follows, a pure function of `seed`.
 //!
 //! burn's `random_like` draws one value at a time through ChaCha12 and a per-value sampler
 //! (about 13 ns a value here): 15 % of a LeNet-5 training step, which needs 1.5 M values. This
@@ -9,8 +15,9 @@
 //! (2.4 ms per million values on one thread here, against 5.0 ms for rand_distr's Ziggurat,
 //! which draws one f64 at a time).
 
+use crate::ops::host_kernels;
 use crate::vector_math::{ln, whole_number_bits, with_simd, zeros};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -21,6 +28,9 @@ const BLOCK: usize = 1 << 14;
 
 /// A tensor of independent standard normal values, determined by `seed`.
 pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    if !host_kernels(device) {
+        return Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
+    }
     draw(shape, seed, device, fill_standard_normal)
 }
 
@@ -28,6 +38,10 @@ pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &De
 /// mask determined by `seed`. E[output] = x, so evaluation uses x unchanged.
 pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let scale = (1.0 / keep) as f32;
+    if !host_kernels(&x.device()) {
+        let mask = Tensor::random(x.dims(), Distribution::Bernoulli(keep), &x.device());
+        return x * mask * scale;
+    }
     let mask = draw(x.dims(), seed, &x.device(), |rng, block| {
         for m in block {
             *m = if rng.random::<f64>() < keep {
@@ -44,6 +58,10 @@ pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Ten
 /// mean and variance of binary dropout's r), drawn from `seed`. E[output] = x.
 pub fn gaussian_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let std = ((1.0 - keep) / keep).sqrt() as f32;
+    if !host_kernels(&x.device()) {
+        let noise = Tensor::random(x.dims(), Distribution::Normal(1.0, std as f64), &x.device());
+        return x * noise;
+    }
     let noise = draw(x.dims(), seed, &x.device(), |rng, block| {
         fill_standard_normal(rng, block);
         block.iter_mut().for_each(|r| *r = 1.0 + std * *r);
@@ -177,7 +195,7 @@ mod tests {
     fn values_are_standard_normal() {
         let device = Device::flex();
         let n = 1_000_000;
-        let v: Vec<f64> = host_vec(standard_normal([n], 3, &device).into_data())
+        let v: Vec<f64> = host_vec(standard_normal([n], 3, &device))
             .into_iter()
             .map(f64::from)
             .collect();
@@ -237,7 +255,7 @@ mod tests {
     fn lengths_that_are_not_whole_groups_are_filled() {
         let device = Device::flex();
         for n in [1, 15, 17, 37] {
-            let v = host_vec(standard_normal([n], 2, &device).into_data());
+            let v = host_vec(standard_normal([n], 2, &device));
             assert_eq!(v.len(), n);
             assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
             assert!(v.iter().any(|&x| x != 0.0), "{v:?}");
@@ -248,7 +266,7 @@ mod tests {
     fn binary_dropout_keeps_a_share_p_scaled_by_one_over_p() {
         let device = Device::flex();
         let n = 200_000;
-        let out = host_vec(binary_dropout(Tensor::<1>::ones([n], &device), 0.7, 4).into_data());
+        let out = host_vec(binary_dropout(Tensor::<1>::ones([n], &device), 0.7, 4));
         let kept = out.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         // Standard error of the kept share: √(p(1−p)/n); allow 4.
         assert!(
@@ -279,7 +297,7 @@ mod tests {
                 gaussian_dropout(Tensor::<1>::ones([n], &device), keep, 5),
             ),
         ] {
-            let r: Vec<f64> = host_vec(out.into_data())
+            let r: Vec<f64> = host_vec(out)
                 .into_iter()
                 .map(f64::from)
                 .collect();
@@ -299,7 +317,7 @@ mod tests {
     #[test]
     fn a_draw_is_a_function_of_its_seed_and_blocks_differ() {
         let device = Device::flex();
-        let draw = |seed| host_vec(standard_normal([2, BLOCK], seed, &device).into_data());
+        let draw = |seed| host_vec(standard_normal([2, BLOCK], seed, &device));
         let (a, b, c) = (draw(9), draw(9), draw(10));
         assert_eq!(a, b);
         assert_ne!(a, c);

@@ -221,10 +221,10 @@ impl Network for VggLike {
             .zip(self.norm_names())
             .map(|(bn, name)| NormLayerView {
                 name,
-                gamma: host_vec(bn.gamma.val().into_data()),
-                beta: host_vec(bn.beta.val().into_data()),
-                running_mean: host_vec(bn.running_mean.value().into_data()),
-                running_var: host_vec(bn.running_var.value().into_data()),
+                gamma: host_vec(bn.gamma.val()),
+                beta: host_vec(bn.beta.val()),
+                running_mean: host_vec(bn.running_mean.value()),
+                running_var: host_vec(bn.running_var.value()),
             })
             .collect()
     }

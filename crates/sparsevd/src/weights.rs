@@ -2,9 +2,10 @@
 //! variational forward pass that dense and convolutional layers share; they differ only in the
 //! linear map applied.
 
-use crate::flex_host::is_flex;
+use crate::ops::{host_kernels, read_back};
 use crate::kl::{
-    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, kl_kingma, log_alpha,
+    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, composed_log_alpha_kl, kl_kingma,
+    log_alpha,
 };
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
@@ -144,7 +145,7 @@ impl<const D: usize> VariationalWeights<D> {
                 log_sigma2_init, ..
             } => (full(shape, log_sigma2_init), None),
             Posterior::SparseVdLogAlpha { log_alpha_init } => {
-                let values = log_alpha_init.values(&host_vec(theta.to_data()));
+                let values = log_alpha_init.values(&host_vec(theta.clone()));
                 let log_alpha = Tensor::from_data(TensorData::new(values, shape), &device);
                 (None, Some(Param::from_tensor(log_alpha)))
             }
@@ -224,7 +225,7 @@ impl<const D: usize> VariationalWeights<D> {
             Posterior::SparseVd { variance, .. } => {
                 let rules = AdditiveRules::new(variance, self.kind);
                 let log_sigma2 = noise(&self.log_sigma2);
-                if !is_flex(&theta.device()) {
+                if !host_kernels(&theta.device()) {
                     let terms =
                         composed_additive_terms(theta.clone(), log_sigma2, rules, mask_threshold);
                     let mean = match mask_threshold {
@@ -238,10 +239,10 @@ impl<const D: usize> VariationalWeights<D> {
                         kl: terms.kl,
                     };
                 }
-                let theta_values = host_vec(theta.clone().into_data());
+                let theta_values = host_vec(theta.clone());
                 let mut terms = KlTerms::additive(
                     &theta_values,
-                    &host_vec(log_sigma2.clone().into_data()),
+                    &host_vec(log_sigma2.clone()),
                     rules,
                     mask_threshold,
                 );
@@ -253,11 +254,26 @@ impl<const D: usize> VariationalWeights<D> {
                     kl: terms.into_tensor(theta, log_sigma2),
                 }
             }
+            Posterior::SparseVdLogAlpha { .. } if !host_kernels(&theta.device()) => {
+                let log_alpha = self.learned_log_alpha();
+                let mean = match mask_threshold {
+                    Some(t) => theta
+                        .clone()
+                        .mask_fill(log_alpha.clone().greater_equal_elem(t), 0.0),
+                    None => theta.clone(),
+                };
+                TrainTerms {
+                    mean,
+                    mean_gradient: MeanGradient::Everywhere,
+                    variance: log_alpha.exp() * theta.square(),
+                    kl: composed_log_alpha_kl(noise(&self.log_alpha)),
+                }
+            }
             Posterior::SparseVdLogAlpha { .. } => {
                 let log_alpha = noise(&self.log_alpha);
-                let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone().into_data()));
+                let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone()));
                 let theta_values = match mask_threshold {
-                    Some(_) => host_vec(theta.clone().into_data()),
+                    Some(_) => host_vec(theta.clone()),
                     None => Vec::new(),
                 };
                 let (mean, mean_gradient) = clip(&terms, &theta_values);
@@ -394,13 +410,13 @@ impl<const D: usize> VariationalWeights<D> {
         WeightLayerView {
             name: name.to_string(),
             shape: theta.dims().to_vec(),
-            log_alpha: self.clipped_log_alpha().map(|a| host_vec(a.into_data())),
+            log_alpha: self.clipped_log_alpha().map(host_vec),
             log_sigma2: self
                 .log_sigma2
                 .as_ref()
-                .map(|s| host_vec(s.val().into_data())),
-            theta: host_vec(theta.into_data()),
-            bias: host_vec(self.bias.val().into_data()),
+                .map(|s| host_vec(s.val())),
+            theta: host_vec(theta),
+            bias: host_vec(self.bias.val()),
         }
     }
 }
@@ -415,9 +431,11 @@ fn lrt_std<const E: usize>(delta: Tensor<E>) -> Tensor<E> {
     std + (delta - fixed) * slope
 }
 
-/// Copy device data to a host vector of f32, whatever the backend's float type.
-pub(crate) fn host_vec(data: TensorData) -> Vec<f32> {
-    data.convert::<f32>()
+/// The values of `tensor` as host f32, whatever the backend's float type (read through
+/// [`read_back`]).
+pub(crate) fn host_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    read_back(tensor)
+        .convert::<f32>()
         .try_to_vec::<f32>()
         .expect("converted to f32 just above")
 }
@@ -475,7 +493,7 @@ mod tests {
             },
         );
         let clipped = |w: &VariationalWeights<2>| {
-            host_vec(w.clipped_log_alpha().expect("variational").into_data())
+            host_vec(w.clipped_log_alpha().expect("variational"))
         };
         let (a, b) = (clipped(&additive), clipped(&original));
         for (x, y) in a.iter().zip(&b) {
@@ -525,7 +543,7 @@ mod tests {
                 &Matmul,
             );
             assert!(kl.is_some());
-            let out = host_vec(out.into_data());
+            let out = host_vec(out);
             for j in 0..2 {
                 let at = |i: usize| 2 * i + j;
                 let gamma: f64 =
@@ -576,7 +594,7 @@ mod tests {
         );
         let grads = kl.backward();
         let learned = vd.log_alpha.as_ref().expect("built so").val();
-        let d = host_vec(learned.grad(&grads).expect("tracked").into_data());
+        let d = host_vec(learned.grad(&grads).expect("tracked"));
         assert!(d[0] < 0.0, "KL falls as α grows below 1: {d:?}");
         assert_eq!(d[1], 0.0, "clipped at α = 1: {d:?}");
 
@@ -632,7 +650,7 @@ mod tests {
         let restored = fresh.with_values(&view).expect("same structure");
         let learned = restored.log_alpha.expect("built so").val();
         assert_eq!(learned.dims(), [1, 2]);
-        assert_eq!(host_vec(learned.into_data()), vec![-1.0, -2.5]);
+        assert_eq!(host_vec(learned), vec![-1.0, -2.5]);
         let point = VariationalWeights::new(
             Tensor::<2>::zeros([3, 2], &device),
             MapKind::Dense,
@@ -651,8 +669,8 @@ mod tests {
         let delta = Tensor::<1>::from_data(TensorData::from(values), &device).require_grad();
         let std = lrt_std(delta.clone());
         let grads = (std.clone() * 3.0).sum().backward();
-        let std = host_vec(std.into_data());
-        let slope = host_vec(delta.grad(&grads).expect("tracked").into_data());
+        let std = host_vec(std);
+        let slope = host_vec(delta.grad(&grads).expect("tracked"));
         for (i, &d) in values.iter().enumerate() {
             let root = (d as f64 + VARIANCE_EPS).sqrt();
             assert!(
