@@ -67,6 +67,29 @@ enum Command {
         #[arg(long, default_value = "results")]
         results_dir: PathBuf,
     },
+    /// Time training steps of an experiment's variants on a device (random inputs of the data
+    /// set's shape, the variant's batch size; no data needed), e.g.
+    /// `harness bench experiments/vgg_cifar10.toml --variant sparse_vd_k1.0 --device vulkan`.
+    Bench {
+        experiment: PathBuf,
+        /// Time only this variant (repeatable) [default: every variant].
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        /// Steps timed per variant; the median is reported.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Steps run first and not timed (kernel compilation and autotuning on a GPU).
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        device: Backend,
+        /// Run the composed operations (a GPU's code path) on the CPU backend too.
+        #[arg(long)]
+        composed: bool,
+        /// Append one row per variant to this CSV file (written with a header when new).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
     /// Redraw an experiment's figures and rewrite its comparison table from its results on disk.
     Figures {
         experiment: PathBuf,
@@ -100,6 +123,10 @@ struct RunArgs {
     /// Train this many epochs instead of the file's (the results are labelled as shortened).
     #[arg(long)]
     epochs: Option<usize>,
+    /// Run the composed operations (a GPU's code path) on the CPU backend instead of its host
+    /// kernels; provenance records the backend as `flex-composed`.
+    #[arg(long)]
+    composed: bool,
     /// Where figures are written after the run.
     #[arg(long, default_value = "figures")]
     figures_dir: PathBuf,
@@ -196,6 +223,22 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Some(Command::Bench {
+            experiment,
+            variants,
+            steps,
+            warmup,
+            device,
+            composed,
+            csv,
+        }) => bench(
+            &experiment,
+            &variants,
+            runner::bench::BenchSettings { warmup, steps },
+            device,
+            composed,
+            csv.as_deref(),
+        ),
         Some(Command::Figures {
             experiment,
             results_dir,
@@ -228,7 +271,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             figures_dir,
         }) => {
             let exp = LoadedExperiment::load(&experiment)?;
-            let options = run_options(Backend::Flex, data_dir, results_dir, vec![], false, None);
+            let options = run_options(
+                Backend::Flex,
+                false,
+                data_dir,
+                results_dir,
+                vec![],
+                false,
+                None,
+            );
             eval::run(&exp, &variant, threshold, sweep, &options, &figures_dir)
         }
         None => run(cli.run),
@@ -289,6 +340,7 @@ fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Resul
 
 fn run_options(
     backend: Backend,
+    composed: bool,
     data_dir: Option<PathBuf>,
     results_dir: PathBuf,
     only_variants: Vec<String>,
@@ -297,7 +349,7 @@ fn run_options(
 ) -> runner::RunOptions {
     runner::RunOptions {
         device: backend.device(),
-        backend: backend.name().to_string(),
+        backend: backend_name(backend, composed),
         device_description: backend.description(),
         data_dir: datasets::data_dir(data_dir),
         results_dir,
@@ -307,13 +359,92 @@ fn run_options(
     }
 }
 
+/// Times the variants of `experiment` named in `variants` (all when empty) and prints, or
+/// appends to `csv`, one row per variant.
+fn bench(
+    experiment: &std::path::Path,
+    variants: &[String],
+    settings: runner::bench::BenchSettings,
+    backend: Backend,
+    composed: bool,
+    csv: Option<&std::path::Path>,
+) -> Result<()> {
+    let exp = LoadedExperiment::load(experiment)?;
+    let names: Vec<String> = match variants {
+        [] => exp.spec.variants.iter().map(|v| v.name.clone()).collect(),
+        named => named.to_vec(),
+    };
+    let _composed = composed.then(sparsevd::ops::compose_on_this_thread);
+    runner::cpu::prepare_for_training();
+    let device = backend.device();
+    let backend_name = backend_name(backend, composed);
+    let description = backend.description();
+    let commit = runner::provenance::git_commit(std::path::Path::new("."));
+    let header =
+        "bench,backend,device,batch,steps,median_ms,mean_ms,min_ms,steps_per_second,commit";
+    let mut rows = Vec::new();
+    for name in &names {
+        let t = runner::bench::time_variant(&exp, name, settings, &device)?;
+        println!(
+            "{}  {backend_name}  batch {}  median {:.2} ms  mean {:.2} ms  min {:.2} ms  ({:.1} steps/s over {} steps)",
+            t.bench,
+            t.batch,
+            t.median_ms,
+            t.mean_ms,
+            t.min_ms,
+            t.steps_per_second(),
+            t.steps
+        );
+        rows.push(format!(
+            "{},{backend_name},\"{}\",{},{},{:.3},{:.3},{:.3},{:.2},{commit}",
+            t.bench,
+            description.replace('"', "'"),
+            t.batch,
+            t.steps,
+            t.median_ms,
+            t.mean_ms,
+            t.min_ms,
+            t.steps_per_second()
+        ));
+    }
+    if let Some(path) = csv {
+        use std::io::Write;
+        let new = !path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        let mut text = if new {
+            format!("{header}\n")
+        } else {
+            String::new()
+        };
+        text.extend(rows.iter().map(|r| format!("{r}\n")));
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("appended {} rows to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+/// The backend as provenance and bench rows name it.
+fn backend_name(backend: Backend, composed: bool) -> String {
+    match composed {
+        true => format!("{}-composed", backend.name()),
+        false => backend.name().to_string(),
+    }
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let path = args
         .experiment
         .context("no experiment file given; try `harness experiments/lenet300.toml`")?;
     let exp = LoadedExperiment::load(&path)?;
+    let _composed = args.composed.then(sparsevd::ops::compose_on_this_thread);
     let options = run_options(
         args.device,
+        args.composed,
         args.data_dir,
         args.results_dir,
         args.variants,

@@ -95,8 +95,12 @@ fn layers(c: &mut Criterion) {
     c.bench_function("kl_800x500_fwd_bwd", |b| {
         b.iter(|| {
             let terms = sparsevd::KlTerms::additive(
-                &sparsevd::ops::read_back(theta.clone()).try_to_vec::<f32>().expect("f32"),
-                &sparsevd::ops::read_back(log_sigma2.clone()).try_to_vec::<f32>().expect("f32"),
+                &sparsevd::ops::read_back(theta.clone())
+                    .try_to_vec::<f32>()
+                    .expect("f32"),
+                &sparsevd::ops::read_back(log_sigma2.clone())
+                    .try_to_vec::<f32>()
+                    .expect("f32"),
                 sparsevd::kl::AdditiveRules::new(
                     sparsevd::LrtVariance::ClippedAlpha,
                     sparsevd::weights::MapKind::Dense,

@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod adam;
+pub mod bench;
 pub mod checkpoint;
 pub mod cpu;
 pub mod lock;

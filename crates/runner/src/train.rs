@@ -490,12 +490,19 @@ mod tests {
                 sharing: AlphaSharing::PerUnit,
             },
         ];
-        let dropout = [Dropout::Binary { keep: 0.8 }, Dropout::Gaussian { keep: 0.8 }];
+        let dropout = [
+            Dropout::Binary { keep: 0.8 },
+            Dropout::Gaussian { keep: 0.8 },
+        ];
         let lenet300 = |posterior| MlpConfig::lenet300(posterior).init(&device);
         {
             let _composed = compose_on_this_thread();
             for posterior in posteriors {
-                assert_eq!(read_backs_in_steps(lenet300(posterior), 784, 16), 0, "{posterior:?}");
+                assert_eq!(
+                    read_backs_in_steps(lenet300(posterior), 784, 16),
+                    0,
+                    "{posterior:?}"
+                );
             }
             for d in dropout {
                 let net = MlpConfig::lenet300(Posterior::Point)

@@ -1,9 +1,9 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
 use crate::cpu_conv;
-use crate::ops::host_kernels;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
+use crate::ops::host_kernels;
 use crate::posterior::Posterior;
 use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;
@@ -156,10 +156,7 @@ mod tests {
             },
         );
         assert!(kl.is_some());
-        let out: Vec<f64> = host_vec(out)
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let out: Vec<f64> = host_vec(out).into_iter().map(f64::from).collect();
         let gamma: f64 = x
             .iter()
             .zip(theta)

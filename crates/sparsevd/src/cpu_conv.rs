@@ -468,10 +468,7 @@ mod tests {
             + (conv2d(x.clone().square(), variance.clone(), None, options) + 1e-8).sqrt()
                 * zeta.clone();
         let fused = lrt_conv2d(x, mean, variance, zeta, bias, 0, MeanGradient::Everywhere);
-        for (a, b) in host_vec(fused)
-            .iter()
-            .zip(host_vec(composed))
-        {
+        for (a, b) in host_vec(fused).iter().zip(host_vec(composed)) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }

@@ -1,9 +1,9 @@
 //! Dense layer: plain (the "original" baseline) or variational.
 
 use crate::cpu_dense;
-use crate::ops::host_kernels;
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
+use crate::ops::host_kernels;
 use crate::posterior::Posterior;
 use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
 use burn::config::Config;

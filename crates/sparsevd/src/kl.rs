@@ -708,8 +708,7 @@ mod tests {
         let la = log_alpha(t.clone(), s.clone(), LOG_ALPHA_EPS);
         let kl = (softplus(-la.clone(), 1.0) * 0.5 - sigmoid(la * K3 + K2) * K1).sum();
         let grads = kl.backward();
-        let grad =
-            |x: &Tensor<1>| crate::weights::host_vec(x.grad(&grads).expect("tracked"));
+        let grad = |x: &Tensor<1>| crate::weights::host_vec(x.grad(&grads).expect("tracked"));
         (grad(&t), grad(&s))
     }
 
@@ -777,12 +776,10 @@ mod tests {
     #[test]
     fn cubic_kl_has_known_values() {
         let device = Device::flex();
-        let got = crate::weights::host_vec(
-            kl_kingma(Tensor::<1>::from_data(
-                TensorData::from([0.0f32, -4.0, -8.0]),
-                &device,
-            ))
-        );
+        let got = crate::weights::host_vec(kl_kingma(Tensor::<1>::from_data(
+            TensorData::from([0.0f32, -4.0, -8.0]),
+            &device,
+        )));
         for (got, want) in got.iter().zip([0.389_472_15, 2.614_408_98, 4.634_791_97]) {
             assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
         }

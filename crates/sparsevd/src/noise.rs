@@ -297,10 +297,7 @@ mod tests {
                 gaussian_dropout(Tensor::<1>::ones([n], &device), keep, 5),
             ),
         ] {
-            let r: Vec<f64> = host_vec(out)
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let r: Vec<f64> = host_vec(out).into_iter().map(f64::from).collect();
             let mean = r.iter().sum::<f64>() / n as f64;
             let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
             // Standard errors √(α/n) of the mean and α·√(2/n) of the variance for the normal

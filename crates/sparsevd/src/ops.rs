@@ -87,14 +87,21 @@ mod tests {
     fn the_cpu_runs_host_kernels_unless_composition_is_asked_for() {
         let device = Device::flex();
         assert_eq!(execution(&device), Execution::HostKernels);
-        assert_eq!(execution(&device.clone().autodiff()), Execution::HostKernels);
+        assert_eq!(
+            execution(&device.clone().autodiff()),
+            Execution::HostKernels
+        );
         {
             let _outer = compose_on_this_thread();
             {
                 let _inner = compose_on_this_thread();
                 assert_eq!(execution(&device), Execution::Composed);
             }
-            assert_eq!(execution(&device), Execution::Composed, "the outer guard holds");
+            assert_eq!(
+                execution(&device),
+                Execution::Composed,
+                "the outer guard holds"
+            );
         }
         assert_eq!(execution(&device), Execution::HostKernels);
     }

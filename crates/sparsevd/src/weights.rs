@@ -2,13 +2,13 @@
 //! variational forward pass that dense and convolutional layers share; they differ only in the
 //! linear map applied.
 
-use crate::ops::{host_kernels, read_back};
 use crate::kl::{
-    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, composed_log_alpha_kl, kl_kingma,
-    log_alpha,
+    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, composed_log_alpha_kl,
+    kl_kingma, log_alpha,
 };
 use crate::mode::{ForwardMode, WeightLayerView};
 use crate::noise::standard_normal;
+use crate::ops::{host_kernels, read_back};
 use crate::posterior::{Posterior, VD_LOG_ALPHA_MAX};
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -411,10 +411,7 @@ impl<const D: usize> VariationalWeights<D> {
             name: name.to_string(),
             shape: theta.dims().to_vec(),
             log_alpha: self.clipped_log_alpha().map(host_vec),
-            log_sigma2: self
-                .log_sigma2
-                .as_ref()
-                .map(|s| host_vec(s.val())),
+            log_sigma2: self.log_sigma2.as_ref().map(|s| host_vec(s.val())),
             theta: host_vec(theta),
             bias: host_vec(self.bias.val()),
         }
@@ -492,9 +489,8 @@ mod tests {
                 log_alpha_init: LogAlphaInit::FromLogSigma2 { log_sigma2: -1.0 },
             },
         );
-        let clipped = |w: &VariationalWeights<2>| {
-            host_vec(w.clipped_log_alpha().expect("variational"))
-        };
+        let clipped =
+            |w: &VariationalWeights<2>| host_vec(w.clipped_log_alpha().expect("variational"));
         let (a, b) = (clipped(&additive), clipped(&original));
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
