@@ -366,8 +366,14 @@ fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
 /// operation. Same results (models byte-identical after training); measured per epoch
 /// (2 threads, alternated runs): LeNet-300-100 Sparse VD 3.48 s against 4.52 s, LeNet-5
 /// original 22.8 and 20.7 s against 24.5 and 22.0 s.
+/// The calling thread's choice of composed operations ([`sparsevd::ops::compose_on_this_thread`])
+/// goes along.
 pub fn on_pool_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
+    let composed = sparsevd::ops::composed_on_this_thread();
+    rayon::scope(|_| {
+        let _composed = composed.then(sparsevd::ops::compose_on_this_thread);
+        work()
+    })
 }
 
 /// Error and compression of a saved model at each threshold, on the full test set.

@@ -34,7 +34,7 @@ thread_local! {
 
 /// The form that runs for tensors on `device`.
 pub fn execution(device: &Device) -> Execution {
-    if is_flex(device) && !COMPOSED_FORCED.with(Cell::get) {
+    if is_flex(device) && !composed_on_this_thread() {
         Execution::HostKernels
     } else {
         Execution::Composed
@@ -53,6 +53,12 @@ pub fn compose_on_this_thread() -> ComposedScope {
     ComposedScope {
         before: COMPOSED_FORCED.with(|f| f.replace(true)),
     }
+}
+
+/// Whether this thread is under [`compose_on_this_thread`] (to carry the choice to a thread
+/// that works for it).
+pub fn composed_on_this_thread() -> bool {
+    COMPOSED_FORCED.with(Cell::get)
 }
 
 /// See [`compose_on_this_thread`].
