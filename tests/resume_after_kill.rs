@@ -36,10 +36,20 @@ fn harness(work: &Path, experiment: &Path) -> Command {
 }
 
 /// epochs.csv without the wall-time column, which legitimately differs between runs.
+/// The rows of `epochs.csv` without its two timing columns (`seconds`, `steps_per_second`).
 fn epochs_without_time(work: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(work.join("results/resume/sparse_vd/epochs.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let timing = |i: &usize| ["seconds", "steps_per_second"].contains(&header[*i]);
     text.lines()
-        .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let kept: Vec<&str> = (0..cells.len())
+                .filter(|i| !timing(i))
+                .map(|i| cells[i])
+                .collect();
+            kept.join(",")
+        })
         .collect()
 }
 

@@ -139,6 +139,12 @@ enum Backend {
     /// burn's wgpu backend pinned to Vulkan (GPUs; build with `--features vulkan`).
     #[cfg(feature = "vulkan")]
     Vulkan,
+    /// libtorch on CUDA device 0 (build with `--features tch`).
+    #[cfg(feature = "tch")]
+    Tch,
+    /// libtorch on the CPU (build with `--features tch`): checks a tch build without a GPU.
+    #[cfg(feature = "tch")]
+    TchCpu,
 }
 
 impl Backend {
@@ -147,6 +153,13 @@ impl Backend {
             Backend::Flex => Device::flex().autodiff(),
             #[cfg(feature = "vulkan")]
             Backend::Vulkan => Device::vulkan(Default::default()).autodiff(),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            // burn 0.22 marks burn-tch deprecated; the design names it
+            Backend::Tch => Device::libtorch_cuda(0).autodiff(),
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            Backend::TchCpu => Device::libtorch().autodiff(),
         }
     }
 
@@ -159,6 +172,11 @@ impl Backend {
                 Some(gpu) => format!("GPU: {} (Vulkan)", gpu.name),
                 None => "GPU: unnamed Vulkan adapter".to_string(),
             },
+            #[cfg(feature = "tch")]
+            #[allow(deprecated)]
+            Backend::Tch => format!("GPU: {} (libtorch)", nvidia_gpu_name()),
+            #[cfg(feature = "tch")]
+            Backend::TchCpu => format!("CPU: {} (libtorch)", runner::provenance::cpu_model()),
         }
     }
 
@@ -167,8 +185,25 @@ impl Backend {
             Backend::Flex => "flex",
             #[cfg(feature = "vulkan")]
             Backend::Vulkan => "vulkan",
+            #[cfg(feature = "tch")]
+            Backend::Tch => "tch",
+            #[cfg(feature = "tch")]
+            Backend::TchCpu => "tch-cpu",
         }
     }
+}
+
+/// The name of CUDA device 0 as nvidia-smi gives it (libtorch does not name its devices).
+#[cfg(feature = "tch")]
+fn nvidia_gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "CUDA device 0 (unnamed: no nvidia-smi)".to_string())
 }
 
 /// Opens `backend` and checks a matrix product on it (x·xᵀ for x = 0, 1, …, 1023 is
