@@ -105,26 +105,8 @@ impl Cifar10 {
     /// files first if needed, and preprocess.
     pub fn load(dir: &Path, preprocessing: Preprocessing) -> Result<Self, DataError> {
         let (train, test) = Self::load_raw(dir)?;
-        let (train_images, test_images) = match preprocessing {
-            Preprocessing::PerChannel => {
-                let (mean, std) = channel_moments(&train.pixels);
-                let apply = |pixels: &[u8]| standardised(pixels, &mean, &std);
-                (apply(&train.pixels), apply(&test.pixels))
-            }
-            Preprocessing::Zca { regulariser } => {
-                let zca = Zca::cached(&dir.join(FOLDER), &train.pixels, IMAGE_BYTES, regulariser)?;
-                (zca.apply(&train.pixels), zca.apply(&test.pixels))
-            }
-        };
-        let split = |images, labels| Split {
-            images,
-            labels,
-            image_shape: IMAGE_SHAPE,
-        };
-        Ok(Self {
-            train: split(train_images, train.labels),
-            test: split(test_images, test.labels),
-        })
+        let (train, test) = preprocessed(train, test, preprocessing, &dir.join(FOLDER))?;
+        Ok(Self { train, test })
     }
 
     /// The training and test images as bytes, fetched and verified like [`Cifar10::load`].
@@ -150,6 +132,36 @@ impl Cifar10 {
         }
         Ok((train, read(&TEST_FILE)?))
     }
+}
+
+/// Both splits under `preprocessing`, fitted on the training images; a ZCA fit is cached in
+/// `zca_dir`.
+pub fn preprocessed(
+    train: RawImages,
+    test: RawImages,
+    preprocessing: Preprocessing,
+    zca_dir: &Path,
+) -> Result<(Split, Split), DataError> {
+    let (train_images, test_images) = match preprocessing {
+        Preprocessing::PerChannel => {
+            let (mean, std) = channel_moments(&train.pixels);
+            let apply = |pixels: &[u8]| standardised(pixels, &mean, &std);
+            (apply(&train.pixels), apply(&test.pixels))
+        }
+        Preprocessing::Zca { regulariser } => {
+            let zca = Zca::cached(zca_dir, &train.pixels, IMAGE_BYTES, regulariser)?;
+            (zca.apply(&train.pixels), zca.apply(&test.pixels))
+        }
+    };
+    let split = |images, labels| Split {
+        images,
+        labels,
+        image_shape: IMAGE_SHAPE,
+    };
+    Ok((
+        split(train_images, train.labels),
+        split(test_images, test.labels),
+    ))
 }
 
 /// Parse a standard binary batch: records of one label byte and `IMAGE_BYTES` pixel bytes.

@@ -22,6 +22,17 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The unsigned-byte IDX file of an array of `dims` holding `data` (the inverse of
+/// [`parse_idx`]).
+pub fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    bytes
+}
+
 /// Parse an unsigned-byte IDX file of the given rank (1 for labels, 3 for images).
 pub fn parse_idx(bytes: &[u8], rank: u8) -> Result<IdxArray, IdxError> {
     let header_len = 4 + 4 * rank as usize;

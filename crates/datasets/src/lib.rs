@@ -3,6 +3,7 @@
 
 pub mod cifar;
 pub mod fetch;
+pub mod folder;
 #[cfg(test)]
 mod fuzz;
 pub mod idx;
@@ -11,6 +12,7 @@ pub mod split;
 pub mod zca;
 
 pub use cifar::{Cifar10, CifarError, Preprocessing};
+pub use folder::FolderData;
 pub use idx::IdxError;
 pub use mnist::Mnist;
 pub use split::Split;

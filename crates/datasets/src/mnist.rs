@@ -56,7 +56,7 @@ impl Mnist {
         fetch::ensure_files(dir, &FILES, &SOURCES)?;
         let (train_pixels, train_labels) = read_split(dir, &TRAIN_IMAGES, &TRAIN_LABELS)?;
         let (test_pixels, test_labels) = read_split(dir, &TEST_IMAGES, &TEST_LABELS)?;
-        let mean = mean_image(&train_pixels);
+        let mean = mean_image(&train_pixels, IMAGE_PIXELS);
         Ok(Self {
             train: Split {
                 images: centred(&train_pixels, &mean),
@@ -102,10 +102,11 @@ fn read_split(
     Ok((image_array.data, label_array.data))
 }
 
-fn mean_image(pixels: &[u8]) -> Vec<f32> {
-    let count = pixels.len() / IMAGE_PIXELS;
-    let mut sum = vec![0f64; IMAGE_PIXELS];
-    for image in pixels.chunks_exact(IMAGE_PIXELS) {
+/// The mean of images of `image_pixels` bytes each, as pixels / 255.
+pub(crate) fn mean_image(pixels: &[u8], image_pixels: usize) -> Vec<f32> {
+    let count = pixels.len() / image_pixels;
+    let mut sum = vec![0f64; image_pixels];
+    for image in pixels.chunks_exact(image_pixels) {
         for (s, &p) in sum.iter_mut().zip(image) {
             *s += p as f64 / 255.0;
         }
@@ -113,9 +114,10 @@ fn mean_image(pixels: &[u8]) -> Vec<f32> {
     sum.iter().map(|s| (s / count as f64) as f32).collect()
 }
 
-fn centred(pixels: &[u8], mean: &[f32]) -> Vec<f32> {
+/// Images as pixels / 255 minus `mean` (an image of the same size).
+pub(crate) fn centred(pixels: &[u8], mean: &[f32]) -> Vec<f32> {
     pixels
-        .chunks_exact(IMAGE_PIXELS)
+        .chunks_exact(mean.len())
         .flat_map(|image| image.iter().zip(mean).map(|(&p, m)| p as f32 / 255.0 - m))
         .collect()
 }

@@ -139,6 +139,10 @@ enum Backend {
     /// burn's wgpu backend pinned to Vulkan (GPUs; build with `--features vulkan`).
     #[cfg(feature = "vulkan")]
     Vulkan,
+    /// burn's wgpu backend with WGSL kernels on the graphics API wgpu picks (build with
+    /// `--features wgpu`).
+    #[cfg(feature = "wgpu")]
+    Wgpu,
     /// libtorch on CUDA device 0 (build with `--features tch`).
     #[cfg(feature = "tch")]
     Tch,
@@ -153,9 +157,11 @@ impl Backend {
             Backend::Flex => Device::flex().autodiff(),
             #[cfg(feature = "vulkan")]
             Backend::Vulkan => Device::vulkan(Default::default()).autodiff(),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Device::wgpu(Default::default()).autodiff(),
+            // burn 0.22 marks burn-tch deprecated; the project's design names it.
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
-            // burn 0.22 marks burn-tch deprecated; the design names it
             Backend::Tch => Device::libtorch_cuda(0).autodiff(),
             #[cfg(feature = "tch")]
             #[allow(deprecated)]
@@ -172,8 +178,12 @@ impl Backend {
                 Some(gpu) => format!("GPU: {} (Vulkan)", gpu.name),
                 None => "GPU: unnamed Vulkan adapter".to_string(),
             },
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => match Device::wgpu(Default::default()).identity() {
+                Some(gpu) => format!("GPU: {} (wgpu)", gpu.name),
+                None => "GPU: unnamed wgpu adapter".to_string(),
+            },
             #[cfg(feature = "tch")]
-            #[allow(deprecated)]
             Backend::Tch => format!("GPU: {} (libtorch)", nvidia_gpu_name()),
             #[cfg(feature = "tch")]
             Backend::TchCpu => format!("CPU: {} (libtorch)", runner::provenance::cpu_model()),
@@ -185,6 +195,8 @@ impl Backend {
             Backend::Flex => "flex",
             #[cfg(feature = "vulkan")]
             Backend::Vulkan => "vulkan",
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => "wgpu",
             #[cfg(feature = "tch")]
             Backend::Tch => "tch",
             #[cfg(feature = "tch")]

@@ -1,8 +1,8 @@
 //! Training-step throughput of any variant of an experiment file on any device: the net, width
-//! and layers of the variant, its protocol's batch size, Adam, random inputs of the data set's
+//! and layers of the variant, its protocol's batch size, Adam, random inputs of the net's input
 //! shape (so that no data is needed: the same command runs on a machine with only the binary).
 
-use crate::spec::{Dataset, LoadedExperiment, Net};
+use crate::spec::{LoadedExperiment, Net};
 use crate::train::{Batch, StepSettings, optimizer, train_step};
 use crate::{WithNetwork, with_network};
 use burn::tensor::{Device, Distribution, Tensor};
@@ -49,16 +49,8 @@ pub enum BenchError {
     Device { bench: String, message: String },
 }
 
-/// Values per input image of a data set (flattened, as the nets take them).
-fn input_values(dataset: Dataset) -> usize {
-    match dataset {
-        Dataset::Mnist => 28 * 28,
-        Dataset::Cifar10 => 3 * 32 * 32,
-    }
-}
-
 /// The name of a variant's bench.
-fn bench_name(net: Net, width: Option<f64>, layer: &str) -> String {
+fn bench_name(net: &Net, width: Option<f64>, layer: &str) -> String {
     match width {
         Some(k) => format!("{}_k{k:?}_{layer}", net.key()),
         None => format!("{}_{layer}", net.key()),
@@ -88,8 +80,8 @@ pub fn time_variant(
     let variant = &spec.variants[index];
     let protocol = spec.protocol_of(index);
     let job = TimeSteps {
-        bench: bench_name(spec.net, variant.width, variant.layer.key()),
-        pixels: input_values(spec.dataset),
+        bench: bench_name(&spec.net, variant.width, variant.layer.key()),
+        pixels: spec.net.input().values(),
         batch: protocol.batch_size,
         step: StepSettings {
             train_size: 50_000,
@@ -103,7 +95,7 @@ pub fn time_variant(
         settings,
         device,
     };
-    with_network(spec.net, variant, protocol, device, job)
+    with_network(&spec.net, variant, protocol, device, job)
 }
 
 struct TimeSteps<'a> {
@@ -170,15 +162,15 @@ mod tests {
     #[test]
     fn bench_names_match_the_pytorch_reference() {
         assert_eq!(
-            bench_name(Net::Vgglike, Some(1.0), "sparse_vd"),
+            bench_name(&Net::Vgglike, Some(1.0), "sparse_vd"),
             "vgglike_k1.0_sparse_vd"
         );
         assert_eq!(
-            bench_name(Net::Vgglike, Some(0.25), "binary_dropout"),
+            bench_name(&Net::Vgglike, Some(0.25), "binary_dropout"),
             "vgglike_k0.25_binary_dropout"
         );
         assert_eq!(
-            bench_name(Net::Lenet5, None, "sparse_vd"),
+            bench_name(&Net::Lenet5, None, "sparse_vd"),
             "lenet5_sparse_vd"
         );
     }

@@ -52,6 +52,8 @@ pub enum RunError {
     StaleCheckpoint(PathBuf),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error("{file}: net: {message}")]
+    DataDoesNotFit { file: String, message: String },
 }
 
 /// How to run, beyond what the experiment file says.
@@ -116,7 +118,7 @@ pub fn run_experiment(
     }
     let paper = paper_reference_of(exp)?;
     cpu::prepare_for_training();
-    let data = load_data(spec, &options.data_dir)?;
+    let data = load_data(exp, &options.data_dir)?;
     let dir = experiment_dir(exp, options);
     // Taken before training: the tree may change while a long run goes on.
     let commit = provenance::git_commit(exp.path.parent().unwrap_or(Path::new(".")));
@@ -155,6 +157,7 @@ pub fn run_experiment(
             train: training_split(&data.train, &protocol),
             test: subset(&data.test, protocol.test_subset),
             dir: &variant_dir,
+            data_files: &data.files,
             paper: &paper,
             commit: &commit,
             options,
@@ -186,33 +189,105 @@ fn selected_with_sources(spec: &Experiment, names: &[String]) -> Vec<usize> {
 pub struct Data {
     pub train: Split,
     pub test: Split,
+    /// (file name, sha256) of a data set read from a folder; empty for the built-in ones, which
+    /// are held to their known checksums.
+    pub files: Vec<(String, String)>,
 }
 
-/// Load (fetching on first use) the experiment's data set.
-pub fn load_data(spec: &Experiment, data_dir: &Path) -> Result<Data, RunError> {
-    Ok(match spec.dataset {
+/// Load (fetching the built-in ones on first use) the experiment's data set, and check that its
+/// images and classes fit the net.
+pub fn load_data(exp: &LoadedExperiment, data_dir: &Path) -> Result<Data, RunError> {
+    let spec = &exp.spec;
+    let preprocessing = match spec.preprocessing {
+        None => datasets::Preprocessing::Zca { regulariser: 1e-5 },
+        Some(Preprocessing::Zca { regulariser }) => datasets::Preprocessing::Zca { regulariser },
+        Some(Preprocessing::PerChannel) => datasets::Preprocessing::PerChannel,
+    };
+    let folder = |f: &Path| exp.path.parent().unwrap_or(Path::new(".")).join(f);
+    let data = match &spec.dataset {
         Dataset::Mnist => {
             let mnist = Mnist::load(data_dir)?;
             Data {
                 train: mnist.train,
                 test: mnist.test,
+                files: Vec::new(),
             }
         }
         Dataset::Cifar10 => {
-            let preprocessing = match spec.preprocessing {
-                None => datasets::Preprocessing::Zca { regulariser: 1e-5 },
-                Some(Preprocessing::Zca { regulariser }) => {
-                    datasets::Preprocessing::Zca { regulariser }
-                }
-                Some(Preprocessing::PerChannel) => datasets::Preprocessing::PerChannel,
-            };
             let cifar = Cifar10::load(data_dir, preprocessing)?;
             Data {
                 train: cifar.train,
                 test: cifar.test,
+                files: Vec::new(),
             }
         }
-    })
+        Dataset::Idx(f) => from_folder(datasets::folder::load_idx(&folder(f))?),
+        Dataset::CifarBinary(f) => from_folder(datasets::folder::load_cifar_binary(
+            &folder(f),
+            preprocessing,
+            data_dir,
+        )?),
+    };
+    check_data_fits(exp, &data)?;
+    Ok(data)
+}
+
+fn from_folder(data: datasets::FolderData) -> Data {
+    Data {
+        train: data.train,
+        test: data.test,
+        files: data.files,
+    }
+}
+
+/// That the net takes the data's images and has an output for each of its classes.
+fn check_data_fits(exp: &LoadedExperiment, data: &Data) -> Result<(), RunError> {
+    let net = &exp.spec.net;
+    let shape = data.train.image_shape;
+    let [c, h, w] = shape;
+    let values = c * h * w;
+    let fail = |message: String| {
+        Err(RunError::DataDoesNotFit {
+            file: exp.path.display().to_string(),
+            message,
+        })
+    };
+    match net.input() {
+        spec::NetInput::Image(wanted) if wanted != shape => {
+            return fail(format!(
+                "{} takes {}×{}×{} images, but {} holds {c}×{h}×{w} images",
+                net.describe(),
+                wanted[0],
+                wanted[1],
+                wanted[2],
+                exp.spec.dataset.describe()
+            ));
+        }
+        spec::NetInput::Values(wanted) if wanted != values => {
+            return fail(format!(
+                "{} takes {wanted} values per image, but {} holds {c}×{h}×{w} = {values}",
+                net.describe(),
+                exp.spec.dataset.describe()
+            ));
+        }
+        _ => {}
+    }
+    let classes = data
+        .train
+        .labels
+        .iter()
+        .chain(&data.test.labels)
+        .max()
+        .map_or(0, |&m| m as usize + 1);
+    if classes > net.outputs() {
+        return fail(format!(
+            "{} has {} outputs, but {} has {classes} classes",
+            net.describe(),
+            net.outputs(),
+            exp.spec.dataset.describe()
+        ));
+    }
+    Ok(())
 }
 
 /// The training examples a variant trains on: the protocol's subset, with the labels replaced
@@ -250,6 +325,8 @@ struct VariantJob<'a> {
     train: Cow<'a, Split>,
     test: Cow<'a, Split>,
     dir: &'a Path,
+    /// (file name, sha256) of a data set read from a folder.
+    data_files: &'a [(String, String)],
     paper: &'a PaperReference,
     commit: &'a str,
     options: &'a RunOptions,
@@ -264,7 +341,7 @@ pub trait WithNetwork {
 /// Initialise the experiment's net (seeded, with the variant's layers and width) and hand it
 /// to `job`.
 pub fn with_network<J: WithNetwork>(
-    net: Net,
+    net: &Net,
     variant: &Variant,
     protocol: &spec::Protocol,
     device: &Device,
@@ -276,7 +353,14 @@ pub fn with_network<J: WithNetwork>(
         Net::Lenet300 => job.run(
             MlpConfig::lenet300(posterior)
                 .with_init_std(protocol.init.theta_std)
-                .with_dropout(input_dropout(variant))
+                .with_dropout(input_dropout(variant, LENET300_WIDTHS.len() - 1))
+                .init(device),
+        ),
+        Net::Mlp(widths) => job.run(
+            MlpConfig::new(widths.clone())
+                .with_posterior(posterior)
+                .with_init_std(protocol.init.theta_std)
+                .with_dropout(input_dropout(variant, widths.len() - 1))
                 .init(device),
         ),
         Net::Lenet5 => job.run(
@@ -325,8 +409,8 @@ fn posterior(variant: &Variant, protocol: &spec::Protocol) -> Posterior {
     }
 }
 
-/// The dropout on each layer input of a LeNet-300-100 variant (empty for none).
-fn input_dropout(variant: &Variant) -> Vec<Dropout> {
+/// The dropout on each input of the `layers` dense layers of an MLP variant (empty for none).
+fn input_dropout(variant: &Variant, layers: usize) -> Vec<Dropout> {
     let Some(keep) = &variant.keep else {
         return Vec::new();
     };
@@ -335,10 +419,7 @@ fn input_dropout(variant: &Variant) -> Vec<Dropout> {
         LayerKind::GaussianDropout => |keep| Dropout::Gaussian { keep },
         _ => return Vec::new(),
     };
-    keep.per_layer(LENET300_WIDTHS.len() - 1)
-        .into_iter()
-        .map(dropout)
-        .collect()
+    keep.per_layer(layers).into_iter().map(dropout).collect()
 }
 
 impl WithNetwork for &VariantJob<'_> {
@@ -351,7 +432,7 @@ impl WithNetwork for &VariantJob<'_> {
 fn run_variant(job: &VariantJob<'_>) -> Result<(), RunError> {
     on_pool_worker(|| {
         with_network(
-            job.exp.spec.net,
+            &job.exp.spec.net,
             job.variant,
             job.protocol,
             &job.options.device,
@@ -412,7 +493,7 @@ pub fn evaluate_saved(
     }
     let dir = experiment_dir(exp, options).join(&variant.name);
     let (layers, norms) = output::read_model_and_norms(&dir)?;
-    let data = load_data(&exp.spec, &options.data_dir)?;
+    let data = load_data(exp, &options.data_dir)?;
     // The variant's own protocol: the test images its summary was computed on.
     let protocol = exp
         .spec
@@ -434,7 +515,7 @@ pub fn evaluate_saved(
         device: &options.device,
         dir,
     };
-    on_pool_worker(|| with_network(exp.spec.net, variant, &protocol, &options.device, eval))
+    on_pool_worker(|| with_network(&exp.spec.net, variant, &protocol, &options.device, eval))
 }
 
 /// Train `model` as the job says and write every result file.
@@ -521,6 +602,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
             resumed_after_epoch,
             lrt_variance: (variant.layer == LayerKind::SparseVd)
                 .then(|| protocol.lrt_variance.key().to_string()),
+            data_sha256: job.data_files.iter().cloned().collect(),
             started: started.clone(),
             finished,
             harness_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -558,7 +640,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         experiment: spec.name.clone(),
         variant: variant.name.clone(),
         net: spec.net.key().to_string(),
-        dataset: spec.dataset.key().to_string(),
+        dataset: spec.dataset.describe(),
         epochs: last.epoch,
         shortened: provenance.shortened,
         test_error_pct: last.test_error_pct,
@@ -588,7 +670,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         "experiment={}; variant={}; net={}; threshold={}{log_alpha_rule}; dense theta and log_sigma2 are [d_in, d_out], y = x @ theta + bias; conv theta and log_sigma2 are [out, in, kh, kw]",
         spec.name,
         variant.name,
-        spec.net.key(),
+        spec.net.describe(),
         protocol.threshold,
     );
     let metadata = [("harness", description)];

@@ -42,6 +42,10 @@ pub struct Provenance {
     /// runs all used `sigma2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lrt_variance: Option<String>,
+    /// sha256 of each file of a data set read from a folder, by file name (none for the
+    /// built-in data sets, which are held to their known checksums).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data_sha256: std::collections::BTreeMap<String, String>,
     pub started: String,
     /// Empty while the run goes on, and in a run that was cut short; written after every epoch.
     pub finished: String,

@@ -35,23 +35,52 @@ pub enum Preprocessing {
     PerChannel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// The data: a built-in name (`dataset = "mnist"`), fetched and checked against its known
+/// checksums, or a folder of one's own (`dataset = { idx = "folder" }`), checked for structure,
+/// its files' sha256 recorded in provenance. A relative folder is relative to the experiment
+/// file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dataset {
     Mnist,
     Cifar10,
+    /// IDX files in MNIST's layout (`datasets::folder::IDX_FILES`): one-channel images of any
+    /// size, classes 0 … C − 1; preprocessed as MNIST.
+    Idx(PathBuf),
+    /// CIFAR-10-style binary batches (`data_batch_1.bin`, … and `test_batch.bin`): 3 × 32 × 32
+    /// images of classes 0 … 9; preprocessed as CIFAR-10 (`preprocessing`).
+    CifarBinary(PathBuf),
 }
 
 impl Dataset {
-    pub fn key(self) -> &'static str {
+    pub fn key(&self) -> &'static str {
         match self {
             Dataset::Mnist => "mnist",
             Dataset::Cifar10 => "cifar10",
+            Dataset::Idx(_) => "idx",
+            Dataset::CifarBinary(_) => "cifar_binary",
         }
+    }
+
+    /// The key, and the folder of a data set of one's own.
+    pub fn describe(&self) -> String {
+        match self {
+            Dataset::Idx(folder) | Dataset::CifarBinary(folder) => {
+                format!("{} ({})", self.key(), folder.display())
+            }
+            builtin => builtin.key().to_string(),
+        }
+    }
+
+    /// Whether the images are CIFAR-10's kind (3 × 32 × 32, preprocessed as CIFAR-10).
+    pub fn is_cifar_like(&self) -> bool {
+        matches!(self, Dataset::Cifar10 | Dataset::CifarBinary(_))
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// The network: one of the paper's by name, or dense layers of any widths
+/// (`net = { mlp = [784, 500, 300, 10] }`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Net {
     /// 784 → 300 → 100 → 10, ReLU.
@@ -60,14 +89,66 @@ pub enum Net {
     Lenet5,
     /// VGG-like with batch norm for CIFAR-10; each variant names its width multiplier k.
     Vgglike,
+    /// Dense layers with ReLU between them: the input width (values per image), the hidden
+    /// widths, and the number of outputs (at least the data set's classes).
+    Mlp(Vec<usize>),
 }
 
 impl Net {
-    pub fn key(self) -> &'static str {
+    pub fn key(&self) -> &'static str {
         match self {
             Net::Lenet300 => "lenet300",
             Net::Lenet5 => "lenet5",
             Net::Vgglike => "vgglike",
+            Net::Mlp(_) => "mlp",
+        }
+    }
+
+    /// The key, with an MLP's widths.
+    pub fn describe(&self) -> String {
+        match self {
+            Net::Mlp(widths) => format!("mlp {widths:?}"),
+            named => named.key().to_string(),
+        }
+    }
+
+    /// The image shape `[channels, height, width]` the net takes, or for an MLP the number of
+    /// values per image, whatever their shape.
+    pub fn input(&self) -> NetInput {
+        match self {
+            Net::Lenet300 => NetInput::Values(28 * 28),
+            Net::Lenet5 => NetInput::Image([1, 28, 28]),
+            Net::Vgglike => NetInput::Image([3, 32, 32]),
+            Net::Mlp(widths) => NetInput::Values(widths[0]),
+        }
+    }
+
+    /// The number of outputs (classes it can tell apart).
+    pub fn outputs(&self) -> usize {
+        match self {
+            Net::Mlp(widths) => *widths.last().expect("validated: an MLP has widths"),
+            _ => 10,
+        }
+    }
+
+    /// Whether the net is dense layers only (which take per-layer input dropout).
+    pub fn is_mlp(&self) -> bool {
+        matches!(self, Net::Lenet300 | Net::Mlp(_))
+    }
+}
+
+/// What a net takes per image (see [`Net::input`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetInput {
+    Image([usize; 3]),
+    Values(usize),
+}
+
+impl NetInput {
+    pub fn values(self) -> usize {
+        match self {
+            NetInput::Image(shape) => shape.iter().product(),
+            NetInput::Values(n) => n,
         }
     }
 }
@@ -371,9 +452,9 @@ impl LoadedExperiment {
             self.variant_sha256(source)
         });
         let training = TrainingSpec {
-            dataset: spec.dataset,
+            dataset: &spec.dataset,
             preprocessing: spec.preprocessing,
-            net: spec.net,
+            net: &spec.net,
             shortened: spec.shortened.as_deref(),
             protocol: spec.protocol_of(index),
             layer: variant.layer,
@@ -395,10 +476,10 @@ impl LoadedExperiment {
 /// added later with a default keeps the hashes of earlier runs.
 #[derive(Serialize)]
 struct TrainingSpec<'a> {
-    dataset: Dataset,
+    dataset: &'a Dataset,
     #[serde(skip_serializing_if = "Option::is_none")]
     preprocessing: Option<Preprocessing>,
-    net: Net,
+    net: &'a Net,
     #[serde(skip_serializing_if = "Option::is_none")]
     shortened: Option<&'a str>,
     protocol: &'a Protocol,
@@ -503,10 +584,21 @@ impl Experiment {
                 validate_protocol(self.protocol_of(i), &format!("variant[{i}].protocol"))?;
             }
         }
-        if self.preprocessing.is_some() && self.dataset != Dataset::Cifar10 {
+        if self.preprocessing.is_some() && !self.dataset.is_cifar_like() {
             return fail(
                 "preprocessing",
-                "expected no preprocessing table: it applies to cifar10 only".into(),
+                "expected no preprocessing table: it applies to cifar10 and cifar_binary only"
+                    .into(),
+            );
+        }
+        if let Net::Mlp(widths) = &self.net
+            && (widths.len() < 2 || widths.contains(&0))
+        {
+            return fail(
+                "net.mlp",
+                format!(
+                    "expected the widths of the input, the hidden layers and the outputs, each at least 1, e.g. [784, 300, 10]; got {widths:?}"
+                ),
             );
         }
         if let Some(Preprocessing::Zca { regulariser }) = self.preprocessing
@@ -550,7 +642,7 @@ impl Experiment {
                         .into(),
                 );
             }
-            match (self.net, v.width) {
+            match (&self.net, v.width) {
                 (Net::Vgglike, None) => {
                     return fail(
                         &format!("variant[{i}]"),
@@ -563,10 +655,13 @@ impl Experiment {
                         format!("expected a multiplier in (0, 4], got {k}"),
                     );
                 }
-                (Net::Lenet300 | Net::Lenet5, Some(_)) => {
+                (Net::Lenet300 | Net::Lenet5 | Net::Mlp(_), Some(_)) => {
                     return fail(
                         &format!("variant[{i}].width"),
-                        format!("expected no width: {} has fixed widths", self.net.key()),
+                        format!(
+                            "expected no width: {} has its widths in the net",
+                            self.net.describe()
+                        ),
                     );
                 }
                 _ => {}
@@ -574,14 +669,14 @@ impl Experiment {
             let layer = v.layer.key();
             let defined_here = match v.layer {
                 LayerKind::BinaryDropout => self.net != Net::Lenet5,
-                LayerKind::GaussianDropout => self.net == Net::Lenet300,
+                LayerKind::GaussianDropout => self.net.is_mlp(),
                 _ => true,
             };
             if !defined_here {
                 return fail(
                     &format!("variant[{i}].layer"),
                     format!(
-                        "{layer} is defined for lenet300{}",
+                        "{layer} is defined for lenet300 and mlp{}",
                         if v.layer == LayerKind::BinaryDropout {
                             " and vgglike"
                         } else {
@@ -592,7 +687,7 @@ impl Experiment {
             }
             // VGG-like's binary dropout has the paper's fixed rates; only LeNet-300-100's
             // dropout layers take a keep-probability.
-            let takes_keep = v.layer.takes_keep() && self.net == Net::Lenet300;
+            let takes_keep = v.layer.takes_keep() && self.net.is_mlp();
             match (takes_keep, &v.keep) {
                 (true, None) => {
                     return fail(
@@ -704,12 +799,21 @@ impl Experiment {
                 }
             }
         }
-        if self.dataset == Dataset::Cifar10 && self.net != Net::Vgglike
-            || self.dataset == Dataset::Mnist && self.net == Net::Vgglike
-        {
+        // Built-in data have known shapes; a folder's are checked when it is read.
+        let fits = match (&self.dataset, &self.net) {
+            (Dataset::Cifar10, net) => *net == Net::Vgglike || net.input().values() == 3 * 32 * 32,
+            (Dataset::Mnist, net) => *net != Net::Vgglike && net.input().values() == 28 * 28,
+            (Dataset::Idx(_), net) => *net != Net::Vgglike,
+            (Dataset::CifarBinary(_), _) => true,
+        };
+        if !fits {
             return fail(
                 "net",
-                format!("{} is not a net for {}", self.net.key(), self.dataset.key()),
+                format!(
+                    "{} is not a net for {}",
+                    self.net.describe(),
+                    self.dataset.describe()
+                ),
             );
         }
         Ok(())
