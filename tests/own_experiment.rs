@@ -120,10 +120,10 @@ fn a_wider_mlp_learns_on_a_folder_of_idx_files_with_their_hashes_in_provenance()
 fn a_net_that_does_not_take_the_images_is_refused() {
     let (work, path) = scratch("misfit", Some("net = \"lenet300\""));
     let exp = LoadedExperiment::load(&path).unwrap();
-    let error = runner::run_experiment(&exp, &common::options(&work))
-        .err()
-        .expect("LeNet-300-100 takes 784 values per image, not 196")
-        .to_string();
+    let Err(error) = runner::run_experiment(&exp, &common::options(&work)) else {
+        panic!("LeNet-300-100 takes 784 values per image, not 196");
+    };
+    let error = error.to_string();
     assert!(
         error.contains("own_mlp_idx.toml: net: lenet300 takes 784 values per image")
             && error.contains("14×14 = 196"),
