@@ -1399,7 +1399,7 @@ paper = { net = "lenet300", method = "sparse_vd" }
             ),
             (
                 text.replace("net = \"vgglike\"", "net = \"lenet5\""),
-                vec!["variant[0].width", "fixed widths"],
+                vec!["variant[0].width", "has its widths in the net"],
             ),
         ];
         for (text, expected) in cases {
