@@ -1,7 +1,7 @@
 //! The generic path: the composed operations that every backend but the CPU's runs (see
 //! `sparsevd::ops`), trained on real MNIST. On the CPU backend under
-//! `compose_on_this_thread` always; on the `vulkan` build also through wgpu, which on a machine
-//! without a GPU is Mesa's software Vulkan driver, lavapipe (`scripts/test_gpu_path.sh`).
+//! `compose_on_this_thread` always; in the `vulkan` or `wgpu` build also through wgpu, which on
+//! a machine without a GPU is Mesa's software Vulkan driver, lavapipe (`scripts/test_gpu_path.sh`).
 
 mod common;
 
@@ -62,18 +62,27 @@ fn composed_sparse_vd_learns_and_sparsifies_on_the_cpu() {
     );
 }
 
-#[cfg(feature = "vulkan")]
+#[cfg(any(feature = "vulkan", feature = "wgpu"))]
 mod vulkan {
     use super::*;
     use runner::bench::{BenchSettings, time_variant};
 
+    /// The `vulkan` build's device (SPIR-V kernels), else the `wgpu` build's (WGSL kernels).
     fn device() -> burn::tensor::Device {
-        burn::tensor::Device::vulkan(Default::default()).autodiff()
+        #[cfg(feature = "vulkan")]
+        return burn::tensor::Device::vulkan(Default::default()).autodiff();
+        #[cfg(not(feature = "vulkan"))]
+        return burn::tensor::Device::wgpu(Default::default()).autodiff();
     }
 
     #[test]
     fn sparse_vd_learns_and_sparsifies_through_vulkan() {
-        learns_and_sparsifies("vulkan", device(), "vulkan");
+        let backend = if cfg!(feature = "vulkan") {
+            "vulkan"
+        } else {
+            "wgpu"
+        };
+        learns_and_sparsifies(backend, device(), backend);
     }
 
     /// A VGG-like k = 0.25 training step runs, binary dropout and Sparse VD.
