@@ -78,8 +78,10 @@ fn every_dropout_family_layer_learns_on_real_mnist() {
             s.variant,
             s.test_error_pct
         );
-        let variant = &exp.spec.variants[exp.spec.variant_index(&s.variant).unwrap()];
-        let saved = runner::evaluate_saved(&exp, variant, &options, &[3.0]).unwrap();
+        let variant = exp.spec.variant_index(&s.variant).unwrap();
+        let seed = exp.spec.protocol_of(variant).seed;
+        let run = runner::spec::Run { variant, seed };
+        let saved = runner::evaluate_saved(&exp, run, &options, &[3.0]).unwrap();
         assert_eq!(
             saved[0].1.error_pct, s.test_error_pct,
             "{}: the saved model evaluates differently",

@@ -1,10 +1,12 @@
 //! Regression tests: the committed results under `results/` hold against the paper's numbers
 //! within the tolerances their experiment files declare, carry provenance, and were produced
-//! from the experiment file now in the tree (same sha256), so they cannot silently go stale.
+//! from the experiment file now in the tree (same sha256), so they cannot silently go stale. A
+//! variant run under several seeds is held by the mean over its finished runs.
 
 use runner::output;
-use runner::spec::LoadedExperiment;
-use std::path::{Path, PathBuf};
+use runner::seeds::{FinishedRun, VariantRuns};
+use runner::spec::{LoadedExperiment, Run};
+use std::path::PathBuf;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -26,46 +28,62 @@ fn experiments() -> Vec<LoadedExperiment> {
         .collect()
 }
 
-fn variant_dir(exp: &LoadedExperiment, variant: &str) -> PathBuf {
-    repo().join("results").join(&exp.spec.name).join(variant)
+fn experiment_dir(exp: &LoadedExperiment) -> PathBuf {
+    repo().join("results").join(&exp.spec.name)
 }
 
-/// Check one committed variant; returns what is wrong, if anything.
-fn check_variant(
-    exp: &LoadedExperiment,
-    variant: &runner::spec::Variant,
-    dir: &Path,
-) -> Vec<String> {
+/// The committed finished runs of variant `index`.
+fn committed(exp: &LoadedExperiment, index: usize) -> VariantRuns {
+    runner::seeds::finished_runs(&exp.spec, &experiment_dir(exp), index).unwrap()
+}
+
+/// Check the committed runs of variant `index`: each run's provenance, then the mean over the
+/// runs against the paper within the variant's tolerance. Returns what is wrong, if anything.
+fn check_variant(exp: &LoadedExperiment, index: usize, runs: &VariantRuns) -> Vec<String> {
+    let variant = &exp.spec.variants[index];
     let mut problems = Vec::new();
-    let summary = match output::read_summary(dir) {
-        Ok(s) => s,
-        Err(e) => return vec![e.to_string()],
-    };
-    match output::read_provenance(dir) {
-        Err(e) => problems.push(e.to_string()),
-        Ok(p) => {
-            let index = exp
-                .spec
-                .variant_index(&variant.name)
-                .expect("a variant of exp");
-            if let Some(why) = p.stale_against(exp, index) {
-                problems.push(format!("{}: {why}; rerun the experiment", dir.display()));
-            }
-            if p.commit.is_empty()
-                || p.backend.is_empty()
-                || p.device.is_empty()
-                || p.finished.is_empty()
-            {
-                problems.push(format!("{}: provenance is incomplete", dir.display()));
-            }
-            if p.epochs_completed != summary.epochs {
-                problems.push(format!(
-                    "{}: provenance and summary disagree on epochs",
-                    dir.display()
-                ));
+    for FinishedRun { seed, dir, summary } in &runs.runs {
+        let run = Run {
+            variant: index,
+            seed: *seed,
+        };
+        match output::read_provenance(dir) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(p) => {
+                if let Some(why) = p.stale_against(exp, run) {
+                    problems.push(format!("{}: {why}; rerun the experiment", dir.display()));
+                }
+                if p.commit.is_empty()
+                    || p.backend.is_empty()
+                    || p.device.is_empty()
+                    || p.finished.is_empty()
+                {
+                    problems.push(format!("{}: provenance is incomplete", dir.display()));
+                }
+                if p.seed != *seed {
+                    problems.push(format!(
+                        "{}: provenance says seed {}, the folder is seed {seed}'s",
+                        dir.display(),
+                        p.seed
+                    ));
+                }
+                if p.epochs_completed != summary.epochs {
+                    problems.push(format!(
+                        "{}: provenance and summary disagree on epochs",
+                        dir.display()
+                    ));
+                }
             }
         }
     }
+    let Some(summary) = runs.mean_summary() else {
+        return problems;
+    };
+    let dir = experiment_dir(exp).join(&variant.name);
+    let dir = match runs.runs.len() {
+        1 => runs.runs[0].dir.clone(),
+        n => PathBuf::from(format!("{} (mean of {n} seeds)", dir.display())),
+    };
     let Some(tolerance) = variant.tolerance else {
         return problems;
     };
@@ -105,20 +123,19 @@ fn committed_results_hold_against_the_paper() {
     let mut problems = Vec::new();
     let mut checked = 0;
     for exp in experiments() {
-        for variant in &exp.spec.variants {
-            let dir = variant_dir(&exp, &variant.name);
-            let committed = dir.join(output::SUMMARY_CSV).is_file();
-            if !committed {
+        for (index, variant) in exp.spec.variants.iter().enumerate() {
+            let runs = committed(&exp, index);
+            if runs.is_empty() {
                 if variant.tolerance.is_some() {
                     eprintln!(
-                        "{}: not run yet; nothing to hold against the paper",
-                        dir.display()
+                        "{}/{}: not run yet; nothing to hold against the paper",
+                        exp.spec.name, variant.name
                     );
                 }
                 continue;
             }
-            checked += 1;
-            problems.extend(check_variant(&exp, variant, &dir));
+            checked += runs.runs.len();
+            problems.extend(check_variant(&exp, index, &runs));
         }
     }
     assert!(checked > 0, "no committed results found under results/");
@@ -128,39 +145,37 @@ fn committed_results_hold_against_the_paper() {
 #[test]
 fn an_edited_worse_result_fails_the_check() {
     // Copy a committed Sparse VD result, make its error worse, and check it is caught.
-    let exp = experiments()
+    let (exp, index, mut runs) = experiments()
         .into_iter()
-        .find(|e| {
-            e.spec.variants.iter().any(|v| {
-                v.tolerance.is_some() && variant_dir(e, &v.name).join(output::SUMMARY_CSV).is_file()
-            })
+        .find_map(|e| {
+            let index = (0..e.spec.variants.len()).find(|&i| {
+                e.spec.variants[i].tolerance.is_some() && !committed(&e, i).is_empty()
+            })?;
+            let runs = committed(&e, index);
+            Some((e, index, runs))
         })
         .expect("a committed result with a tolerance");
-    let variant = exp
-        .spec
-        .variants
-        .iter()
-        .find(|v| v.tolerance.is_some())
-        .unwrap();
     let tmp = std::env::temp_dir().join(format!("regression-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let src = variant_dir(&exp, &variant.name);
+    let src = runs.runs[0].dir.clone();
     for f in [output::SUMMARY_CSV, output::PROVENANCE_TOML] {
         std::fs::copy(src.join(f), tmp.join(f)).unwrap();
     }
-    assert!(check_variant(&exp, variant, &tmp).is_empty());
-    let mut summary = output::read_summary(&tmp).unwrap();
+    runs.runs.truncate(1);
+    runs.runs[0].dir = tmp.clone();
+    assert!(check_variant(&exp, index, &runs).is_empty());
+    let mut summary = runs.runs[0].summary.clone();
     summary.test_error_pct += 1.0;
-    output::write_summary(&tmp, &summary).unwrap();
+    runs.runs[0].summary = summary.clone();
     assert!(
-        !check_variant(&exp, variant, &tmp).is_empty(),
+        !check_variant(&exp, index, &runs).is_empty(),
         "a 1 pp worse error must fail"
     );
     summary.test_error_pct -= 1.0;
     summary.compression /= 10.0;
-    output::write_summary(&tmp, &summary).unwrap();
+    runs.runs[0].summary = summary;
     assert!(
-        !check_variant(&exp, variant, &tmp).is_empty(),
+        !check_variant(&exp, index, &runs).is_empty(),
         "10× less compression must fail"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -172,8 +187,8 @@ fn saved_models_reproduce_their_summaries() {
     // real test set at the protocol's threshold, and compare with its summary.csv.
     let mut checked = 0;
     for exp in experiments() {
-        for variant in &exp.spec.variants {
-            let dir = variant_dir(&exp, &variant.name);
+        for run in exp.spec.runs() {
+            let dir = experiment_dir(&exp).join(exp.spec.run_folder(run));
             if !dir.join(output::SUMMARY_CSV).is_file() {
                 continue;
             }
@@ -188,11 +203,12 @@ fn saved_models_reproduce_their_summaries() {
                 data_dir: datasets::data_dir(None),
                 results_dir: repo().join("results"),
                 only_variants: vec![],
+                only_seeds: vec![],
                 force: false,
                 epochs: None,
             };
             let threshold = exp.spec.protocol.threshold;
-            let (_, eval) = runner::evaluate_saved(&exp, variant, &options, &[threshold])
+            let (_, eval) = runner::evaluate_saved(&exp, run, &options, &[threshold])
                 .unwrap()
                 .remove(0);
             let compression = metrics::compression_ratio(&eval.layers);

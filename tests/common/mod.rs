@@ -91,6 +91,7 @@ pub fn options(work: &std::path::Path) -> runner::RunOptions {
         data_dir: datasets::data_dir(None),
         results_dir: work.join("results"),
         only_variants: vec![],
+        only_seeds: vec![],
         force: false,
         epochs: None,
     }

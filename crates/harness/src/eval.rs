@@ -15,6 +15,7 @@ fn sweep_thresholds() -> Vec<f64> {
 pub fn run(
     exp: &LoadedExperiment,
     variant_name: &str,
+    seed: Option<u64>,
     threshold: Option<f64>,
     sweep: bool,
     options: &runner::RunOptions,
@@ -22,16 +23,21 @@ pub fn run(
 ) -> Result<()> {
     let variant = exp
         .spec
-        .variants
-        .iter()
-        .find(|v| v.name == variant_name)
+        .variant_index(variant_name)
         .with_context(|| format!("{}: no variant {variant_name}", exp.path.display()))?;
+    let seeds = exp.spec.protocol_of(variant).seeds();
+    let seed = seed.unwrap_or(seeds[0]);
+    anyhow::ensure!(
+        seeds.contains(&seed),
+        "--seed {seed}: {variant_name} runs under seeds {seeds:?}"
+    );
+    let run = runner::spec::Run { variant, seed };
     let thresholds = if sweep {
         sweep_thresholds()
     } else {
         vec![threshold.unwrap_or(exp.spec.protocol.threshold)]
     };
-    let results = runner::evaluate_saved(exp, variant, options, &thresholds)?;
+    let results = runner::evaluate_saved(exp, run, options, &thresholds)?;
     println!("threshold  test error %  compression ×  % removed per layer");
     let mut csv = String::from("threshold,test_error_pct,compression\n");
     for (t, e) in &results {
@@ -51,13 +57,17 @@ pub fn run(
     if !sweep {
         return Ok(());
     }
-    let dir = options.results_dir.join(&exp.spec.name).join(variant_name);
+    let dir = options
+        .results_dir
+        .join(&exp.spec.name)
+        .join(exp.spec.run_folder(run));
     let csv_path = dir.join("threshold_sweep.csv");
     write_atomic(&csv_path, csv.as_bytes())?;
     println!("wrote {}", csv_path.display());
     let series = |label: &str, f: &dyn Fn(&runner::train::Evaluation) -> f64| Series {
         label: label.into(),
         points: results.iter().map(|(t, e)| (*t, f(e))).collect(),
+        spread: Vec::new(),
     };
     let figure = LineFigure {
         title: format!(

@@ -7,59 +7,105 @@ use runner::output;
 use runner::spec::{LayerKind, LoadedExperiment, Net, Variant};
 use std::path::{Path, PathBuf};
 
-/// One variant's per-epoch table, labelled for a legend.
+/// One variant's per-epoch tables (one per seed run that has one), labelled for a legend.
 struct Curves {
     label: String,
+    /// The first run's folder, for messages.
     dir: PathBuf,
-    table: output::EpochTable,
+    tables: Vec<output::EpochTable>,
 }
 
 impl Curves {
-    /// `column` against the epoch, with `f` applied to each value.
+    /// `column` against the epoch, with `f` applied to each value: the mean over the runs, with
+    /// their standard deviation as a band when there are several (over the epochs all have).
     fn series(&self, column: &str, f: impl Fn(f64) -> f64) -> Result<Series> {
-        let epochs = self
-            .table
+        let epochs = self.tables[0]
             .column("epoch")
             .context("epochs.csv has no epoch column")?;
-        let values = self
-            .table
-            .column(column)
-            .with_context(|| format!("{}: no {column} column", self.dir.display()))?;
+        let columns = self
+            .tables
+            .iter()
+            .map(|t| {
+                t.column(column)
+                    .with_context(|| format!("{}: no {column} column", self.dir.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let common = columns.iter().map(Vec::len).min().unwrap_or(0);
+        let (mut points, mut spread) = (Vec::new(), Vec::new());
+        for (i, &epoch) in epochs.iter().enumerate().take(common) {
+            let values: Vec<f64> = columns.iter().map(|c| f(c[i])).collect();
+            let s = runner::seeds::spread(&values);
+            points.push((epoch, s.mean));
+            if columns.len() > 1 {
+                spread.push(s.std);
+            }
+        }
         Ok(Series {
             label: self.label.clone(),
-            points: epochs
-                .iter()
-                .copied()
-                .zip(values.into_iter().map(f))
-                .collect(),
+            points,
+            spread,
         })
+    }
+
+    fn has_column(&self, column: &str) -> bool {
+        self.tables[0].column(column).is_some()
     }
 }
 
 /// The curves of the variants of `exp` that `wanted` picks and that have an `epochs.csv`
-/// (unfinished ones labelled "(in progress)"), and whether any of them is a shortened run.
+/// (unfinished ones labelled "(in progress)"; a seed sweep's as mean ± std over its runs), and
+/// whether any of them is a shortened run.
 fn variant_curves<'a>(
     exp: &'a LoadedExperiment,
     results_dir: &Path,
     wanted: impl Fn(&Variant) -> bool,
 ) -> Result<(Vec<(&'a Variant, Curves)>, bool)> {
+    let spec = &exp.spec;
     let mut curves = Vec::new();
     let mut shortened = false;
-    for variant in exp.spec.variants.iter().filter(|v| wanted(v)) {
-        let dir = results_dir.join(&exp.spec.name).join(&variant.name);
-        if !dir.join(output::EPOCHS_CSV).is_file() {
+    for (index, variant) in spec.variants.iter().enumerate().filter(|(_, v)| wanted(v)) {
+        let seeds = spec.protocol_of(index).seeds();
+        let dirs: Vec<PathBuf> = seeds
+            .iter()
+            .map(|&seed| {
+                let run = runner::spec::Run {
+                    variant: index,
+                    seed,
+                };
+                results_dir.join(&spec.name).join(spec.run_folder(run))
+            })
+            .filter(|dir| dir.join(output::EPOCHS_CSV).is_file())
+            .collect();
+        let Some(first) = dirs.first().cloned() else {
             continue;
-        }
-        let table = output::read_epochs(&dir)?;
-        // A run without a summary has not finished (it may be training now, or resumable).
-        let finished = dir.join(output::SUMMARY_CSV).is_file();
-        shortened |= output::read_provenance(&dir).is_ok_and(|p| p.shortened);
-        let label = if finished {
-            variant.name.clone()
-        } else {
-            format!("{} (in progress)", variant.name)
         };
-        curves.push((variant, Curves { label, dir, table }));
+        let tables = dirs
+            .iter()
+            .map(|dir| output::read_epochs(dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A run without a summary has not finished (it may be training now, or resumable).
+        let finished = dirs
+            .iter()
+            .filter(|dir| dir.join(output::SUMMARY_CSV).is_file())
+            .count();
+        shortened |= dirs
+            .iter()
+            .any(|dir| output::read_provenance(dir).is_ok_and(|p| p.shortened));
+        let mut label = variant.name.clone();
+        if spec.protocol_of(index).is_seed_sweep() {
+            label += &format!(" (mean ± std, n = {})", dirs.len());
+        }
+        if finished < dirs.len() {
+            label += " (in progress)";
+        }
+        curves.push((
+            variant,
+            Curves {
+                label,
+                dir: first,
+                tables,
+            },
+        ));
     }
     Ok((curves, shortened))
 }
@@ -88,7 +134,7 @@ pub fn training_curves(
     for (variant, c) in &curves {
         error.push(c.series("test_error_pct", |v| v)?);
         // Only runs that evaluate the training set (random labels) have this column.
-        if c.table.column("train_error_pct").is_some() {
+        if c.has_column("train_error_pct") {
             train_error.push(c.series("train_error_pct", |v| v)?);
         }
         compression.push(c.series("compression", |v| v)?);
@@ -226,6 +272,7 @@ pub fn kl_approximation(figures_dir: &Path) -> Result<Vec<PathBuf>> {
             .filter(|&&a| a <= max_log_alpha)
             .map(|&a| (a, f(a)))
             .collect(),
+        spread: Vec::new(),
     };
     let mc = |a: f64| sparsevd::neg_kl_monte_carlo(a, &normals);
     let sigmoid = |a: f64| -sparsevd::kl_approx_value(a);
@@ -273,16 +320,16 @@ pub fn first_layer_masks(
     if !matches!(exp.spec.net, Net::Lenet300 | Net::Lenet5) {
         return Ok(written);
     }
-    for variant in exp
-        .spec
-        .variants
-        .iter()
-        .filter(|v| v.layer == LayerKind::SparseVd)
-    {
-        let dir = results_dir.join(&exp.spec.name).join(&variant.name);
-        if !dir.join(output::SUMMARY_CSV).is_file() {
+    for (index, variant) in exp.spec.variants.iter().enumerate() {
+        if variant.layer != LayerKind::SparseVd {
             continue;
         }
+        // A seed sweep's first finished run stands for the variant.
+        let runs =
+            runner::seeds::finished_runs(&exp.spec, &results_dir.join(&exp.spec.name), index)?;
+        let Some(dir) = runs.runs.first().map(|r| r.dir.clone()) else {
+            continue;
+        };
         let layers = output::read_model(&dir)?;
         let first = layers.first().context("model has no layers")?;
         let kept = first.kept(exp.spec.protocol.threshold);
@@ -299,8 +346,13 @@ pub fn first_layer_masks(
                 let used = counts.iter().filter(|&&c| c > 0.0).count();
                 plotting::GridFigure {
                     title: format!(
-                        "{} / {}: first-layer weights kept per input pixel",
-                        exp.spec.name, variant.name
+                        "{} / {}{}: first-layer weights kept per input pixel",
+                        exp.spec.name,
+                        variant.name,
+                        match runs.sweep {
+                            true => format!(" (seed {})", runs.runs[0].seed),
+                            false => String::new(),
+                        }
                     ),
                     grids: vec![plotting::Grid {
                         title: format!("{used} of 784 pixels keep at least one weight"),
@@ -378,29 +430,34 @@ pub fn width_sweep(
     let mut shortened = false;
     let mut ours_finished = false;
     for (method, name) in [("dense", "binary dropout"), ("sparse_vd", "Sparse VD")] {
-        // (k, error %, compression) per width, ours and the paper's.
+        // Per width, ours (a seed sweep's mean, with its std) and the paper's.
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for variant in exp
-            .spec
-            .variants
-            .iter()
-            .filter(|v| v.paper.as_ref().is_some_and(|p| p.method == method))
-        {
+        for (index, variant) in exp.spec.variants.iter().enumerate() {
+            if variant.paper.as_ref().is_none_or(|p| p.method != method) {
+                continue;
+            }
             let k = variant.width.unwrap_or_default();
             if let Some(r) = variant.paper.as_ref().and_then(|key| paper.find(key)) {
-                theirs.push((k, r.error_pct, r.compression.unwrap_or(1.0)));
+                let exact = |mean| runner::seeds::Spread { mean, std: 0.0 };
+                theirs.push((k, exact(r.error_pct), exact(r.compression.unwrap_or(1.0))));
             }
-            let dir = results_dir.join(&exp.spec.name).join(&variant.name);
-            if let Ok(summary) = output::read_summary(&dir) {
+            let dir = results_dir.join(&exp.spec.name);
+            let runs = runner::seeds::finished_runs(&exp.spec, &dir, index)?;
+            if let Some(summary) = runs.mean_summary() {
                 shortened |= summary.shortened;
-                ours.push((k, summary.test_error_pct, summary.compression));
+                ours.push((k, runs.error(), runs.compression()));
             }
         }
         ours_finished |= !ours.is_empty();
+        type Point = (f64, runner::seeds::Spread, runner::seeds::Spread);
         for (who, points) in [("ours", &ours), ("paper", &theirs)] {
-            let series = |y: fn(&(f64, f64, f64)) -> f64| Series {
+            let series = |y: fn(&Point) -> runner::seeds::Spread| Series {
                 label: format!("{name} ({who})"),
-                points: points.iter().map(|p| (p.0, y(p))).collect(),
+                points: points.iter().map(|p| (p.0, y(p).mean)).collect(),
+                spread: match who {
+                    "ours" => points.iter().map(|p| y(p).std).collect(),
+                    _ => Vec::new(),
+                },
             };
             if !points.is_empty() {
                 error.push(series(|p| p.1));

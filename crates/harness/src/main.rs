@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 mod eval;
 mod figures;
+mod jobs;
 mod report;
+mod slurm;
 mod table1;
 
 #[derive(Parser)]
@@ -46,6 +48,9 @@ enum Command {
         /// The variant whose saved model to load.
         #[arg(long)]
         variant: String,
+        /// Its run under this seed [default: the protocol's first seed].
+        #[arg(long)]
+        seed: Option<u64>,
         /// log α threshold [default: the experiment's].
         #[arg(long)]
         threshold: Option<f64>,
@@ -90,6 +95,45 @@ enum Command {
         #[arg(long)]
         csv: Option<PathBuf>,
     },
+    /// Write Slurm batch scripts for an experiment's runs: one job array per stage level, one
+    /// task per (variant, seed), each level after the one it starts from (afterok), then a job
+    /// that redraws the comparison and figures. With --submit, submit them (sbatch).
+    Slurm {
+        experiment: PathBuf,
+        /// Only this variant (repeatable), with the runs it starts from.
+        #[arg(long = "variant")]
+        variants: Vec<String>,
+        /// Only under this seed (repeatable).
+        #[arg(long = "seed")]
+        seeds: Vec<u64>,
+        #[arg(long)]
+        partition: Option<String>,
+        /// Generic resources per task, e.g. gpu:1.
+        #[arg(long)]
+        gres: Option<String>,
+        /// Time limit per task, e.g. 12:00:00.
+        #[arg(long)]
+        time: Option<String>,
+        /// CPU cores per task (the task's training threads).
+        #[arg(long, default_value_t = 2)]
+        cpus_per_task: usize,
+        /// The backend each task trains on (the binary must be built with its feature).
+        #[arg(long, value_enum, default_value_t = Backend::Flex)]
+        device: Backend,
+        /// Train this many epochs instead of the file's (shortened runs, labelled so).
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Results root on a file system every node sees.
+        #[arg(long, default_value = "results")]
+        results_dir: PathBuf,
+        #[arg(long, default_value = "figures")]
+        figures_dir: PathBuf,
+        /// Fetch the data here first, then submit the scripts (sbatch must be on PATH).
+        #[arg(long)]
+        submit: bool,
+    },
     /// Redraw an experiment's figures and rewrite its comparison table from its results on disk.
     Figures {
         experiment: PathBuf,
@@ -117,6 +161,17 @@ struct RunArgs {
     /// finished.
     #[arg(long = "variant")]
     variants: Vec<String>,
+    /// Run only under this seed (repeatable) [default: every seed of the protocol].
+    #[arg(long = "seed")]
+    seeds: Vec<u64>,
+    /// Run up to N runs (variant × seed) at once, as separate processes splitting the threads;
+    /// a run starts when the run it starts from has finished.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: u64,
+    /// Draw no figures and write no comparison after the run (for runs started by --jobs or a
+    /// Slurm array task: the parent, or `harness figures`, draws them once).
+    #[arg(long, hide = true)]
+    no_figures: bool,
     /// Retrain variants whose results already exist (with --variant: only those named).
     #[arg(long)]
     force: bool,
@@ -298,6 +353,57 @@ fn dispatch(cli: Cli) -> Result<()> {
             results_dir,
             figures_dir,
         }) => report(&results_dir, &figures_dir),
+        Some(Command::Slurm {
+            experiment,
+            variants,
+            seeds,
+            partition,
+            gres,
+            time,
+            cpus_per_task,
+            device,
+            epochs,
+            data_dir,
+            results_dir,
+            figures_dir,
+            submit,
+        }) => {
+            let exp = LoadedExperiment::load(&experiment)?;
+            let runs = runner::selected_runs(&exp.spec, &variants, &seeds)?;
+            let data_dir = datasets::data_dir(data_dir);
+            if submit {
+                // Compute nodes may have no network: the data (and CIFAR-10's whitening) are
+                // cached on the shared file system first.
+                runner::load_data(&exp, &data_dir)?;
+            }
+            let settings = slurm::SlurmSettings {
+                partition,
+                gres,
+                time,
+                cpus_per_task,
+                device: device
+                    .to_possible_value()
+                    .map_or_else(|| "flex".into(), |v| v.get_name().to_string()),
+                epochs,
+                data_dir,
+                results_dir,
+                figures_dir,
+            };
+            let scripts = slurm::write(&exp, &runs, &settings)?;
+            print_written(
+                scripts
+                    .stages
+                    .iter()
+                    .chain([&scripts.report, &scripts.submit]),
+            );
+            if submit {
+                let ids = slurm::submit(&scripts)?;
+                println!("submitted jobs {}", ids.join(", "));
+            } else {
+                println!("submit with: bash {}", scripts.submit.display());
+            }
+            Ok(())
+        }
         Some(Command::Stamp {
             experiment,
             results_dir,
@@ -311,6 +417,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Eval {
             experiment,
             variant,
+            seed,
             threshold,
             sweep,
             data_dir,
@@ -318,16 +425,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             figures_dir,
         }) => {
             let exp = LoadedExperiment::load(&experiment)?;
-            let options = run_options(
-                Backend::Flex,
-                false,
-                data_dir,
-                results_dir,
-                vec![],
-                false,
-                None,
-            );
-            eval::run(&exp, &variant, threshold, sweep, &options, &figures_dir)
+            let options = run_options(Backend::Flex, false, data_dir, results_dir);
+            eval::run(
+                &exp,
+                &variant,
+                seed,
+                threshold,
+                sweep,
+                &options,
+                &figures_dir,
+            )
         }
         None => run(cli.run),
     }
@@ -385,14 +492,12 @@ fn report(results_dir: &std::path::Path, figures_dir: &std::path::Path) -> Resul
     Ok(())
 }
 
+/// Options for running every run of an experiment on `backend` (no selection, no overrides).
 fn run_options(
     backend: Backend,
     composed: bool,
     data_dir: Option<PathBuf>,
     results_dir: PathBuf,
-    only_variants: Vec<String>,
-    force: bool,
-    epochs: Option<usize>,
 ) -> runner::RunOptions {
     runner::RunOptions {
         device: backend.device(),
@@ -400,9 +505,10 @@ fn run_options(
         device_description: backend.description(),
         data_dir: datasets::data_dir(data_dir),
         results_dir,
-        only_variants,
-        force,
-        epochs,
+        only_variants: Vec::new(),
+        only_seeds: Vec::new(),
+        force: false,
+        epochs: None,
     }
 }
 
@@ -486,19 +592,43 @@ fn backend_name(backend: Backend, composed: bool) -> String {
 fn run(args: RunArgs) -> Result<()> {
     let path = args
         .experiment
+        .clone()
         .context("no experiment file given; try `harness experiments/lenet300.toml`")?;
     let exp = LoadedExperiment::load(&path)?;
     let _composed = args.composed.then(sparsevd::ops::compose_on_this_thread);
-    let options = run_options(
-        args.device,
-        args.composed,
-        args.data_dir,
-        args.results_dir,
-        args.variants,
-        args.force,
-        args.epochs,
-    );
-    let summaries = runner::run_experiment(&exp, &options)?;
+    let options = runner::RunOptions {
+        only_variants: args.variants.clone(),
+        only_seeds: args.seeds.clone(),
+        force: args.force,
+        epochs: args.epochs,
+        ..run_options(
+            args.device,
+            args.composed,
+            args.data_dir.clone(),
+            args.results_dir.clone(),
+        )
+    };
+    let summaries = if args.jobs > 1 {
+        let runs = runner::selected_runs(&exp.spec, &options.only_variants, &options.only_seeds)?;
+        // Fetched (and for CIFAR-10 whitened and cached) once, before the processes start.
+        runner::load_data(&exp, &options.data_dir)?;
+        let jobs = usize::try_from(args.jobs).unwrap_or(usize::MAX);
+        let forced: Vec<_> = match args.force {
+            true => runs
+                .iter()
+                .copied()
+                .filter(|&run| runner::is_named(run, &exp.spec, &options))
+                .collect(),
+            false => Vec::new(),
+        };
+        jobs::run(&exp, &runs, &forced, jobs, &child_args(&args, &path))?;
+        runner::rewrite_comparison(&exp, &options.results_dir)?
+    } else {
+        runner::run_experiment(&exp, &options)?
+    };
+    if args.no_figures {
+        return Ok(());
+    }
     draw_figures(&exp, &options.results_dir, &args.figures_dir)?;
     let dir = runner::experiment_dir(&exp, &options);
     for s in &summaries {
@@ -520,4 +650,32 @@ fn run(args: RunArgs) -> Result<()> {
     }
     println!("results in {}", dir.display());
     Ok(())
+}
+
+/// The arguments each run's process of `--jobs` takes besides its `--variant` and `--seed`:
+/// everything of `args` that says how to run, nothing that selects.
+fn child_args(args: &RunArgs, experiment: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let device = args
+        .device
+        .to_possible_value()
+        .map_or_else(|| "flex".to_string(), |v| v.get_name().to_string());
+    let mut out: Vec<std::ffi::OsString> = vec![
+        experiment.into(),
+        "--device".into(),
+        device.into(),
+        "--results-dir".into(),
+        args.results_dir.clone().into(),
+        "--figures-dir".into(),
+        args.figures_dir.clone().into(),
+    ];
+    if let Some(dir) = &args.data_dir {
+        out.extend(["--data-dir".into(), dir.clone().into()]);
+    }
+    if let Some(epochs) = args.epochs {
+        out.extend(["--epochs".into(), epochs.to_string().into()]);
+    }
+    if args.composed {
+        out.push("--composed".into());
+    }
+    out
 }

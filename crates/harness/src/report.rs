@@ -82,8 +82,9 @@ fn push_section(md: &mut String, results_dir: &Path, section: &Section) -> Resul
     md.push('\n');
     let _ = writeln!(md, "Protocol: {}.\n", protocol_in_short(&spec.protocol));
     let mut runs = String::new();
-    for (index, variant) in spec.variants.iter().enumerate() {
-        let run_dir = dir.join(&variant.name);
+    for run in spec.runs() {
+        let variant = &spec.variants[run.variant];
+        let run_dir = dir.join(spec.run_folder(run));
         let Ok(p) = output::read_provenance(&run_dir) else {
             continue;
         };
@@ -113,7 +114,7 @@ fn push_section(md: &mut String, results_dir: &Path, section: &Section) -> Resul
             p.epochs_planned,
             p.wall_time_s,
             p.finished,
-            match (p.shortened, p.stale_against(&section.exp, index)) {
+            match (p.shortened, p.stale_against(&section.exp, run)) {
                 (true, _) => format!("shortened: {}", p.shortened_how),
                 (false, Some(_)) => "stale: the file changed since".to_string(),
                 (false, None) => "full protocol".to_string(),
@@ -138,7 +139,17 @@ fn protocol_in_short(p: &Protocol) -> String {
     let mut parts = vec![
         format!("{} epochs", p.epochs),
         format!("batch {}", p.batch_size),
-        format!("seed {}", p.seed),
+        match &p.seeds {
+            Some(seeds) => format!(
+                "seeds {}",
+                seeds
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!("seed {}", p.seed),
+        },
         format!("Adam lr {lr}"),
         format!(
             "KL weight 0 for {} epochs, then linear to 1 over {}",

@@ -29,6 +29,8 @@ struct Row {
     /// % of weights removed per layer, input to output (empty when not reported).
     removed: Vec<f64>,
     compression: Option<f64>,
+    /// Our rows over several seeds: (n, std of the error, std of the compression).
+    spread: Option<(usize, f64, f64)>,
     note: String,
 }
 
@@ -66,62 +68,80 @@ fn rows(repo: &Path, results_dir: &Path) -> Result<Vec<Row>> {
                     error_pct: p.error_pct,
                     removed: p.removed_pct_per_layer.clone().unwrap_or_default(),
                     compression: p.compression,
+                    spread: None,
                     note: String::new(),
                 });
             }
-            for variant in exp
-                .spec
-                .variants
-                .iter()
-                .filter(|v| v.paper.as_ref().is_some_and(|p| p.method == method))
-            {
-                let dir = results_dir.join(&exp.spec.name).join(&variant.name);
-                let source = "ours".to_string();
-                let row = if dir.join(output::SUMMARY_CSV).is_file() {
-                    let s = output::read_summary(&dir)?;
-                    let p =
-                        output::read_provenance(&dir).with_context(|| dir.display().to_string())?;
-                    let mut note = if s.shortened {
-                        format!("SHORTENED run: {}", p.shortened_how)
-                    } else {
-                        format!(
-                            "{} epochs, seed {}, {} backend, {} threads, {:.0} s of training",
-                            s.epochs, p.seed, p.backend, p.threads, p.wall_time_s
-                        )
-                    };
-                    if variant.layer == runner::spec::LayerKind::SparseVd {
-                        let form = output::recorded_lrt_variance(&dir)?;
-                        note += &format!(", LRT variance {}", form.key());
-                    }
-                    Row {
+            for (index, variant) in exp.spec.variants.iter().enumerate() {
+                if variant.paper.as_ref().is_none_or(|p| p.method != method) {
+                    continue;
+                }
+                let dir = results_dir.join(&exp.spec.name);
+                let runs = runner::seeds::finished_runs(&exp.spec, &dir, index)?;
+                rows.push(match runs.mean_summary() {
+                    Some(s) => ours(&runs, &s, variant, (net_name, method_name))?,
+                    None => Row {
                         net: net_name.into(),
                         method: method_name.into(),
-                        source,
-                        error_pct: s.test_error_pct,
-                        removed: s
-                            .removed_pct_per_layer
-                            .split(';')
-                            .filter_map(|v| v.parse().ok())
-                            .collect(),
-                        compression: Some(s.compression),
-                        note,
-                    }
-                } else {
-                    Row {
-                        net: net_name.into(),
-                        method: method_name.into(),
-                        source,
+                        source: "ours".into(),
                         error_pct: f64::NAN,
                         removed: Vec::new(),
                         compression: None,
+                        spread: None,
                         note: format!("not run yet (`cargo run --release -p harness -- {file}`)"),
-                    }
-                };
-                rows.push(row);
+                    },
+                });
             }
         }
     }
     Ok(rows)
+}
+
+/// Our row of a variant from its finished runs (`s`: their mean summary).
+fn ours(
+    runs: &runner::seeds::VariantRuns,
+    s: &output::Summary,
+    variant: &runner::spec::Variant,
+    (net, method): (&str, &str),
+) -> Result<Row> {
+    let first = &runs.runs[0].dir;
+    let p = output::read_provenance(first).with_context(|| first.display().to_string())?;
+    let mut note = if s.shortened {
+        format!("SHORTENED run: {}", p.shortened_how)
+    } else {
+        format!(
+            "{} epochs, {}, {} backend, {} threads, {:.0} s of training{}",
+            s.epochs,
+            runs.seeds_in_words(),
+            p.backend,
+            p.threads,
+            s.wall_time_s,
+            if runs.runs.len() > 1 {
+                " per run (mean)"
+            } else {
+                ""
+            }
+        )
+    };
+    if variant.layer == runner::spec::LayerKind::SparseVd {
+        let form = output::recorded_lrt_variance(first)?;
+        note += &format!(", LRT variance {}", form.key());
+    }
+    let n = runs.runs.len();
+    Ok(Row {
+        net: net.into(),
+        method: method.into(),
+        source: "ours".into(),
+        error_pct: s.test_error_pct,
+        removed: s
+            .removed_pct_per_layer
+            .split(';')
+            .filter_map(|v| v.parse().ok())
+            .collect(),
+        compression: Some(s.compression),
+        spread: (n > 1).then(|| (n, runs.error().std, runs.compression().std)),
+        note,
+    })
 }
 
 /// % of weights removed per layer for every method that reports it, one panel per net, ours
@@ -151,6 +171,7 @@ fn removed_per_layer_figure(rows: &[Row], figures_dir: &Path) -> Result<Vec<Path
                         .enumerate()
                         .map(|(i, &p)| ((i + 1) as f64, p))
                         .collect(),
+                    spread: Vec::new(),
                 })
                 .collect(),
             legend,
@@ -192,7 +213,8 @@ fn markdown(rows: &[Row]) -> String {
         "# Table 1: LeNet-300-100 and LeNet-5-Caffe on MNIST\n\n\
          Written by `harness report` from `experiments/paper_reference.toml` (the paper's numbers) and the committed \
          runs under `results/` (ours). Error is test error in %; compression is |W| / |W ≠ 0| over weight layers; \
-         % removed is per weight layer, input to output. Rows marked SHORTENED did not follow the full protocol.\n\n\
+         % removed is per weight layer, input to output. Our rows over several seeds show mean ± sample standard \
+         deviation (their % removed is the mean). Rows marked SHORTENED did not follow the full protocol.\n\n\
          | net | method | source | error % | % removed per layer | compression (×) | notes |\n\
          |---|---|---|---|---|---|---|\n",
     );
@@ -204,14 +226,25 @@ fn markdown(rows: &[Row]) -> String {
                 s
             }
         };
+        let (error, compression) = match r.spread {
+            Some((_, error_std, compression_std)) => (
+                format!("{} ± {error_std:.2}", bold(fmt_error(r.error_pct))),
+                format!(
+                    "{} ± {compression_std:.1}",
+                    bold(fmt_compression(r.compression))
+                ),
+            ),
+            None => (
+                bold(fmt_error(r.error_pct)),
+                bold(fmt_compression(r.compression)),
+            ),
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {error} | {} | {compression} | {} |\n",
             r.net,
             r.method,
             r.source,
-            bold(fmt_error(r.error_pct)),
             fmt_removed(&r.removed),
-            bold(fmt_compression(r.compression)),
             r.note
         ));
     }
@@ -227,6 +260,9 @@ fn csv(rows: &[Row]) -> Result<Vec<u8>> {
         "error_pct",
         "removed_pct_per_layer",
         "compression",
+        "seeds_n",
+        "error_pct_std",
+        "compression_std",
         "notes",
     ])?;
     for r in rows {
@@ -242,6 +278,10 @@ fn csv(rows: &[Row]) -> Result<Vec<u8>> {
             .map(|x| format!("{x}"))
             .collect::<Vec<_>>()
             .join(";");
+        let (n, error_std, compression_std) = match r.spread {
+            Some((n, e, c)) => (n.to_string(), format!("{e:.3}"), format!("{c:.3}")),
+            None => Default::default(),
+        };
         w.write_record([
             &r.net,
             &r.method,
@@ -249,6 +289,9 @@ fn csv(rows: &[Row]) -> Result<Vec<u8>> {
             &error,
             &removed,
             &compression,
+            &n,
+            &error_std,
+            &compression_std,
             &r.note,
         ])?;
     }

@@ -23,6 +23,9 @@ pub enum PlotError {
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// A spread drawn as a band y ± spread around the line, one value per point (a mean over
+    /// seeds with its standard deviation); empty for none.
+    pub spread: Vec<f64>,
 }
 
 /// One set of axes, sharing the figure's x axis.
@@ -166,7 +169,26 @@ fn draw_panel<DB: DrawingBackend>(
                 .collect()
         })
         .collect();
-    let all = series.iter().flatten();
+    // Each band as a polygon: the upper edge left to right, then the lower edge back.
+    let bands: Vec<Vec<(f64, f64)>> = panel
+        .series
+        .iter()
+        .map(|s| {
+            let edge = |sign: f64| {
+                s.points
+                    .iter()
+                    .zip(&s.spread)
+                    .map(move |(&(x, y), &d)| (x, y + sign * d))
+                    .filter(|(_, y)| y.is_finite() && (!panel.log_y || *y > 0.0))
+                    .map(|(x, y)| (x, transform(y)))
+            };
+            let mut polygon: Vec<(f64, f64)> = edge(1.0).collect();
+            let lower: Vec<(f64, f64)> = edge(-1.0).collect();
+            polygon.extend(lower.into_iter().rev());
+            polygon
+        })
+        .collect();
+    let all = series.iter().chain(&bands).flatten();
     let (x_min, x_max) = bounds(all.clone().map(|p| p.0));
     let (y_min, y_max) = bounds(all.map(|p| p.1));
     let pad = ((y_max - y_min) * 0.05).max(1e-9);
@@ -218,9 +240,28 @@ fn draw_panel<DB: DrawingBackend>(
         .label_style((FONT_FAMILY, 14))
         .axis_desc_style((FONT_FAMILY, 16))
         .draw()?;
-    for (points, s) in series.iter().zip(&panel.series) {
+    for ((points, s), band) in series.iter().zip(&panel.series).zip(&bands) {
         let index = labels.iter().position(|l| *l == s.label).unwrap_or(0);
         let color = Palette99::pick(index).to_rgba();
+        // A spread over few points (a width sweep, a short run) as error bars, over many as a band.
+        if points.len() <= MARKED_POINTS {
+            let bars = s.points.iter().zip(&s.spread).filter_map(|(&(x, y), &d)| {
+                let (low, high) = (y - d, y + d);
+                let valid = |v: f64| v.is_finite() && (!panel.log_y || v > 0.0);
+                (valid(low) && valid(high) && d > 0.0).then(|| {
+                    PathElement::new(
+                        vec![(x, transform(low)), (x, transform(high))],
+                        color.stroke_width(2),
+                    )
+                })
+            });
+            chart.draw_series(bars)?;
+        } else if band.len() > 2 {
+            chart.draw_series(std::iter::once(Polygon::new(
+                band.clone(),
+                color.mix(0.2).filled(),
+            )))?;
+        }
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
@@ -422,6 +463,7 @@ mod tests {
                     series: vec![Series {
                         label: "a".into(),
                         points: vec![(1.0, 3.0), (2.0, 2.0), (3.0, 1.5)],
+                        spread: vec![0.5, 0.4, 0.3],
                     }],
                     legend: Corner::UpperRight,
                 },
@@ -431,6 +473,7 @@ mod tests {
                     series: vec![Series {
                         label: "b".into(),
                         points: vec![(1.0, 1.0), (2.0, 10.0), (3.0, f64::INFINITY)],
+                        spread: Vec::new(),
                     }],
                     legend: Corner::LowerRight,
                 },

@@ -13,6 +13,7 @@ pub mod provenance;
 pub mod reference;
 pub mod rng;
 pub mod schedule;
+pub mod seeds;
 pub mod spec;
 pub mod train;
 
@@ -25,7 +26,7 @@ use sparsevd::{
     Dropout, LENET300_WIDTHS, LeNet5Config, LrtVariance, MlpConfig, Network, Posterior,
     VggLikeConfig, WeightLayerView,
 };
-use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Variant};
+use spec::{Dataset, Experiment, LayerKind, LoadedExperiment, Net, Preprocessing, Run, Variant};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,8 @@ pub enum RunError {
     Reference(String),
     #[error("--variant {0}: no such variant in the experiment file (it has: {1})")]
     UnknownVariant(String, String),
+    #[error("--seed {0}: no selected variant runs under this seed (their seeds: {1})")]
+    UnknownSeed(u64, String),
     #[error(
         "{0}: the checkpoint there was written for another protocol (experiment file, epochs or seed changed); use --force to start over"
     )]
@@ -64,10 +67,13 @@ pub struct RunOptions {
     /// The device in words for provenance, e.g. "CPU: <model>" or a GPU's name.
     pub device_description: String,
     pub data_dir: PathBuf,
-    /// Results go to `<results_dir>/<experiment name>/<variant>/`.
+    /// Results go to `<results_dir>/<experiment name>/<variant>/` (and `seed_<n>/` below it in a
+    /// seed sweep).
     pub results_dir: PathBuf,
     /// Run only these variants (all when empty).
     pub only_variants: Vec<String>,
+    /// Run only under these seeds (every seed of the protocol when empty).
+    pub only_seeds: Vec<u64>,
     /// Retrain a variant whose results already exist.
     pub force: bool,
     /// Train for this many epochs instead of the protocol's (a shortened run, labelled so).
@@ -102,61 +108,60 @@ pub fn experiment_dir(exp: &LoadedExperiment, options: &RunOptions) -> PathBuf {
     options.results_dir.join(&exp.spec.name)
 }
 
-/// Train every selected variant of the experiment and write its results, then the comparison.
+/// Train every selected run of the experiment (each variant under each of its seeds) and write
+/// its results, then the comparison.
 pub fn run_experiment(
     exp: &LoadedExperiment,
     options: &RunOptions,
 ) -> Result<Vec<Summary>, RunError> {
     let spec = &exp.spec;
-    let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
-    if let Some(bad) = options
-        .only_variants
-        .iter()
-        .find(|v| !names.contains(&v.as_str()))
-    {
-        return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
-    }
+    let selected = selected_runs(spec, &options.only_variants, &options.only_seeds)?;
     let paper = paper_reference_of(exp)?;
     cpu::prepare_for_training();
     let data = load_data(exp, &options.data_dir)?;
     let dir = experiment_dir(exp, options);
     // Taken before training: the tree may change while a long run goes on.
     let commit = provenance::git_commit(exp.path.parent().unwrap_or(Path::new(".")));
-    let selected = selected_with_sources(spec, &options.only_variants);
-    for index in spec.stage_order() {
-        let variant = &spec.variants[index];
-        if !selected.contains(&index) {
-            continue;
-        }
-        let variant_dir = dir.join(&variant.name);
-        let _lock = lock::VariantLock::acquire(&variant_dir)?;
-        // --force retrains the variants asked for, not the finished stages they start from.
-        let forced = options.force
-            && (options.only_variants.is_empty() || options.only_variants.contains(&variant.name));
+    for run in spec.runs().into_iter().filter(|r| selected.contains(r)) {
+        let variant = &spec.variants[run.variant];
+        let run_dir = dir.join(spec.run_folder(run));
+        let _lock = lock::VariantLock::acquire(&run_dir)?;
+        // --force retrains the runs asked for, not the finished stages they start from.
+        let forced = options.force && is_named(run, spec, options);
         if forced {
-            output::clear_variant(&variant_dir)?;
-        } else if variant_dir.join(output::SUMMARY_CSV).is_file() {
+            output::clear_variant(&run_dir)?;
+        } else if run_dir.join(output::SUMMARY_CSV).is_file() {
             eprintln!(
                 "{}: finished results exist in {}; not retraining (--force --variant {} retrains it)",
                 variant.name,
-                variant_dir.display(),
+                run_dir.display(),
                 variant.name
             );
             continue;
         }
-        let mut protocol = spec.protocol_of(index).clone();
+        let mut protocol = spec.run_protocol(run);
         if let Some(epochs) = options.epochs {
             protocol.epochs = epochs;
         }
-        eprintln!("== {} / {} ==", spec.name, variant.name);
+        eprintln!(
+            "== {} / {} =={}",
+            spec.name,
+            variant.name,
+            match spec.protocol_of(run.variant).is_seed_sweep() {
+                true => format!(" seed {} ==", run.seed),
+                false => String::new(),
+            }
+        );
         run_variant(&VariantJob {
             exp,
+            run,
             variant,
-            planned_epochs: spec.protocol_of(index).epochs,
+            planned_epochs: spec.protocol_of(run.variant).epochs,
             protocol: &protocol,
             train: training_split(&data.train, &protocol),
             test: subset(&data.test, protocol.test_subset),
-            dir: &variant_dir,
+            dir: &run_dir,
+            source_dir: spec.source_run(run).map(|s| dir.join(spec.run_folder(s))),
             data_files: &data.files,
             paper: &paper,
             commit: &commit,
@@ -166,23 +171,54 @@ pub fn run_experiment(
     write_comparison(exp, &dir, &paper)
 }
 
-/// The variants to run: those named on the command line (all when none), and the variants they
-/// start from, recursively (a finished one is reused, not retrained).
-fn selected_with_sources(spec: &Experiment, names: &[String]) -> Vec<usize> {
-    let mut selected: Vec<usize> = (0..spec.variants.len())
-        .filter(|&i| names.is_empty() || names.contains(&spec.variants[i].name))
+/// Whether the command line names `run` (no `--variant` or `--seed` names every run).
+pub fn is_named(run: Run, spec: &Experiment, options: &RunOptions) -> bool {
+    let name = &spec.variants[run.variant].name;
+    (options.only_variants.is_empty() || options.only_variants.contains(name))
+        && (options.only_seeds.is_empty() || options.only_seeds.contains(&run.seed))
+}
+
+/// The runs to train: those of the variants and seeds named on the command line (all when
+/// none), and the runs they start from, recursively (a finished one is reused, not retrained).
+pub fn selected_runs(
+    spec: &Experiment,
+    variants: &[String],
+    seeds: &[u64],
+) -> Result<Vec<Run>, RunError> {
+    let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
+    if let Some(bad) = variants.iter().find(|v| !names.contains(&v.as_str())) {
+        return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
+    }
+    let named =
+        |run: &Run| variants.is_empty() || variants.contains(&spec.variants[run.variant].name);
+    if let Some(&bad) = seeds
+        .iter()
+        .find(|&&seed| !spec.runs().iter().any(|r| named(r) && r.seed == seed))
+    {
+        let known: std::collections::BTreeSet<u64> = spec
+            .runs()
+            .iter()
+            .filter(|r| named(r))
+            .map(|r| r.seed)
+            .collect();
+        let known: Vec<String> = known.iter().map(u64::to_string).collect();
+        return Err(RunError::UnknownSeed(bad, known.join(", ")));
+    }
+    let mut selected: Vec<Run> = spec
+        .runs()
+        .into_iter()
+        .filter(|r| named(r) && (seeds.is_empty() || seeds.contains(&r.seed)))
         .collect();
     let mut k = 0;
     while k < selected.len() {
-        let source = spec.variants[selected[k]].start_from.as_deref();
-        if let Some(j) = source.and_then(|s| spec.variant_index(s))
-            && !selected.contains(&j)
+        if let Some(source) = spec.source_run(selected[k])
+            && !selected.contains(&source)
         {
-            selected.push(j);
+            selected.push(source);
         }
         k += 1;
     }
-    selected
+    Ok(selected)
 }
 
 /// An experiment's data, preprocessed, both splits whole.
@@ -317,6 +353,7 @@ fn subset(split: &Split, n: Option<usize>) -> Cow<'_, Split> {
 /// One variant to train, with everything it is trained and recorded with.
 struct VariantJob<'a> {
     exp: &'a LoadedExperiment,
+    run: Run,
     variant: &'a Variant,
     /// Epochs in the file's protocol for this variant.
     planned_epochs: usize,
@@ -325,6 +362,8 @@ struct VariantJob<'a> {
     train: Cow<'a, Split>,
     test: Cow<'a, Split>,
     dir: &'a Path,
+    /// The folder of the run this one starts from.
+    source_dir: Option<PathBuf>,
     /// (file name, sha256) of a data set read from a folder.
     data_files: &'a [(String, String)],
     paper: &'a PaperReference,
@@ -457,10 +496,11 @@ pub fn on_pool_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     })
 }
 
-/// Error and compression of a saved model at each threshold, on the full test set.
+/// Error and compression of the saved model of `run` at each threshold, on the test set its
+/// summary was computed on.
 pub fn evaluate_saved(
     exp: &LoadedExperiment,
-    variant: &Variant,
+    run: Run,
     options: &RunOptions,
     thresholds: &[f64],
 ) -> Result<Vec<(f64, train::Evaluation)>, RunError> {
@@ -491,22 +531,15 @@ pub fn evaluate_saved(
                 .collect())
         }
     }
-    let dir = experiment_dir(exp, options).join(&variant.name);
+    let variant = &exp.spec.variants[run.variant];
+    let dir = experiment_dir(exp, options).join(exp.spec.run_folder(run));
     let (layers, norms) = output::read_model_and_norms(&dir)?;
     let data = load_data(exp, &options.data_dir)?;
-    // The variant's own protocol: the test images its summary was computed on.
-    let protocol = exp
-        .spec
-        .variant_index(&variant.name)
-        .map_or(&exp.spec.protocol, |i| exp.spec.protocol_of(i));
+    let mut protocol = exp.spec.run_protocol(run);
     // The variance form the model was trained with decides its log α's ε (sparsevd::LrtVariance).
-    let protocol = match variant.layer {
-        LayerKind::SparseVd => Cow::Owned(spec::Protocol {
-            lrt_variance: output::recorded_lrt_variance(&dir)?,
-            ..protocol.clone()
-        }),
-        _ => Cow::Borrowed(protocol),
-    };
+    if variant.layer == LayerKind::SparseVd {
+        protocol.lrt_variance = output::recorded_lrt_variance(&dir)?;
+    }
     let eval = Eval {
         layers,
         norms,
@@ -559,8 +592,8 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
             dir.display()
         );
         state = saved;
-    } else if let Some(source) = &variant.start_from {
-        model = start_from(model, &dir.with_file_name(source), variant, protocol)?;
+    } else if let Some(source) = &job.source_dir {
+        model = start_from(model, source, variant, protocol)?;
     }
     let resumed_after_epoch = state.epochs_completed;
     let mut shortened_how: Vec<String> = spec.shortened.iter().cloned().collect();
@@ -581,10 +614,7 @@ fn train_and_record<N: Network>(job: &VariantJob<'_>, model: N) -> Result<(), Ru
         Provenance {
             experiment_file: exp.path.display().to_string(),
             experiment_sha256: exp.sha256(),
-            variant_sha256: exp
-                .spec
-                .variant_index(&variant.name)
-                .map(|i| exp.variant_sha256(i)),
+            variant_sha256: Some(exp.run_sha256(job.run)),
             variant: variant.name.clone(),
             commit: commit.to_string(),
             backend: options.backend.clone(),
@@ -735,7 +765,7 @@ fn start_from<N: Network>(
         .map_err(missing)
 }
 
-/// Record the training-spec hash ([`LoadedExperiment::variant_sha256`]) in the provenance of each
+/// Record the training-spec hash ([`LoadedExperiment::run_sha256`]) in the provenance of each
 /// finished run of `exp` under `results_dir` that has none and whose experiment-file hash is the
 /// file's now, so that the spec the run trained under is exactly the one hashed. A Sparse VD run
 /// whose provenance does not name its LRT variance form (it trained before the key, with σ²) is
@@ -745,14 +775,17 @@ pub fn stamp_variant_hashes(
     results_dir: &Path,
 ) -> Result<Vec<String>, RunError> {
     let mut lines = Vec::new();
-    for (index, variant) in exp.spec.variants.iter().enumerate() {
-        let dir = results_dir.join(&exp.spec.name).join(&variant.name);
+    for run in exp.spec.runs() {
+        let variant = &exp.spec.variants[run.variant];
+        let dir = results_dir
+            .join(&exp.spec.name)
+            .join(exp.spec.run_folder(run));
         if !dir.join(output::SUMMARY_CSV).is_file() {
             lines.push(format!("{}: not finished, nothing to stamp", dir.display()));
             continue;
         }
         let mut provenance = output::read_provenance(&dir)?;
-        let form = exp.spec.protocol_of(index).lrt_variance.key();
+        let form = exp.spec.protocol_of(run.variant).lrt_variance.key();
         let line = if provenance.variant_sha256.is_some() {
             "already has its training-spec hash".to_string()
         } else if provenance.experiment_sha256 != exp.sha256() {
@@ -763,7 +796,7 @@ pub fn stamp_variant_hashes(
                 provenance.lrt_variance_key()
             )
         } else {
-            provenance.variant_sha256 = Some(exp.variant_sha256(index));
+            provenance.variant_sha256 = Some(exp.run_sha256(run));
             output::write_provenance(&dir, &provenance)?;
             "stamped".to_string()
         };
@@ -774,31 +807,34 @@ pub fn stamp_variant_hashes(
 
 /// Rewrite `results_dir/<experiment>/comparison.md` from the finished variants on disk (after a
 /// change to the table's columns, without retraining).
-pub fn rewrite_comparison(exp: &LoadedExperiment, results_dir: &Path) -> Result<(), RunError> {
+pub fn rewrite_comparison(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+) -> Result<Vec<Summary>, RunError> {
     let paper = paper_reference_of(exp)?;
-    write_comparison(exp, &results_dir.join(&exp.spec.name), &paper).map(|_| ())
+    write_comparison(exp, &results_dir.join(&exp.spec.name), &paper)
 }
 
-/// Rewrite the experiment's comparison table from the finished variants on disk.
+/// Rewrite the experiment's comparison table from the finished runs on disk (a seed sweep's
+/// variant as the mean ± std of its runs); returns each variant's mean summary.
 fn write_comparison(
     exp: &LoadedExperiment,
     dir: &Path,
     paper: &PaperReference,
 ) -> Result<Vec<Summary>, RunError> {
     let mut rows = Vec::new();
-    for variant in &exp.spec.variants {
-        let variant_dir = dir.join(&variant.name);
-        if !variant_dir.join(output::SUMMARY_CSV).is_file() {
+    for (index, variant) in exp.spec.variants.iter().enumerate() {
+        let runs = seeds::finished_runs(&exp.spec, dir, index)?;
+        if runs.is_empty() {
             continue;
         }
-        let summary = output::read_summary(&variant_dir)?;
         let reference = variant.paper.as_ref().and_then(|key| paper.find(key));
-        rows.push((summary, reference.cloned()));
+        rows.push((runs, reference.cloned()));
     }
     if !rows.is_empty() {
         output::write_comparison(dir, &exp.spec.name, &rows)?;
     }
-    Ok(rows.into_iter().map(|(s, _)| s).collect())
+    Ok(rows.iter().filter_map(|(r, _)| r.mean_summary()).collect())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use crate::provenance::Provenance;
 use crate::reference::PaperResult;
+use crate::seeds::VariantRuns;
 use crate::train::EpochRecord;
 use serde::{Deserialize, Serialize};
 use sparsevd::kl::AdditiveRules;
@@ -249,11 +250,12 @@ pub fn write_model(
     write_atomic(&path, &bytes)
 }
 
-/// `comparison.md`: every finished variant of an experiment beside the paper's row.
+/// `comparison.md`: every finished variant of an experiment beside the paper's row; a seed
+/// sweep's variant as the mean ± std over its finished runs, with n.
 pub fn write_comparison(
     experiment_dir: &Path,
     title: &str,
-    rows: &[(Summary, Option<PaperResult>)],
+    rows: &[(VariantRuns, Option<PaperResult>)],
 ) -> Result<(), OutputError> {
     // An experiment of one's own (no variant names a paper row) gets our columns alone.
     let with_paper = rows.iter().any(|(_, paper)| paper.is_some());
@@ -261,13 +263,19 @@ pub fn write_comparison(
         true => format!("# {title}: ours beside the paper\n\n"),
         false => format!("# {title}\n\n"),
     };
-    md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers.\n\n");
+    md.push_str("Written by the harness from the runs' `summary.csv` files. Error is test error in %; compression is |W| / |W ≠ 0| over weight layers. A variant run under several seeds shows mean ± sample standard deviation over its finished runs (n of them); its % removed and s / epoch are means.\n\n");
+    let summaries: Vec<Summary> = rows
+        .iter()
+        .filter_map(|(runs, _)| runs.mean_summary())
+        .collect();
     // Runs that evaluated the training set (random labels) also get train and test accuracy and
     // the share of all weights removed, as the paper reports them.
-    let with_train = rows.iter().any(|(s, _)| s.train_error_pct.is_some());
+    let with_train = summaries.iter().any(|s| s.train_error_pct.is_some());
+    let with_seeds = rows.iter().any(|(runs, _)| runs.sweep);
     let mut header = vec![
         "variant",
         "epochs",
+        "seeds",
         "ours: error %",
         "paper: error %",
         "ours: compression",
@@ -288,14 +296,15 @@ pub fn write_comparison(
     }
     let shown: Vec<bool> = header
         .iter()
-        .map(|name| with_paper || !name.starts_with("paper:"))
+        .map(|name| (with_paper || !name.starts_with("paper:")) && (with_seeds || *name != "seeds"))
         .collect();
     let header = shown_columns(&header, &shown);
     md.push_str(&format!("| {} |\n", header.join(" | ")));
     md.push_str(&format!("|{}\n", "---|".repeat(header.len())));
     let number = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     let times = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}×"));
-    for (s, paper) in rows {
+    for ((runs, paper), s) in rows.iter().zip(&summaries) {
+        let n = runs.runs.len();
         let epochs = if s.shortened {
             format!("{} (shortened run)", s.epochs)
         } else {
@@ -313,9 +322,13 @@ pub fn write_comparison(
         let mut cells = vec![
             s.variant.clone(),
             epochs,
-            format!("{:.2}", s.test_error_pct),
+            match runs.sweep {
+                true => format!("n = {n} of {}", runs.seeds_planned.len()),
+                false => format!("seed {}", runs.seeds_planned[0]),
+            },
+            VariantRuns::format(runs.error(), n, 2),
             number(paper.as_ref().map(|p| p.error_pct)),
-            times(Some(s.compression)),
+            format!("{}×", VariantRuns::format(runs.compression(), n, 1)),
             times(paper.as_ref().and_then(|p| p.compression)),
             s.removed_pct_per_layer.replace(';', " / "),
             paper_layers,
@@ -593,6 +606,70 @@ fn norm_views(tensors: &safetensors::SafeTensors<'_>) -> Result<Vec<NormLayerVie
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seeds::FinishedRun;
+
+    /// `summaries` as the finished runs of seeds 1, 2, ... of a variant with three seeds (a
+    /// sweep) or one.
+    fn runs(summaries: &[Summary], sweep: bool) -> VariantRuns {
+        VariantRuns {
+            seeds_planned: if sweep { vec![1, 2, 3] } else { vec![1] },
+            sweep,
+            runs: summaries
+                .iter()
+                .zip(1..)
+                .map(|(summary, seed)| FinishedRun {
+                    seed,
+                    dir: PathBuf::new(),
+                    summary: summary.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn summary(error: f64, compression: f64, removed: &str) -> Summary {
+        Summary {
+            experiment: "e".into(),
+            variant: "sparse_vd".into(),
+            net: "lenet300".into(),
+            dataset: "mnist".into(),
+            epochs: 200,
+            shortened: false,
+            test_error_pct: error,
+            compression,
+            removed_pct_per_layer: removed.into(),
+            paper_error_pct: None,
+            paper_compression: None,
+            wall_time_s: 100.0,
+            train_error_pct: None,
+        }
+    }
+
+    /// Two of three seeds finished: mean ± sample std of error and compression, mean % removed
+    /// per layer, and how many runs the numbers are over.
+    #[test]
+    fn a_seed_sweep_shows_mean_and_spread_with_n() {
+        let dir = std::env::temp_dir().join(format!("comparison-seeds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows = [(
+            runs(
+                &[
+                    summary(1.7, 100.0, "99.00;98.00"),
+                    summary(1.9, 110.0, "98.00;97.00"),
+                ],
+                true,
+            ),
+            None,
+        )];
+        write_comparison(&dir, "e", &rows).unwrap();
+        let md = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // std of (1.7, 1.9) = 0.1414…, of (100, 110) = 7.07…
+        let row = md.lines().find(|l| l.starts_with("| sparse_vd")).unwrap();
+        assert!(row.contains("| n = 2 of 3 |"), "{row}");
+        assert!(row.contains("| 1.80 ± 0.14 |"), "{row}");
+        assert!(row.contains("| 105.0 ± 7.1× |"), "{row}");
+        assert!(row.contains("| 98.50 / 97.50 |"), "{row}");
+    }
 
     /// A random-labels row: train and test accuracy (100 − error) and the share removed, ours
     /// beside the paper's.
@@ -627,7 +704,12 @@ mod tests {
             removed_pct: Some(100.0),
             source: "poster".into(),
         };
-        write_comparison(&dir, "rl", &[(ours.clone(), Some(paper))]).unwrap();
+        write_comparison(
+            &dir,
+            "rl",
+            &[(runs(std::slice::from_ref(&ours), false), Some(paper))],
+        )
+        .unwrap();
         let md = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
         let cells = |line: &str| -> Vec<String> {
@@ -637,7 +719,7 @@ mod tests {
                 .collect()
         };
         // Without a paper row (an experiment of one's own) only our columns remain.
-        write_comparison(&dir, "own", &[(ours, None)]).unwrap();
+        write_comparison(&dir, "own", &[(runs(&[ours], false), None)]).unwrap();
         let own = std::fs::read_to_string(dir.join(COMPARISON_MD)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let own_lines: Vec<&str> = own.lines().filter(|l| l.starts_with('|')).collect();

@@ -1,6 +1,6 @@
 //! Where a result came from: commit, experiment-file hash, backend, device, seed, epochs, time.
 
-use crate::spec::LoadedExperiment;
+use crate::spec::{LoadedExperiment, Run};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -12,7 +12,7 @@ pub struct Provenance {
     pub experiment_file: String,
     pub experiment_sha256: String,
     /// sha256 of what decides how this variant trains
-    /// ([`crate::spec::LoadedExperiment::variant_sha256`]); absent in files written before it.
+    /// ([`crate::spec::LoadedExperiment::run_sha256`]); absent in files written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant_sha256: Option<String>,
     pub variant: String,
@@ -59,14 +59,14 @@ impl Provenance {
         self.lrt_variance.as_deref().unwrap_or("sigma2")
     }
 
-    /// Why this finished run no longer stands for variant `index` of `exp` (`None` while it
-    /// does): its training spec hash differs from the file's now, or, for runs from before that
-    /// hash, the file itself differs.
-    pub fn stale_against(&self, exp: &LoadedExperiment, index: usize) -> Option<String> {
+    /// Why this finished run no longer stands for `run` of `exp` (`None` while it does): its
+    /// training spec hash differs from the file's now, or, for runs from before that hash, the
+    /// file itself differs.
+    pub fn stale_against(&self, exp: &LoadedExperiment, run: Run) -> Option<String> {
         let file = exp.path.display();
         match &self.variant_sha256 {
             Some(recorded) => {
-                let now = exp.variant_sha256(index);
+                let now = exp.run_sha256(run);
                 (*recorded != now).then(|| {
                     format!(
                         "the variant's training spec in {file} changed since the run (sha256 {recorded} vs {now})"

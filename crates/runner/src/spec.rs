@@ -159,7 +159,14 @@ impl NetInput {
 pub struct Protocol {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Seed of the run: the weights' initialisation, the batch order, the noise. A protocol
+    /// gives `seed` or `seeds`; with `seeds` this is set per run ([`Protocol::for_seed`]).
+    #[serde(default)]
     pub seed: u64,
+    /// One run per seed, each in its own folder `seed_<n>` (a seed sweep); the tables show the
+    /// runs' mean ± std.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
     /// Weights with log α ≥ threshold are removed at evaluation.
     pub threshold: f64,
     /// Zero weights with log α ≥ threshold in the mean path during training too.
@@ -186,6 +193,35 @@ pub struct Protocol {
     /// Also evaluate the error on the training set after every epoch (`train_error_pct`).
     #[serde(default)]
     pub evaluate_train_set: bool,
+}
+
+impl Protocol {
+    /// The seeds this protocol runs under: `seeds`, else the one `seed`.
+    pub fn seeds(&self) -> Vec<u64> {
+        self.seeds.clone().unwrap_or_else(|| vec![self.seed])
+    }
+
+    /// Whether the protocol is a seed sweep (`seeds`), whose runs each have a folder of their own.
+    pub fn is_seed_sweep(&self) -> bool {
+        self.seeds.is_some()
+    }
+
+    /// The protocol of the run under `seed`: a single-seed protocol, as a file with
+    /// `seed = <seed>` would give (so that its training-spec hash is that file's).
+    pub fn for_seed(&self, seed: u64) -> Protocol {
+        Protocol {
+            seed,
+            seeds: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// One training run: variant `variant` (an index into the file's variants) under `seed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Run {
+    pub variant: usize,
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -439,24 +475,21 @@ impl LoadedExperiment {
         crate::provenance::sha256_hex(self.text.as_bytes())
     }
 
-    /// sha256 of what decides how variant `index` trains ([`TrainingSpec`]): unlike the file's
-    /// hash it stays the same when names, comments, paper rows, tolerances or other variants
-    /// change, so that such edits leave finished runs current.
-    pub fn variant_sha256(&self, index: usize) -> String {
+    /// sha256 of what decides how `run` trains ([`TrainingSpec`]): unlike the file's hash it
+    /// stays the same when names, comments, paper rows, tolerances or other variants change,
+    /// so that such edits leave finished runs current. A seed sweep's run hashes as the file
+    /// with that one `seed` would: adding seeds leaves the runs of the old seed current.
+    pub fn run_sha256(&self, run: Run) -> String {
         let spec = &self.spec;
-        let variant = &spec.variants[index];
-        let start_from = variant.start_from.as_ref().map(|name| {
-            let source = spec
-                .variant_index(name)
-                .expect("validated: start_from names a variant of the file");
-            self.variant_sha256(source)
-        });
+        let variant = &spec.variants[run.variant];
+        let start_from = spec.source_run(run).map(|source| self.run_sha256(source));
+        let protocol = spec.run_protocol(run);
         let training = TrainingSpec {
             dataset: &spec.dataset,
             preprocessing: spec.preprocessing,
             net: &spec.net,
             shortened: spec.shortened.as_deref(),
-            protocol: spec.protocol_of(index),
+            protocol: &protocol,
             layer: variant.layer,
             width: variant.width,
             keep: variant.keep.as_ref(),
@@ -505,6 +538,10 @@ impl Experiment {
         let mut spec: Self = toml::from_str(text).map_err(message)?;
         let raw: toml::Table = toml::from_str(text).map_err(message)?;
         let base = raw.get("protocol").cloned();
+        if let Some(toml::Value::Table(base)) = &base {
+            one_seed_key(base, "protocol", text)?;
+        }
+        spec.protocol.seed = first_seed(&spec.protocol);
         spec.variant_protocols = spec
             .variants
             .iter()
@@ -512,19 +549,72 @@ impl Experiment {
             .map(|(i, v)| match (&v.protocol_changes, &base) {
                 (Some(changes), Some(toml::Value::Table(base))) => {
                     let mut merged = base.clone();
+                    // A variant's own `seed` replaces the file's `seeds`, and the other way round.
+                    for (key, other) in [("seed", "seeds"), ("seeds", "seed")] {
+                        if changes.contains_key(key) {
+                            merged.remove(other);
+                        }
+                    }
                     merge(&mut merged, changes);
-                    Protocol::deserialize(toml::Value::Table(merged)).map_err(|e| {
-                        let field = format!("variant[{i}].protocol");
-                        let at = locate(text, &field)
-                            .map(|(line, column)| format!("line {line}, column {column}: "))
-                            .unwrap_or_default();
-                        format!("{at}{field}: {}", e.to_string().trim_end())
-                    })
+                    one_seed_key(&merged, &format!("variant[{i}].protocol"), text)?;
+                    Protocol::deserialize(toml::Value::Table(merged))
+                        .map_err(|e| {
+                            let field = format!("variant[{i}].protocol");
+                            let at = locate(text, &field)
+                                .map(|(line, column)| format!("line {line}, column {column}: "))
+                                .unwrap_or_default();
+                            format!("{at}{field}: {}", e.to_string().trim_end())
+                        })
+                        .map(|mut protocol| {
+                            protocol.seed = first_seed(&protocol);
+                            protocol
+                        })
                 }
                 _ => Ok(spec.protocol.clone()),
             })
             .collect::<Result<_, _>>()?;
         Ok(spec)
+    }
+
+    /// Every run of the file in an order where each run comes after the run it starts from:
+    /// each variant once per seed of its protocol.
+    pub fn runs(&self) -> Vec<Run> {
+        self.stage_order()
+            .into_iter()
+            .flat_map(|variant| {
+                self.protocol_of(variant)
+                    .seeds()
+                    .into_iter()
+                    .map(move |seed| Run { variant, seed })
+            })
+            .collect()
+    }
+
+    /// The protocol `run` trains under (its seed set).
+    pub fn run_protocol(&self, run: Run) -> Protocol {
+        self.protocol_of(run.variant).for_seed(run.seed)
+    }
+
+    /// The run's folder under the experiment's results folder: `<variant>`, or
+    /// `<variant>/seed_<n>` in a seed sweep.
+    pub fn run_folder(&self, run: Run) -> PathBuf {
+        let variant = PathBuf::from(&self.variants[run.variant].name);
+        match self.protocol_of(run.variant).is_seed_sweep() {
+            true => variant.join(format!("seed_{}", run.seed)),
+            false => variant,
+        }
+    }
+
+    /// The run `run` starts from: the source variant's run under the same seed.
+    pub fn source_run(&self, run: Run) -> Option<Run> {
+        let source = self.variants[run.variant].start_from.as_deref()?;
+        let variant = self
+            .variant_index(source)
+            .expect("validated: start_from names a variant of the file");
+        Some(Run {
+            variant,
+            seed: run.seed,
+        })
     }
 
     /// The protocol of variant `index` (see [`Experiment::variant_protocols`]).
@@ -791,6 +881,16 @@ impl Experiment {
                         format!("{source:?} starts, directly or not, from {:?}", v.name),
                     );
                 }
+                if self.protocol_of(j).seeds() != self.protocol_of(i).seeds()
+                    || self.protocol_of(j).is_seed_sweep() != self.protocol_of(i).is_seed_sweep()
+                {
+                    return fail(
+                        &format!("variant[{i}].start_from"),
+                        format!(
+                            "{source:?} runs under other seeds: each run starts from the run of the same seed, so both need the same `seed` or `seeds`"
+                        ),
+                    );
+                }
                 if self.variants[j].width != v.width {
                     return fail(
                         &format!("variant[{i}].start_from"),
@@ -896,6 +996,17 @@ fn validate_protocol(p: &Protocol, prefix: &str) -> Result<(), (String, String)>
             );
         }
     }
+    if let Some(seeds) = &p.seeds {
+        let distinct: std::collections::BTreeSet<_> = seeds.iter().collect();
+        if seeds.is_empty() || distinct.len() != seeds.len() {
+            return fail(
+                &format!("{prefix}.seeds"),
+                format!(
+                    "expected at least one seed, each once, e.g. seeds = [1, 2, 3]; got {seeds:?}"
+                ),
+            );
+        }
+    }
     if !(p.l2.is_finite() && p.l2 >= 0.0) {
         return fail(
             &format!("{prefix}.l2"),
@@ -903,6 +1014,33 @@ fn validate_protocol(p: &Protocol, prefix: &str) -> Result<(), (String, String)>
         );
     }
     Ok(())
+}
+
+/// That a protocol table gives exactly one of `seed` and `seeds`.
+fn one_seed_key(table: &toml::Table, field: &str, text: &str) -> Result<(), String> {
+    let at = |key: &str| {
+        locate(text, &format!("{field}.{key}"))
+            .map(|(line, column)| format!("line {line}, column {column}: "))
+            .unwrap_or_default()
+    };
+    match (table.contains_key("seed"), table.contains_key("seeds")) {
+        (true, true) => Err(format!(
+            "{}{field}.seeds: expected `seed = N` or `seeds = [N, ...]`, not both",
+            at("seeds")
+        )),
+        (false, false) => Err(format!(
+            "{field}: missing field `seed` (or `seeds = [1, 2, 3]` for one run per seed)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The seed a sweep's protocol reports where one seed is asked for (its first).
+fn first_seed(protocol: &Protocol) -> u64 {
+    match &protocol.seeds {
+        Some(seeds) => seeds.first().copied().unwrap_or_default(),
+        None => protocol.seed,
+    }
 }
 
 /// `changes` written over `base`, tables merged key by key.
@@ -1061,7 +1199,9 @@ paper = { net = "lenet300", method = "sparse_vd" }
         let exp = LoadedExperiment::load(&path);
         std::fs::remove_file(&path).unwrap();
         let exp = exp.unwrap();
-        exp.variant_sha256(exp.spec.variant_index("a").unwrap())
+        let variant = exp.spec.variant_index("a").unwrap();
+        let first = exp.spec.runs().into_iter().find(|r| r.variant == variant);
+        exp.run_sha256(first.unwrap())
     }
 
     #[test]
@@ -1077,6 +1217,8 @@ paper = { net = "lenet300", method = "sparse_vd" }
                 "train_clip = true",
                 "train_clip = true\nlrt_variance = \"clipped_alpha\"",
             ),
+            // The sweep's run of seed 1 is the single-seed file's run.
+            ("seed = 1", "seeds = [1, 2]"),
         ];
         for edit in same {
             assert_eq!(variant_hash_after(&[edit]), base, "{edit:?}");
@@ -1096,6 +1238,68 @@ paper = { net = "lenet300", method = "sparse_vd" }
         for edit in changed {
             assert_ne!(variant_hash_after(&[edit]), base, "{edit:?}");
         }
+    }
+
+    #[test]
+    fn seeds_give_one_run_per_seed_each_in_its_own_folder() {
+        assert_error(
+            "seed = 1",
+            "seed = 1\nseeds = [1, 2]",
+            &["protocol.seeds", "not both"],
+        );
+        assert_error(
+            "seed = 1",
+            "seeds = []",
+            &["protocol.seeds", "at least one seed"],
+        );
+        assert_error(
+            "seed = 1",
+            "seeds = [3, 3]",
+            &["protocol.seeds", "each once"],
+        );
+        let sweep = GOOD.replacen("seed = 1", "seeds = [3, 1]", 1);
+        let exp = Experiment::parse(&sweep).unwrap();
+        exp.validate().unwrap();
+        let runs = exp.runs();
+        assert_eq!(
+            runs,
+            [
+                Run {
+                    variant: 0,
+                    seed: 3
+                },
+                Run {
+                    variant: 0,
+                    seed: 1
+                }
+            ]
+        );
+        assert_eq!(exp.run_folder(runs[0]), PathBuf::from("a/seed_3"));
+        assert_eq!(exp.run_protocol(runs[0]).seed, 3);
+        assert_eq!(exp.run_protocol(runs[0]).seeds, None);
+        // A variant's own seed replaces the file's seeds: one run, today's folder.
+        let own = sweep.replacen(
+            "method = \"sparse_vd\" }",
+            "method = \"sparse_vd\" }\nprotocol = { seed = 7 }",
+            1,
+        );
+        let exp = Experiment::parse(&own).unwrap();
+        assert_eq!(
+            exp.runs(),
+            [Run {
+                variant: 0,
+                seed: 7
+            }]
+        );
+        assert_eq!(exp.run_folder(exp.runs()[0]), PathBuf::from("a"));
+        // A stage starts from the run of its own seed, so both need the same seeds.
+        let staged = format!(
+            "{sweep}\n[[variant]]\nname = \"b\"\nlayer = \"sparse_vd\"\nstart_from = \"a\"\nprotocol = {{ seed = 3 }}\n"
+        );
+        let exp = Experiment::parse(&staged).unwrap();
+        let (field, message) = exp.validate().unwrap_err();
+        assert_eq!(field, "variant[1].start_from");
+        assert!(message.contains("same `seed` or `seeds`"), "{message}");
     }
 
     #[test]
