@@ -43,7 +43,7 @@ fn sparse_models_predict_like_the_dense_masked_models() {
     let mnist = Mnist::load(&datasets::data_dir(None)).unwrap();
     let images = &mnist.test.images;
 
-    let views = output::read_model(&results.join("lenet300/sparse_vd")).unwrap();
+    let views = output::read_model(&results.join("lenet300/sparse_vd/seed_1")).unwrap();
     let sizes = check(
         &views,
         MlpConfig::lenet300(Posterior::sparse_vd(-10.0)).init(&device),
@@ -54,7 +54,7 @@ fn sparse_models_predict_like_the_dense_masked_models() {
     println!("lenet300: dense {} B, sparse {} B", sizes.0, sizes.1);
     assert!(sizes.1 * 10 < sizes.0, "> 10× smaller at 117× compression");
 
-    let lenet5 = results.join("lenet5/sparse_vd");
+    let lenet5 = results.join("lenet5/sparse_vd/seed_1");
     if !lenet5.join(output::SUMMARY_CSV).is_file() {
         println!(
             "{}: not committed yet, LeNet-5 not checked",
