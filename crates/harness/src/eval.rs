@@ -69,10 +69,15 @@ pub fn run(
         points: results.iter().map(|(t, e)| (*t, f(e))).collect(),
         spread: Vec::new(),
     };
+    // A seed sweep's runs each get their own figure.
+    let run_name = match exp.spec.protocol_of(variant).is_seed_sweep() {
+        true => format!("{variant_name}_seed_{seed}"),
+        false => variant_name.to_string(),
+    };
     let figure = LineFigure {
         title: format!(
-            "{} / {}: error and compression against the log α threshold (training used {})",
-            exp.spec.name, variant_name, exp.spec.protocol.threshold
+            "{} / {run_name}: error and compression against the log α threshold (training used {})",
+            exp.spec.name, exp.spec.protocol.threshold
         ),
         x_label: "threshold on log α (weights with log α ≥ threshold removed)".into(),
         panels: vec![
@@ -92,10 +97,7 @@ pub fn run(
             },
         ],
     };
-    let stem = figures_dir.join(format!(
-        "{}_{}_threshold_sweep",
-        exp.spec.name, variant_name
-    ));
+    let stem = figures_dir.join(format!("{}_{run_name}_threshold_sweep", exp.spec.name));
     plotting::render(&figure, &stem)?;
     println!("wrote {}", stem.with_extension("svg").display());
     Ok(())
