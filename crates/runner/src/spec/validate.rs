@@ -55,192 +55,9 @@ impl Experiment {
         if self.variants.is_empty() {
             return fail("variant", "expected at least one [[variant]]".into());
         }
-        for (i, v) in self.variants.iter().enumerate() {
-            if v.name.is_empty() || v.name.contains(['/', '\\']) || v.name.starts_with('.') {
-                return fail(
-                    &format!("variant[{i}].name"),
-                    format!("expected a plain folder name, got {:?}", v.name),
-                );
-            }
-            if self.variants[..i].iter().any(|w| w.name == v.name) {
-                return fail(
-                    &format!("variant[{i}].name"),
-                    format!("duplicate variant name {:?}", v.name),
-                );
-            }
-            if v.tolerance.is_some() && v.paper.is_none() {
-                return fail(
-                    &format!("variant[{i}].tolerance"),
-                    "a tolerance is held against the paper's row: expected paper = { net, method }"
-                        .into(),
-                );
-            }
-            match (&self.net, v.width) {
-                (Net::Vgglike, None) => {
-                    return fail(
-                        &format!("variant[{i}]"),
-                        "expected a width (VGG-like's multiplier k), e.g. width = 0.25".into(),
-                    );
-                }
-                (Net::Vgglike, Some(k)) if !(k > 0.0 && k <= 4.0) => {
-                    return fail(
-                        &format!("variant[{i}].width"),
-                        format!("expected a multiplier in (0, 4], got {k}"),
-                    );
-                }
-                (Net::Lenet300 | Net::Lenet5 | Net::Mlp(_), Some(_)) => {
-                    return fail(
-                        &format!("variant[{i}].width"),
-                        format!(
-                            "expected no width: {} has its widths in the net",
-                            self.net.describe()
-                        ),
-                    );
-                }
-                _ => {}
-            }
-            let layer = v.layer.key();
-            let defined_here = match v.layer {
-                LayerKind::BinaryDropout => self.net != Net::Lenet5,
-                LayerKind::GaussianDropout => self.net.is_mlp(),
-                _ => true,
-            };
-            if !defined_here {
-                return fail(
-                    &format!("variant[{i}].layer"),
-                    format!(
-                        "{layer} is defined for lenet300 and mlp{}",
-                        if v.layer == LayerKind::BinaryDropout {
-                            " and vgglike"
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-            }
-            // VGG-like's binary dropout has the paper's fixed rates; only LeNet-300-100's
-            // dropout layers take a keep-probability.
-            let takes_keep = v.layer.takes_keep() && self.net.is_mlp();
-            match (takes_keep, &v.keep) {
-                (true, None) => {
-                    return fail(
-                        &format!("variant[{i}]"),
-                        "expected keep, the probability p of keeping a value, e.g. keep = 0.5"
-                            .into(),
-                    );
-                }
-                (true, Some(keep)) => {
-                    let layers = LENET300_WIDTHS.len() - 1;
-                    if let Keep::PerLayer(ps) = keep
-                        && ps.len() != layers
-                    {
-                        return fail(
-                            &format!("variant[{i}].keep"),
-                            format!(
-                                "expected one probability per layer input ({layers}), got {}",
-                                ps.len()
-                            ),
-                        );
-                    }
-                    if let Some(p) = keep
-                        .per_layer(layers)
-                        .into_iter()
-                        .find(|p| !(*p > 0.0 && *p <= 1.0))
-                    {
-                        return fail(
-                            &format!("variant[{i}].keep"),
-                            format!("expected a probability in (0, 1], got {p}"),
-                        );
-                    }
-                }
-                (false, Some(_)) => {
-                    return fail(
-                        &format!("variant[{i}].keep"),
-                        "expected no keep: it applies to lenet300's binary_dropout and \
-                         gaussian_dropout layers only"
-                            .into(),
-                    );
-                }
-                (false, None) => {}
-            }
-            match (v.layer, v.alpha) {
-                (LayerKind::VariationalDropout, None) => {
-                    return fail(
-                        &format!("variant[{i}]"),
-                        "expected alpha, which weights share one α: \"per_unit\" or \"per_layer\""
-                            .into(),
-                    );
-                }
-                (LayerKind::VariationalDropout, Some(_)) | (_, None) => {}
-                (_, Some(_)) => {
-                    return fail(
-                        &format!("variant[{i}].alpha"),
-                        format!(
-                            "expected no alpha: it applies to variational_dropout layers, not {layer}"
-                        ),
-                    );
-                }
-            }
-            let init_table = || {
-                let changed = v
-                    .protocol_changes
-                    .as_ref()
-                    .is_some_and(|t| t.contains_key("init"));
-                if changed {
-                    format!("variant[{i}].protocol.init")
-                } else {
-                    "protocol.init".into()
-                }
-            };
-            match (v.layer, self.protocol_of(i).init.log_alpha) {
-                (kind, None) if kind.learns_log_alpha() => {
-                    return fail(
-                        &init_table(),
-                        format!(
-                            "expected log_alpha, the initial log α of {layer} layers, e.g. log_alpha = -4.0"
-                        ),
-                    );
-                }
-                (LayerKind::VariationalDropout, Some(InitialLogAlpha::Rule(_))) => {
-                    return fail(
-                        &format!("{}.log_alpha", init_table()),
-                        "expected a number: from_log_sigma2 gives each weight its own log α, \
-                         and variational_dropout shares one per unit or per layer"
-                            .into(),
-                    );
-                }
-                _ => {}
-            }
-            if let Some(source) = &v.start_from {
-                let Some(j) = self.variant_index(source) else {
-                    return fail(
-                        &format!("variant[{i}].start_from"),
-                        format!("expected the name of another variant, got {source:?}"),
-                    );
-                };
-                if self.starts_from_itself(j, i) {
-                    return fail(
-                        &format!("variant[{i}].start_from"),
-                        format!("{source:?} starts, directly or not, from {:?}", v.name),
-                    );
-                }
-                if self.protocol_of(j).seeds() != self.protocol_of(i).seeds()
-                    || self.protocol_of(j).is_seed_sweep() != self.protocol_of(i).is_seed_sweep()
-                {
-                    return fail(
-                        &format!("variant[{i}].start_from"),
-                        format!(
-                            "{source:?} runs under other seeds: each run starts from the run of the same seed, so both need the same `seed` or `seeds`"
-                        ),
-                    );
-                }
-                if self.variants[j].width != v.width {
-                    return fail(
-                        &format!("variant[{i}].start_from"),
-                        format!("{source:?} has another width: the weights would not fit"),
-                    );
-                }
-            }
+        for i in 0..self.variants.len() {
+            self.validate_variant(i)?;
+            self.validate_stage(i)?;
         }
         // Built-in data have known shapes; a folder's are checked when it is read.
         let fits = match (&self.dataset, &self.net) {
@@ -258,6 +75,205 @@ impl Experiment {
                     self.dataset.describe()
                 ),
             );
+        }
+        Ok(())
+    }
+
+    /// The checks of variant `i` on its own: name, paper row, width, layer fields, init.
+    fn validate_variant(&self, i: usize) -> Result<(), (String, String)> {
+        let fail = |field: &str, msg: String| Err((field.to_string(), msg));
+        let v = &self.variants[i];
+        if v.name.is_empty() || v.name.contains(['/', '\\']) || v.name.starts_with('.') {
+            return fail(
+                &format!("variant[{i}].name"),
+                format!("expected a plain folder name, got {:?}", v.name),
+            );
+        }
+        if self.variants[..i].iter().any(|w| w.name == v.name) {
+            return fail(
+                &format!("variant[{i}].name"),
+                format!("duplicate variant name {:?}", v.name),
+            );
+        }
+        if v.tolerance.is_some() && v.paper.is_none() {
+            return fail(
+                &format!("variant[{i}].tolerance"),
+                "a tolerance is held against the paper's row: expected paper = { net, method }"
+                    .into(),
+            );
+        }
+        match (&self.net, v.width) {
+            (Net::Vgglike, None) => {
+                return fail(
+                    &format!("variant[{i}]"),
+                    "expected a width (VGG-like's multiplier k), e.g. width = 0.25".into(),
+                );
+            }
+            (Net::Vgglike, Some(k)) if !(k > 0.0 && k <= 4.0) => {
+                return fail(
+                    &format!("variant[{i}].width"),
+                    format!("expected a multiplier in (0, 4], got {k}"),
+                );
+            }
+            (Net::Lenet300 | Net::Lenet5 | Net::Mlp(_), Some(_)) => {
+                return fail(
+                    &format!("variant[{i}].width"),
+                    format!(
+                        "expected no width: {} has its widths in the net",
+                        self.net.describe()
+                    ),
+                );
+            }
+            _ => {}
+        }
+        let layer = v.layer.key();
+        let defined_here = match v.layer {
+            LayerKind::BinaryDropout => self.net != Net::Lenet5,
+            LayerKind::GaussianDropout => self.net.is_mlp(),
+            _ => true,
+        };
+        if !defined_here {
+            return fail(
+                &format!("variant[{i}].layer"),
+                format!(
+                    "{layer} is defined for lenet300 and mlp{}",
+                    if v.layer == LayerKind::BinaryDropout {
+                        " and vgglike"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        // VGG-like's binary dropout has the paper's fixed rates; only LeNet-300-100's
+        // dropout layers take a keep-probability.
+        let takes_keep = v.layer.takes_keep() && self.net.is_mlp();
+        match (takes_keep, &v.keep) {
+            (true, None) => {
+                return fail(
+                    &format!("variant[{i}]"),
+                    "expected keep, the probability p of keeping a value, e.g. keep = 0.5".into(),
+                );
+            }
+            (true, Some(keep)) => {
+                let layers = LENET300_WIDTHS.len() - 1;
+                if let Keep::PerLayer(ps) = keep
+                    && ps.len() != layers
+                {
+                    return fail(
+                        &format!("variant[{i}].keep"),
+                        format!(
+                            "expected one probability per layer input ({layers}), got {}",
+                            ps.len()
+                        ),
+                    );
+                }
+                if let Some(p) = keep
+                    .per_layer(layers)
+                    .into_iter()
+                    .find(|p| !(*p > 0.0 && *p <= 1.0))
+                {
+                    return fail(
+                        &format!("variant[{i}].keep"),
+                        format!("expected a probability in (0, 1], got {p}"),
+                    );
+                }
+            }
+            (false, Some(_)) => {
+                return fail(
+                    &format!("variant[{i}].keep"),
+                    "expected no keep: it applies to lenet300's binary_dropout and \
+                     gaussian_dropout layers only"
+                        .into(),
+                );
+            }
+            (false, None) => {}
+        }
+        match (v.layer, v.alpha) {
+            (LayerKind::VariationalDropout, None) => {
+                return fail(
+                    &format!("variant[{i}]"),
+                    "expected alpha, which weights share one α: \"per_unit\" or \"per_layer\""
+                        .into(),
+                );
+            }
+            (LayerKind::VariationalDropout, Some(_)) | (_, None) => {}
+            (_, Some(_)) => {
+                return fail(
+                    &format!("variant[{i}].alpha"),
+                    format!(
+                        "expected no alpha: it applies to variational_dropout layers, not {layer}"
+                    ),
+                );
+            }
+        }
+        let init_table = || {
+            let changed = v
+                .protocol_changes
+                .as_ref()
+                .is_some_and(|t| t.contains_key("init"));
+            if changed {
+                format!("variant[{i}].protocol.init")
+            } else {
+                "protocol.init".into()
+            }
+        };
+        match (v.layer, self.protocol_of(i).init.log_alpha) {
+            (kind, None) if kind.learns_log_alpha() => {
+                return fail(
+                    &init_table(),
+                    format!(
+                        "expected log_alpha, the initial log α of {layer} layers, e.g. log_alpha = -4.0"
+                    ),
+                );
+            }
+            (LayerKind::VariationalDropout, Some(InitialLogAlpha::Rule(_))) => {
+                return fail(
+                    &format!("{}.log_alpha", init_table()),
+                    "expected a number: from_log_sigma2 gives each weight its own log α, \
+                     and variational_dropout shares one per unit or per layer"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// That variant `i`'s `start_from` names another variant whose runs it can start from:
+    /// no cycle, the same seeds, the same width.
+    fn validate_stage(&self, i: usize) -> Result<(), (String, String)> {
+        let fail = |field: &str, msg: String| Err((field.to_string(), msg));
+        let v = &self.variants[i];
+        if let Some(source) = &v.start_from {
+            let Some(j) = self.variant_index(source) else {
+                return fail(
+                    &format!("variant[{i}].start_from"),
+                    format!("expected the name of another variant, got {source:?}"),
+                );
+            };
+            if self.starts_from_itself(j, i) {
+                return fail(
+                    &format!("variant[{i}].start_from"),
+                    format!("{source:?} starts, directly or not, from {:?}", v.name),
+                );
+            }
+            if self.protocol_of(j).seeds() != self.protocol_of(i).seeds()
+                || self.protocol_of(j).is_seed_sweep() != self.protocol_of(i).is_seed_sweep()
+            {
+                return fail(
+                    &format!("variant[{i}].start_from"),
+                    format!(
+                        "{source:?} runs under other seeds: each run starts from the run of the same seed, so both need the same `seed` or `seeds`"
+                    ),
+                );
+            }
+            if self.variants[j].width != v.width {
+                return fail(
+                    &format!("variant[{i}].start_from"),
+                    format!("{source:?} has another width: the weights would not fit"),
+                );
+            }
         }
         Ok(())
     }
