@@ -639,8 +639,16 @@ fn run(args: RunArgs) -> Result<()> {
             (Some(error), None) => format!("  paper: {error:.2}%"),
             _ => String::new(),
         };
+        // A seed sweep's numbers are the mean over its finished runs.
+        let over_seeds = match exp.spec.variant_index(&s.variant) {
+            Some(i) if exp.spec.protocol_of(i).is_seed_sweep() => {
+                let n = runner::seeds::finished_runs(&exp.spec, &dir, i)?.runs.len();
+                format!(", mean of {n} seed{}", if n == 1 { "" } else { "s" })
+            }
+            _ => String::new(),
+        };
         println!(
-            "{:<12} test error {:.2}%  compression {:.1}×  ({} epochs{}){paper}",
+            "{:<12} test error {:.2}%  compression {:.1}×  ({} epochs{}{over_seeds}){paper}",
             s.variant,
             s.test_error_pct,
             s.compression,
