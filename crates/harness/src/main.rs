@@ -57,12 +57,8 @@ enum Command {
         /// Sweep thresholds from −2 to 7.5; writes threshold_sweep.csv beside the model and a figure.
         #[arg(long)]
         sweep: bool,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        #[arg(long, default_value = "results")]
-        results_dir: PathBuf,
-        #[arg(long, default_value = "figures")]
-        figures_dir: PathBuf,
+        #[command(flatten)]
+        folders: Folders,
     },
     /// Record the training-spec hash in the provenance of finished runs that predate it (their
     /// experiment file unchanged since they ran), so that editing comments, paper rows or
@@ -123,13 +119,9 @@ enum Command {
         /// Train this many epochs instead of the file's (shortened runs, labelled so).
         #[arg(long)]
         epochs: Option<usize>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Results root on a file system every node sees.
-        #[arg(long, default_value = "results")]
-        results_dir: PathBuf,
-        #[arg(long, default_value = "figures")]
-        figures_dir: PathBuf,
+        /// Folders on a file system every node sees.
+        #[command(flatten)]
+        folders: Folders,
         /// Fetch the data here first, then submit the scripts (sbatch must be on PATH).
         #[arg(long)]
         submit: bool,
@@ -151,12 +143,8 @@ struct RunArgs {
     /// Backend to compute on.
     #[arg(long, value_enum, default_value_t = Backend::Flex)]
     device: Backend,
-    /// Data cache folder [default: $HARNESS_DATA_DIR, else data/ at the repository root].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Results root; each experiment writes <results-dir>/<name>/<variant>/.
-    #[arg(long, default_value = "results")]
-    results_dir: PathBuf,
+    #[command(flatten)]
+    folders: Folders,
     /// Run only this variant (repeatable), and the variants it starts from if they have not
     /// finished.
     #[arg(long = "variant")]
@@ -182,7 +170,19 @@ struct RunArgs {
     /// kernels; provenance records the backend as `flex-composed`.
     #[arg(long)]
     composed: bool,
-    /// Where figures are written after the run.
+}
+
+/// Where data are read and results and figures written.
+#[derive(clap::Args)]
+struct Folders {
+    /// Data cache folder [default: $HARNESS_DATA_DIR, else data/ at the repository root].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Results root; each experiment writes <results-dir>/<name>/<variant>/ (and seed_<n>/
+    /// below it in a seed sweep).
+    #[arg(long, default_value = "results")]
+    results_dir: PathBuf,
+    /// Where figures are written.
     #[arg(long, default_value = "figures")]
     figures_dir: PathBuf,
 }
@@ -363,14 +363,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             cpus_per_task,
             device,
             epochs,
-            data_dir,
-            results_dir,
-            figures_dir,
+            folders,
             submit,
         }) => {
             let exp = LoadedExperiment::load(&experiment)?;
             let runs = runner::selected_runs(&exp.spec, &variants, &seeds)?;
-            let data_dir = datasets::data_dir(data_dir);
+            let data_dir = datasets::data_dir(folders.data_dir);
             if submit {
                 // Compute nodes may have no network: the data (and CIFAR-10's whitening) are
                 // cached on the shared file system first.
@@ -386,8 +384,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                     .map_or_else(|| "flex".into(), |v| v.get_name().to_string()),
                 epochs,
                 data_dir,
-                results_dir,
-                figures_dir,
+                results_dir: folders.results_dir,
+                figures_dir: folders.figures_dir,
             };
             let scripts = slurm::write(&exp, &runs, &settings)?;
             print_written(
@@ -420,12 +418,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             seed,
             threshold,
             sweep,
-            data_dir,
-            results_dir,
-            figures_dir,
+            folders,
         }) => {
             let exp = LoadedExperiment::load(&experiment)?;
-            let options = run_options(Backend::Flex, false, data_dir, results_dir);
+            let options = run_options(Backend::Flex, false, folders.data_dir, folders.results_dir);
             eval::run(
                 &exp,
                 &variant,
@@ -433,7 +429,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 threshold,
                 sweep,
                 &options,
-                &figures_dir,
+                &folders.figures_dir,
             )
         }
         None => run(cli.run),
@@ -604,8 +600,8 @@ fn run(args: RunArgs) -> Result<()> {
         ..run_options(
             args.device,
             args.composed,
-            args.data_dir.clone(),
-            args.results_dir.clone(),
+            args.folders.data_dir.clone(),
+            args.folders.results_dir.clone(),
         )
     };
     let summaries = if args.jobs > 1 {
@@ -629,7 +625,7 @@ fn run(args: RunArgs) -> Result<()> {
     if args.no_figures {
         return Ok(());
     }
-    draw_figures(&exp, &options.results_dir, &args.figures_dir)?;
+    draw_figures(&exp, &options.results_dir, &args.folders.figures_dir)?;
     let dir = runner::experiment_dir(&exp, &options);
     for s in &summaries {
         let paper = match (s.paper_error_pct, s.paper_compression) {
@@ -672,11 +668,11 @@ fn child_args(args: &RunArgs, experiment: &std::path::Path) -> Vec<std::ffi::OsS
         "--device".into(),
         device.into(),
         "--results-dir".into(),
-        args.results_dir.clone().into(),
+        args.folders.results_dir.clone().into(),
         "--figures-dir".into(),
-        args.figures_dir.clone().into(),
+        args.folders.figures_dir.clone().into(),
     ];
-    if let Some(dir) = &args.data_dir {
+    if let Some(dir) = &args.folders.data_dir {
         out.extend(["--data-dir".into(), dir.clone().into()]);
     }
     if let Some(epochs) = args.epochs {
