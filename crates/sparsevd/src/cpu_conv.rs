@@ -16,12 +16,13 @@
 mod kernels;
 
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
+use crate::host_op::host_op;
 use crate::weights::MeanGradient;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
@@ -238,25 +239,24 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         padding: usize,
     ) -> FloatTensor<Self> {
-        let prepared = ConvBackward
-            .prepare::<C>([x.node(), mean.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        let (x, mean, bias) = (
-            x.into_primitive(),
-            mean.into_primitive(),
-            bias.into_primitive(),
-        );
-        let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
-        let state = State {
-            shape,
-            x,
-            mean,
-            variance: None,
-            mean_gradient: MeanGradient::Everywhere,
-            saved: Arc::new(saved),
-        };
-        finish(prepared, output, state)
+        let parents = [x.node(), mean.node(), bias.node()];
+        host_op::<_, C, 3>(ConvBackward, parents, || {
+            let (x, mean, bias) = (
+                x.into_primitive(),
+                mean.into_primitive(),
+                bias.into_primitive(),
+            );
+            let (output, shape, saved) = forward(&x, &mean, &bias, None, padding);
+            let state = State {
+                shape,
+                x,
+                mean,
+                variance: None,
+                mean_gradient: MeanGradient::Everywhere,
+                saved: Arc::new(saved),
+            };
+            (output, state)
+        })
     }
 
     fn lrt_conv2d(
@@ -268,38 +268,26 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
         padding: usize,
         mean_gradient: MeanGradient,
     ) -> FloatTensor<Self> {
-        let prepared = ConvBackward
-            .prepare::<C>([x.node(), mean.node(), bias.node(), variance.node()])
-            .compute_bound()
-            .stateful();
-        let (x, zeta, bias) = (
-            x.into_primitive(),
-            zeta.into_primitive(),
-            bias.into_primitive(),
-        );
-        let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
-        let (output, shape, saved) = forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
-        let state = State {
-            shape,
-            x,
-            mean,
-            variance: Some(variance),
-            mean_gradient,
-            saved: Arc::new(saved),
-        };
-        finish(prepared, output, state)
-    }
-}
-
-/// Registers the backward step with `state` when the graph tracks this operation.
-fn finish<C: CheckpointStrategy, const N: usize>(
-    prepared: OpsKind<ConvBackward, Flex, State, C, N>,
-    output: FlexTensor,
-    state: State,
-) -> FloatTensor<Autodiff<Flex, C>> {
-    match prepared {
-        OpsKind::Tracked(prep) => prep.finish(state, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
+        let parents = [x.node(), mean.node(), bias.node(), variance.node()];
+        host_op::<_, C, 4>(ConvBackward, parents, || {
+            let (x, zeta, bias) = (
+                x.into_primitive(),
+                zeta.into_primitive(),
+                bias.into_primitive(),
+            );
+            let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
+            let (output, shape, saved) =
+                forward(&x, &mean, &bias, Some((&variance, &zeta)), padding);
+            let state = State {
+                shape,
+                x,
+                mean,
+                variance: Some(variance),
+                mean_gradient,
+                saved: Arc::new(saved),
+            };
+            (output, state)
+        })
     }
 }
 

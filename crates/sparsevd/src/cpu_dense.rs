@@ -13,12 +13,13 @@
 
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
 use crate::host_gemm::{Matrix, Parallelism, gemm};
+use crate::host_op::host_op;
 use crate::vector_math::zeros;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
@@ -221,28 +222,22 @@ impl<C: CheckpointStrategy> CpuDenseBackend for Autodiff<Flex, C> {
         zeta: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let prepared = DenseBackward
-            .prepare::<C>([x.node(), mean.node(), variance.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        let (x, zeta, bias) = (
-            x.into_primitive(),
-            zeta.into_primitive(),
-            bias.into_primitive(),
-        );
-        let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
-        let (output, saved) = forward(&x, &mean, &variance, &zeta, &bias);
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish(
-                State {
-                    mean,
-                    variance,
-                    saved: Arc::new(saved),
-                },
-                output,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        let parents = [x.node(), mean.node(), variance.node(), bias.node()];
+        host_op::<_, C, 4>(DenseBackward, parents, || {
+            let (x, zeta, bias) = (
+                x.into_primitive(),
+                zeta.into_primitive(),
+                bias.into_primitive(),
+            );
+            let (mean, variance) = (mean.into_primitive(), variance.into_primitive());
+            let (output, saved) = forward(&x, &mean, &variance, &zeta, &bias);
+            let state = State {
+                mean,
+                variance,
+                saved: Arc::new(saved),
+            };
+            (output, state)
+        })
     }
 }
 

@@ -9,13 +9,14 @@
 //! itself, the backward pass is one product. Other backends keep the composed form.
 
 use crate::flex_host::{FlexTensor, contiguous, tensor, values};
+use crate::host_op::host_op;
 use crate::ops::host_kernels;
 use crate::vector_math::{with_simd, zeros};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
@@ -119,15 +120,10 @@ impl<C: CheckpointStrategy> HostGradientBackend for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         slope: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let prepared = SlopeBackward
-            .prepare::<C>([value.node(), x.node()])
-            .compute_bound()
-            .stateful();
-        let (value, slope) = (value.into_primitive(), slope.into_primitive());
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish(slope, value),
-            OpsKind::UnTracked(prep) => prep.finish(value),
-        }
+        let parents = [value.node(), x.node()];
+        host_op::<_, C, 2>(SlopeBackward, parents, || {
+            (value.into_primitive(), slope.into_primitive())
+        })
     }
 }
 

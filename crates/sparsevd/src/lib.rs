@@ -10,6 +10,7 @@ pub mod dense;
 pub mod flex_host;
 pub mod host_gemm;
 pub mod host_gradient;
+mod host_op;
 pub mod host_sparse;
 pub mod kl;
 pub mod lenet5;

@@ -7,13 +7,14 @@
 //! burn's `max_pool2d`.
 
 use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
+use crate::host_op::host_op;
 use crate::ops::host_kernels;
 use crate::vector_math::zeros;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
@@ -125,16 +126,12 @@ impl Backward<Flex, 1> for MaxPoolBackward {
 
 impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
     fn max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let prepared = MaxPoolBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful();
-        let x = x.into_primitive();
-        let (output, winner) = forward(&x);
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish((dims(&x), Arc::new(winner)), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        }
+        let parents = [x.node()];
+        host_op::<_, C, 1>(MaxPoolBackward, parents, || {
+            let x = x.into_primitive();
+            let (output, winner) = forward(&x);
+            (output, (dims(&x), Arc::new(winner)))
+        })
     }
 }
 
