@@ -1,6 +1,8 @@
-//! One writer per results folder: a run holds `<variant>/.lock` (its process id) while it
-//! trains, so that two runs of the same experiment cannot interleave their files. A lock left by
-//! a process that no longer exists (killed run) is taken over.
+//! One writer per results folder: a run holds `<run folder>/.lock` (its process id and host)
+//! while it trains, so that two runs of the same experiment cannot interleave their files, also
+//! when Slurm tasks on several nodes share one results folder. A lock left by a process of this
+//! host that no longer exists (killed run) is taken over; one of another host is left alone,
+//! since its process cannot be checked from here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,14 @@ const LOCK_FILE: &str = ".lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{path}: another run (process {pid}) is writing these results; wait for it or stop it")]
-    Held { path: PathBuf, pid: u32 },
+    #[error(
+        "{path}: another run (process {pid} on {host}) is writing these results; wait for it or stop it (if it is gone, delete the lock file)"
+    )]
+    Held {
+        path: PathBuf,
+        pid: u32,
+        host: String,
+    },
     #[error("{path}: cannot take the lock: {source}")]
     Io {
         path: PathBuf,
@@ -28,6 +36,21 @@ fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// This machine's host name (empty where the kernel does not say).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The process id and host a lock file names (`<pid> <host>`; files from before the host name
+/// hold the pid alone, and were written on this host).
+fn holder(text: &str) -> Option<(u32, String)> {
+    let mut parts = text.split_whitespace();
+    let pid = parts.next()?.parse().ok()?;
+    Some((pid, parts.next().map_or_else(host, str::to_string)))
+}
+
 impl VariantLock {
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
         let path = dir.join(LOCK_FILE);
@@ -43,16 +66,25 @@ impl VariantLock {
                 .open(&path)
             {
                 Ok(mut file) => {
-                    write!(file, "{}", std::process::id()).map_err(io)?;
+                    write!(file, "{} {}", std::process::id(), host()).map_err(io)?;
                     return Ok(Self { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u32>().ok());
-                    match holder {
-                        Some(pid) if pid != std::process::id() && process_alive(pid) => {
-                            return Err(LockError::Held { path, pid });
+                    let text = std::fs::read_to_string(&path).ok();
+                    match text.as_deref().and_then(holder) {
+                        Some((pid, other)) if other != host() => {
+                            return Err(LockError::Held {
+                                path,
+                                pid,
+                                host: other,
+                            });
+                        }
+                        Some((pid, here)) if pid != std::process::id() && process_alive(pid) => {
+                            return Err(LockError::Held {
+                                path,
+                                pid,
+                                host: here,
+                            });
                         }
                         // Stale (its process is gone) or unreadable: take it over.
                         _ => std::fs::remove_file(&path).map_err(io)?,
@@ -87,7 +119,13 @@ mod tests {
             VariantLock::acquire(&dir),
             Err(LockError::Held { pid: 1, .. })
         ));
-        // A dead process id is taken over.
+        // Another host's lock is left alone: its process cannot be checked from here.
+        std::fs::write(dir.join(LOCK_FILE), "4294967294 another-node").unwrap();
+        assert!(matches!(
+            VariantLock::acquire(&dir),
+            Err(LockError::Held { pid: 4294967294, ref host, .. }) if host == "another-node"
+        ));
+        // A dead process id of this host is taken over.
         std::fs::write(dir.join(LOCK_FILE), "4294967294").unwrap();
         let second = VariantLock::acquire(&dir).unwrap();
         drop(second);
