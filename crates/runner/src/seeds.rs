@@ -132,12 +132,14 @@ impl VariantRuns {
         }
     }
 
-    /// Which seeds the numbers are over: `seed 1`, `5 seeds (n = 5)`, or `2 of 5 seeds (1, 2)`.
+    /// Which seeds the numbers are over: `seed 1`, `seed 1 only (1 of 5 seeds)`, `mean ± std
+    /// over 5 seeds (n = 5)`, or `mean ± std over 2 of 5 seeds (n = 2: seeds 1, 2)`.
     pub fn seeds_in_words(&self) -> String {
         let finished: Vec<String> = self.runs.iter().map(|r| r.seed.to_string()).collect();
         let planned = self.seeds_planned.len();
         match (self.sweep, self.runs.len()) {
             (false, _) => format!("seed {}", finished.join(", ")),
+            (true, 1) => format!("seed {} only (1 of {planned} seeds)", finished[0]),
             (true, n) if n == planned => format!("mean ± std over {n} seeds (n = {n})"),
             (true, n) => format!(
                 "mean ± std over {n} of {planned} seeds (n = {n}: seeds {})",
