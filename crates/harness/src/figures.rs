@@ -64,18 +64,12 @@ fn variant_curves<'a>(
     let mut curves = Vec::new();
     let mut shortened = false;
     for (index, variant) in spec.variants.iter().enumerate().filter(|(_, v)| wanted(v)) {
-        let seeds = spec.protocol_of(index).seeds();
-        let dirs: Vec<PathBuf> = seeds
-            .iter()
-            .map(|&seed| {
-                let run = runner::spec::Run {
-                    variant: index,
-                    seed,
-                };
-                results_dir.join(&spec.name).join(spec.run_folder(run))
-            })
-            .filter(|dir| dir.join(output::EPOCHS_CSV).is_file())
-            .collect();
+        let dirs: Vec<PathBuf> =
+            runner::seeds::run_dirs(spec, &results_dir.join(&spec.name), index)
+                .into_iter()
+                .map(|(_, dir)| dir)
+                .filter(|dir| dir.join(output::EPOCHS_CSV).is_file())
+                .collect();
         let Some(first) = dirs.first().cloned() else {
             continue;
         };

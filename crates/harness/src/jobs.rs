@@ -10,11 +10,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The process running one run, and the thread that forwards its log lines.
+/// The process running one run, and the threads that forward its output and error lines.
 struct Running {
     run: Run,
     child: Child,
-    log: std::thread::JoinHandle<()>,
+    logs: [std::thread::JoinHandle<()>; 2],
 }
 
 /// Run `runs` (in the file's stage order) as processes of this binary, at most `jobs` at once;
@@ -33,7 +33,7 @@ pub fn run(
     let threads = (runner::provenance::threads() / jobs).max(1);
     let mut pending: Vec<Run> = runs.to_vec();
     let mut running: Vec<Running> = Vec::new();
-    let (mut finished, mut failed): (Vec<Run>, Vec<String>) = (Vec::new(), Vec::new());
+    let (mut finished, mut failed): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
     let name = |run: Run| {
         let variant = &spec.variants[run.variant].name;
         match spec.protocol_of(run.variant).is_seed_sweep() {
@@ -50,11 +50,9 @@ pub fn run(
         // A run whose source failed cannot start; a run whose source is not among `runs` was
         // finished before (runner::selected_runs adds every unfinished source).
         pending.retain(|&run| {
-            let blocked = spec
-                .source_run(run)
-                .is_some_and(|s| failed.iter().any(|f| *f == name(s)));
+            let blocked = spec.source_run(run).is_some_and(|s| failed.contains(&s));
             if blocked {
-                failed.push(name(run));
+                failed.push(run);
                 eprintln!("[{}] not started: the run it starts from failed", name(run));
             }
             !blocked
@@ -80,15 +78,14 @@ pub fn run(
                 .with_context(|| format!("cannot start {}", exe.display()))?;
             let prefix = format!("[{}]", name(run));
             let (out, err) = (child.stdout.take(), child.stderr.take());
-            let log = std::thread::spawn(move || {
-                let err = std::thread::spawn({
+            let logs = [
+                std::thread::spawn({
                     let prefix = prefix.clone();
-                    move || forward(err, &prefix)
-                });
-                forward(out, &prefix);
-                let _ = err.join();
-            });
-            running.push(Running { run, child, log });
+                    move || forward(out, &prefix)
+                }),
+                std::thread::spawn(move || forward(err, &prefix)),
+            ];
+            running.push(Running { run, child, logs });
         }
         std::thread::sleep(Duration::from_millis(100));
         let mut k = 0;
@@ -97,23 +94,26 @@ pub fn run(
                 None => k += 1,
                 Some(status) => {
                     let done = running.remove(k);
-                    let _ = done.log.join();
+                    for log in done.logs {
+                        let _ = log.join();
+                    }
                     if status.success() {
                         finished.push(done.run);
                     } else {
                         eprintln!("[{}] failed ({status})", name(done.run));
-                        failed.push(name(done.run));
+                        failed.push(done.run);
                     }
                 }
             }
         }
     }
     if !failed.is_empty() {
+        let names: Vec<String> = failed.into_iter().map(name).collect();
         bail!(
             "{} of {} runs failed: {}",
-            failed.len(),
+            names.len(),
             runs.len(),
-            failed.join(", ")
+            names.join(", ")
         );
     }
     Ok(())

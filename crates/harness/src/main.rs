@@ -379,9 +379,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 gres,
                 time,
                 cpus_per_task,
-                device: device
-                    .to_possible_value()
-                    .map_or_else(|| "flex".into(), |v| v.get_name().to_string()),
+                device: device.name().to_string(),
                 epochs,
                 data_dir,
                 results_dir: folders.results_dir,
@@ -613,7 +611,9 @@ fn run(args: RunArgs) -> Result<()> {
             true => runs
                 .iter()
                 .copied()
-                .filter(|&run| runner::is_named(run, &exp.spec, &options))
+                .filter(|&run| {
+                    runner::is_named(run, &exp.spec, &options.only_variants, &options.only_seeds)
+                })
                 .collect(),
             false => Vec::new(),
         };
@@ -659,14 +659,10 @@ fn run(args: RunArgs) -> Result<()> {
 /// The arguments each run's process of `--jobs` takes besides its `--variant` and `--seed`:
 /// everything of `args` that says how to run, nothing that selects.
 fn child_args(args: &RunArgs, experiment: &std::path::Path) -> Vec<std::ffi::OsString> {
-    let device = args
-        .device
-        .to_possible_value()
-        .map_or_else(|| "flex".to_string(), |v| v.get_name().to_string());
     let mut out: Vec<std::ffi::OsString> = vec![
         experiment.into(),
         "--device".into(),
-        device.into(),
+        args.device.name().into(),
         "--results-dir".into(),
         args.folders.results_dir.clone().into(),
         "--figures-dir".into(),

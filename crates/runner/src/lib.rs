@@ -132,7 +132,8 @@ pub fn run_experiment(
         let run_dir = dir.join(spec.run_folder(run));
         let _lock = lock::VariantLock::acquire(&run_dir)?;
         // --force retrains the runs asked for, not the finished stages they start from.
-        let forced = options.force && is_named(run, spec, options);
+        let forced =
+            options.force && is_named(run, spec, &options.only_variants, &options.only_seeds);
         if forced {
             output::clear_variant(&run_dir)?;
         } else if run_dir.join(output::SUMMARY_CSV).is_file() {
@@ -176,11 +177,12 @@ pub fn run_experiment(
     write_comparison(exp, &dir, &paper)
 }
 
-/// Whether the command line names `run` (no `--variant` or `--seed` names every run).
-pub fn is_named(run: Run, spec: &Experiment, options: &RunOptions) -> bool {
+/// Whether the command line's `--variant`s and `--seed`s name `run` (none of either names
+/// every run).
+pub fn is_named(run: Run, spec: &Experiment, variants: &[String], seeds: &[u64]) -> bool {
     let name = &spec.variants[run.variant].name;
-    (options.only_variants.is_empty() || options.only_variants.contains(name))
-        && (options.only_seeds.is_empty() || options.only_seeds.contains(&run.seed))
+    (variants.is_empty() || variants.contains(name))
+        && (seeds.is_empty() || seeds.contains(&run.seed))
 }
 
 /// The runs to train: those of the variants and seeds named on the command line (all when
@@ -194,25 +196,20 @@ pub fn selected_runs(
     if let Some(bad) = variants.iter().find(|v| !names.contains(&v.as_str())) {
         return Err(RunError::UnknownVariant(bad.clone(), names.join(", ")));
     }
-    let named =
-        |run: &Run| variants.is_empty() || variants.contains(&spec.variants[run.variant].name);
-    if let Some(&bad) = seeds
+    let runs = spec.runs();
+    // The seeds the named variants run under.
+    let known: std::collections::BTreeSet<u64> = runs
         .iter()
-        .find(|&&seed| !spec.runs().iter().any(|r| named(r) && r.seed == seed))
-    {
-        let known: std::collections::BTreeSet<u64> = spec
-            .runs()
-            .iter()
-            .filter(|r| named(r))
-            .map(|r| r.seed)
-            .collect();
+        .filter(|&&r| is_named(r, spec, variants, &[]))
+        .map(|r| r.seed)
+        .collect();
+    if let Some(&bad) = seeds.iter().find(|s| !known.contains(s)) {
         let known: Vec<String> = known.iter().map(u64::to_string).collect();
         return Err(RunError::UnknownSeed(bad, known.join(", ")));
     }
-    let mut selected: Vec<Run> = spec
-        .runs()
+    let mut selected: Vec<Run> = runs
         .into_iter()
-        .filter(|r| named(r) && (seeds.is_empty() || seeds.contains(&r.seed)))
+        .filter(|&r| is_named(r, spec, variants, seeds))
         .collect();
     let mut k = 0;
     while k < selected.len() {

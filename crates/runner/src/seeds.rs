@@ -41,6 +41,22 @@ pub struct VariantRuns {
     pub runs: Vec<FinishedRun>,
 }
 
+/// (seed, folder) of every run of variant `index` of `spec` under `experiment_dir`, finished
+/// or not, in the order of its seeds.
+pub fn run_dirs(spec: &Experiment, experiment_dir: &Path, index: usize) -> Vec<(u64, PathBuf)> {
+    let seeds = spec.protocol_of(index).seeds();
+    seeds
+        .into_iter()
+        .map(|seed| {
+            let run = Run {
+                variant: index,
+                seed,
+            };
+            (seed, experiment_dir.join(spec.run_folder(run)))
+        })
+        .collect()
+}
+
 /// The finished runs (those with a `summary.csv`) of variant `index` of `spec`, whose results
 /// lie under `experiment_dir`.
 pub fn finished_runs(
@@ -50,11 +66,7 @@ pub fn finished_runs(
 ) -> Result<VariantRuns, OutputError> {
     let protocol = spec.protocol_of(index);
     let mut runs = Vec::new();
-    for seed in protocol.seeds() {
-        let dir = experiment_dir.join(spec.run_folder(Run {
-            variant: index,
-            seed,
-        }));
+    for (seed, dir) in run_dirs(spec, experiment_dir, index) {
         if dir.join(output::SUMMARY_CSV).is_file() {
             let summary = output::read_summary(&dir)?;
             runs.push(FinishedRun { seed, dir, summary });
