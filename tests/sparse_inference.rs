@@ -5,21 +5,26 @@
 use burn::tensor::Device;
 use datasets::Mnist;
 use runner::output;
-use sparsevd::{LeNet5Config, MlpConfig, Network, Posterior, SparseNet, WeightLayerView};
+use sparse_inference::SparseNet;
+use sparsevd::{LeNet5Config, MlpConfig, Network, Posterior, WeightLayerView};
 use std::path::PathBuf;
 
 const THRESHOLD: f64 = 3.0;
 
 /// The harness's evaluation path (masks from log α) and a plain network holding the masked
-/// weights agree, and the sparse network agrees with both; returns (dense, sparse) bytes.
+/// weights agree, and the sparse network built from the plain network's layer list agrees with
+/// both; returns (dense, sparse) bytes.
 fn check<N: Network>(
     views: &[WeightLayerView],
     variational: N,
     plain: N,
-    sparse: SparseNet,
     images: &[f32],
 ) -> (usize, usize) {
     let device = Device::flex();
+    let eval = plain
+        .eval_layers()
+        .expect("the LeNets describe their layers");
+    let sparse = SparseNet::new(&eval, views, THRESHOLD).unwrap();
     let variational = variational.with_weight_layers(views).unwrap().valid();
     let masked: Vec<WeightLayerView> = views.iter().map(|v| v.masked(THRESHOLD)).collect();
     let dense = plain.with_weight_layers(&masked).unwrap().valid();
@@ -48,7 +53,6 @@ fn sparse_models_predict_like_the_dense_masked_models() {
         &views,
         MlpConfig::lenet300(Posterior::sparse_vd(-10.0)).init(&device),
         MlpConfig::lenet300(Posterior::Point).init(&device),
-        SparseNet::mlp(&views, THRESHOLD).unwrap(),
         images,
     );
     println!("lenet300: dense {} B, sparse {} B", sizes.0, sizes.1);
@@ -69,7 +73,6 @@ fn sparse_models_predict_like_the_dense_masked_models() {
             .with_posterior(Posterior::sparse_vd(-10.0))
             .init(&device),
         LeNet5Config::new().init(&device),
-        SparseNet::lenet5(&views, THRESHOLD).unwrap(),
         images,
     );
     println!("lenet5: dense {} B, sparse {} B", sizes.0, sizes.1);

@@ -111,7 +111,7 @@ def main():
         "## Sparse inference: the committed Sparse VD models on the 10,000 test images",
         "",
         "Dense masked = removed weights zeroed once, burn flex (2 threads). Sparse = only the kept",
-        "weights, `sparsevd::SparseNet` (CSR rows per output unit for dense layers, kept taps per",
+        "weights, `sparse_inference::SparseNet` (CSR rows per output unit for dense layers, kept taps per",
         "output channel for convolutions; batch 1: one image after another on one thread; batch 100:",
         "batches spread over 2 threads, each in groups of 8 images side by side, one weight applied",
         "to 8 images per vector operation). Same predictions on all 10,000 images",

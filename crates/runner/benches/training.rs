@@ -10,6 +10,7 @@ use criterion::{BatchSize, Criterion, criterion_group};
 use datasets::Mnist;
 use runner::spec::Optimizer;
 use runner::train::{Batch, StepSettings, evaluate, optimizer, train_step};
+use sparse_inference::SparseNet;
 use sparsevd::{
     Conv2dConfig, DenseConfig, ForwardMode, LeNet5Config, MlpConfig, Network, Posterior,
     VggLikeConfig,
@@ -78,13 +79,7 @@ fn layers(c: &mut Criterion) {
     // The LRT noise ζ one LeNet-5 Sparse VD step draws (its four layers' outputs at batch 100).
     let lenet5_outputs = BATCH * (20 * 24 * 24 + 50 * 8 * 8 + 500 + 10);
     c.bench_function("noise_lenet5_step_1_5m_normals", |b| {
-        b.iter(|| {
-            black_box(sparsevd::noise::standard_normal(
-                [lenet5_outputs],
-                1,
-                &device,
-            ))
-        })
+        b.iter(|| black_box(sparsevd::ops::standard_normal([lenet5_outputs], 1, &device)))
     });
     // The weight-side term alone, at LeNet-5's largest layer (800 × 500): host pass, KL tensor,
     // backward.
@@ -101,7 +96,7 @@ fn layers(c: &mut Criterion) {
                 &sparsevd::ops::read_back(log_sigma2.clone())
                     .try_to_vec::<f32>()
                     .expect("f32"),
-                sparsevd::kl::AdditiveRules::new(
+                sparsevd::kl::additive_rules(
                     sparsevd::LrtVariance::ClippedAlpha,
                     sparsevd::weights::MapKind::Dense,
                 ),
@@ -199,7 +194,7 @@ fn evaluation_and_data(c: &mut Criterion) {
 
 /// The committed Sparse VD models (LeNet-300-100, and LeNet-5 once its run is committed) on all
 /// 10,000 test images at batch 1 and 100: the dense masked model (removed weights zeroed once,
-/// burn flex) against the same model with only its kept weights ([`sparsevd::SparseNet`]).
+/// burn flex) against the same model with only its kept weights ([`SparseNet`]).
 fn sparse_inference(c: &mut Criterion) {
     runner::cpu::prepare_for_training();
     let device = Device::flex();
@@ -207,38 +202,39 @@ fn sparse_inference(c: &mut Criterion) {
     let images = &mnist.test.images;
     let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../results");
     for net in ["lenet300", "lenet5"] {
-        let dir = results.join(net).join("sparse_vd");
+        let dir = results.join(net).join("sparse_vd").join("seed_1");
         let Ok(views) = runner::output::read_model(&dir) else {
             eprintln!("{}: no committed model, skipped", dir.display());
             continue;
         };
-        let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
         if net == "lenet300" {
             let dense = MlpConfig::lenet300(Posterior::Point).init(&device);
-            let sparse = sparsevd::SparseNet::mlp(&views, 3.0);
-            bench_inference(c, net, dense, &masked, sparse, images, &device);
+            bench_inference(c, net, dense, &views, images, &device);
         } else {
             let dense = LeNet5Config::new().init(&device);
-            let sparse = sparsevd::SparseNet::lenet5(&views, 3.0);
-            bench_inference(c, net, dense, &masked, sparse, images, &device);
+            bench_inference(c, net, dense, &views, images, &device);
         }
     }
 }
 
-/// `dense` (a plain net given the `masked` weights) against `sparse`, at batch 1 and 100.
+/// `dense` (a plain net given the saved layers `views`, masked) against the sparse net built from
+/// its layer list, at batch 1 and 100.
 fn bench_inference<N: Network>(
     c: &mut Criterion,
     net: &str,
     dense: N,
-    masked: &[sparsevd::WeightLayerView],
-    sparse: Result<sparsevd::SparseNet, String>,
+    views: &[sparsevd::WeightLayerView],
     images: &[f32],
     device: &Device,
 ) {
+    let eval = dense
+        .eval_layers()
+        .expect("the LeNets describe their layers");
+    let sparse = SparseNet::new(&eval, views, 3.0).expect("the committed model's layers");
+    let masked: Vec<_> = views.iter().map(|v| v.masked(3.0)).collect();
     let dense = dense
-        .with_weight_layers(masked)
+        .with_weight_layers(&masked)
         .expect("the committed model fits its net");
-    let sparse = sparse.expect("the committed model's layers");
     for batch in [1, 100] {
         c.bench_function(
             &format!("infer_{net}_dense_masked_batch{batch}_10000_images"),

@@ -6,7 +6,7 @@ use crate::reference::PaperResult;
 use crate::seeds::VariantRuns;
 use crate::train::EpochRecord;
 use serde::{Deserialize, Serialize};
-use sparsevd::kl::AdditiveRules;
+use sparsevd::kl::additive_rules;
 use sparsevd::weights::MapKind;
 use sparsevd::{LrtVariance, NormLayerView, WeightLayerView};
 use std::path::{Path, PathBuf};
@@ -558,7 +558,7 @@ fn weight_views(
                 true => MapKind::Convolution,
                 false => MapKind::Dense,
             };
-            let eps = AdditiveRules::new(form, kind).forward_eps;
+            let eps = additive_rules(form, kind).forward_eps;
             let log_alpha = match &log_sigma2 {
                 Some(s) => Some(
                     s.iter()

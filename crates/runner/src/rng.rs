@@ -12,7 +12,7 @@ impl SplitMix64 {
 
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        sparsevd::noise::splitmix(self.0)
+        sparsevd::ops::splitmix(self.0)
     }
 
     /// Uniform in 0..n (n > 0), by rejection so that no index is favoured.

@@ -1,11 +1,9 @@
 //! 2-D convolution layer: plain or variational, sharing [`VariationalWeights`] with the dense layer.
 
-use crate::cpu_conv;
 use crate::mode::{ForwardMode, WeightLayerView};
-use crate::noise::standard_normal;
-use crate::ops::host_kernels;
+use crate::ops;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::module::conv2d;
@@ -53,13 +51,13 @@ impl Conv2dConfig {
 }
 
 /// A(x, w) = conv(x, w), stride 1, `padding` zeros on every side.
-struct Convolution {
-    padding: usize,
+pub(crate) struct Convolution {
+    pub padding: usize,
 }
 
 impl Convolution {
     /// burn's options for this convolution.
-    fn options(&self) -> ConvOptions<2> {
+    pub(crate) fn options(&self) -> ConvOptions<2> {
         ConvOptions::new([1, 1], [self.padding; 2], [1, 1], 1)
     }
 }
@@ -69,15 +67,12 @@ impl LinearMap<4, 4> for Convolution {
         conv2d(x, w, None, self.options())
     }
 
-    /// On the CPU backend [`crate::cpu_conv`]'s convolution, bias included; elsewhere burn's.
+    /// [`ops::conv2d`]: the bias added inside the convolution.
     fn apply_with_bias(&self, x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
-        if host_kernels(&x.device()) {
-            return cpu_conv::conv2d(x, w, bias, self.padding);
-        }
-        conv2d(x, w, Some(bias), self.options())
+        ops::conv2d(x, w, bias, self.padding)
     }
 
-    /// On the CPU backend one fused operation ([`crate::cpu_conv`]); elsewhere composed.
+    /// [`ops::lrt_conv2d`]: on the CPU backend one fused operation.
     fn lrt_sample(
         &self,
         x: Tensor<4>,
@@ -87,13 +82,15 @@ impl LinearMap<4, 4> for Convolution {
         noise_seed: u64,
         mean_gradient: MeanGradient,
     ) -> Tensor<4> {
-        let device = x.device();
-        if !host_kernels(&device) {
-            return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
-        }
-        let dims = cpu_conv::output_dims(x.dims(), mean.dims(), self.padding);
-        let zeta = standard_normal(dims, noise_seed, &device);
-        cpu_conv::lrt_conv2d(x, mean, variance, zeta, bias, self.padding, mean_gradient)
+        ops::lrt_conv2d(
+            x,
+            mean,
+            variance,
+            bias,
+            self.padding,
+            noise_seed,
+            mean_gradient,
+        )
     }
 }
 

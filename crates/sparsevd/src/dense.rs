@@ -1,11 +1,9 @@
 //! Dense layer: plain (the "original" baseline) or variational.
 
-use crate::cpu_dense;
 use crate::mode::{ForwardMode, WeightLayerView};
-use crate::noise::standard_normal;
-use crate::ops::host_kernels;
+use crate::ops;
 use crate::posterior::Posterior;
-use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights, composed_lrt_sample};
+use crate::weights::{LinearMap, MapKind, MeanGradient, VariationalWeights};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -48,7 +46,7 @@ impl LinearMap<2, 2> for Matmul {
         x.matmul(w)
     }
 
-    /// On the CPU backend one fused operation ([`crate::cpu_dense`]); elsewhere composed.
+    /// [`ops::lrt_dense`]: on the CPU backend one fused operation.
     fn lrt_sample(
         &self,
         x: Tensor<2>,
@@ -58,12 +56,7 @@ impl LinearMap<2, 2> for Matmul {
         noise_seed: u64,
         _mean_gradient: MeanGradient,
     ) -> Tensor<2> {
-        let device = x.device();
-        if !host_kernels(&device) {
-            return composed_lrt_sample(self, x, mean, variance, bias, noise_seed);
-        }
-        let zeta = standard_normal([x.dims()[0], mean.dims()[1]], noise_seed, &device);
-        cpu_dense::lrt_dense(x, mean, variance, zeta, bias)
+        ops::lrt_dense(x, mean, variance, bias, noise_seed)
     }
 }
 

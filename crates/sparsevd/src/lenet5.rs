@@ -3,8 +3,10 @@
 
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
-use crate::max_pool::max_pool_2x2;
-use crate::mode::{ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
+use crate::mode::{
+    EvalLayer, EvalLayers, ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer,
+};
+use crate::ops::max_pool_2x2;
 use crate::posterior::Posterior;
 use burn::config::Config;
 use burn::module::Module;
@@ -68,6 +70,26 @@ impl Network for LeNet5 {
             self.dense1.view("dense1"),
             self.dense2.view("dense2"),
         ]
+    }
+
+    /// [`Network::forward`]'s layers in its order.
+    fn eval_layers(&self) -> Option<EvalLayers> {
+        use EvalLayer::{MaxPool2x2, Relu, Weights};
+        let weights = |name: &str| Weights(name.to_string());
+        Some(EvalLayers {
+            input: [1, 28, 28],
+            layers: vec![
+                weights("conv1"),
+                MaxPool2x2,
+                Relu,
+                weights("conv2"),
+                MaxPool2x2,
+                Relu,
+                weights("dense1"),
+                Relu,
+                weights("dense2"),
+            ],
+        })
     }
 
     fn theta_squared(&self) -> Tensor<1> {

@@ -1,27 +1,20 @@
 //! The method: Sparse Variational Dropout layers, the KL approximation, and the networks of the
 //! paper built from them. Formulas and symbol names follow `docs/method.md`.
+//!
+//! Layers call the operations of [`ops`], the one place that decides whether burn's composed
+//! tensor operations or the CPU backend's kernels (crate `cpu_kernels`) run; nothing else here
+//! knows which backend computes.
 
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod conv;
-pub mod cpu_conv;
-pub mod cpu_dense;
 pub mod dense;
-pub mod flex_host;
-pub mod host_gemm;
-pub mod host_gradient;
-mod host_op;
-pub mod host_sparse;
 pub mod kl;
 pub mod lenet5;
-pub mod max_pool;
 pub mod mlp;
 pub mod mode;
-pub mod noise;
 pub mod ops;
 pub mod posterior;
-pub mod sparse_inference;
-pub mod vector_math;
 pub mod vgglike;
 pub mod weights;
 
@@ -33,7 +26,8 @@ pub use kl::{
 };
 pub use lenet5::{LeNet5, LeNet5Config};
 pub use mlp::{LENET300_WIDTHS, Mlp, MlpConfig};
-pub use mode::{Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView};
+pub use mode::{
+    Dropout, EvalLayer, EvalLayers, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView,
+};
 pub use posterior::{AlphaSharing, LogAlphaInit, LrtVariance, Posterior};
-pub use sparse_inference::{CsrDense, SparseConv, SparseNet, SparseOp};
 pub use vgglike::{VggLike, VggLikeConfig};

@@ -1,7 +1,10 @@
 //! Fully connected classifier; LeNet-300-100 is `widths = [784, 300, 100, 10]`.
 
 use crate::dense::{Dense, DenseConfig};
-use crate::mode::{Dropout, ForwardMode, NetOutput, Network, WeightLayerView, add_kl, find_layer};
+use crate::mode::{
+    Dropout, EvalLayer, EvalLayers, ForwardMode, NetOutput, Network, WeightLayerView, add_kl,
+    find_layer,
+};
 use crate::posterior::Posterior;
 use burn::config::Config;
 use burn::module::Module;
@@ -30,6 +33,11 @@ pub struct Mlp {
     /// One per layer input, or empty.
     #[module(skip)]
     pub dropout: Vec<Dropout>,
+}
+
+/// The saved name of weight layer `index` (from 0): `dense1`, `dense2`, ….
+fn layer_name(index: usize) -> String {
+    format!("dense{}", index + 1)
 }
 
 /// LeNet-300-100's widths: input, hidden, classes.
@@ -84,8 +92,24 @@ impl Network for Mlp {
         self.layers
             .iter()
             .enumerate()
-            .map(|(i, layer)| layer.view(&format!("dense{}", i + 1)))
+            .map(|(i, layer)| layer.view(&layer_name(i)))
             .collect()
+    }
+
+    /// Dropout is training-only, so evaluation is the dense layers with ReLU between them.
+    fn eval_layers(&self) -> Option<EvalLayers> {
+        let d_input = self.layers.first()?.weights.theta.dims()[0];
+        let mut layers = Vec::new();
+        for i in 0..self.layers.len() {
+            if i > 0 {
+                layers.push(EvalLayer::Relu);
+            }
+            layers.push(EvalLayer::Weights(layer_name(i)));
+        }
+        Some(EvalLayers {
+            input: [d_input, 1, 1],
+            layers,
+        })
     }
 
     fn theta_squared(&self) -> Tensor<1> {
@@ -102,7 +126,7 @@ impl Network for Mlp {
             .into_iter()
             .enumerate()
             .map(|(i, dense)| {
-                let view = find_layer(layers, &format!("dense{}", i + 1))?;
+                let view = find_layer(layers, &layer_name(i))?;
                 Ok(Dense {
                     weights: dense.weights.with_values(view)?,
                 })

@@ -40,8 +40,8 @@ impl ForwardMode {
             return x;
         };
         match dropout {
-            Dropout::Binary { keep } => crate::noise::binary_dropout(x, keep, noise_seed),
-            Dropout::Gaussian { keep } => crate::noise::gaussian_dropout(x, keep, noise_seed),
+            Dropout::Binary { keep } => crate::ops::binary_dropout(x, keep, noise_seed),
+            Dropout::Gaussian { keep } => crate::ops::gaussian_dropout(x, keep, noise_seed),
         }
     }
 
@@ -54,7 +54,7 @@ impl ForwardMode {
                 noise_seed,
             } => ForwardMode::Train {
                 mask_threshold,
-                noise_seed: crate::noise::mix(noise_seed, index),
+                noise_seed: crate::ops::mix(noise_seed, index),
             },
             eval => eval,
         }
@@ -120,6 +120,25 @@ pub struct NormLayerView {
     pub running_var: Vec<f32>,
 }
 
+/// One layer of a network's evaluation pass, described for running it outside burn (sparse
+/// inference): a weight layer by its saved name (dense, or a stride-1 convolution without
+/// padding, told apart by the rank of θ), ReLU, or 2×2 max pooling with stride 2. A dense layer
+/// after a convolution reads its output flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalLayer {
+    Weights(String),
+    Relu,
+    MaxPool2x2,
+}
+
+/// A network's evaluation pass as a list of layers on images of shape `[channels, height,
+/// width]`: what it computes, without its weights (those are the saved [`WeightLayerView`]s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalLayers {
+    pub input: [usize; 3],
+    pub layers: Vec<EvalLayer>,
+}
+
 /// A classifier the runner can train and evaluate. Input is a batch of flattened images.
 pub trait Network: Module + Clone {
     fn forward(&self, input: Tensor<2>, mode: ForwardMode) -> NetOutput;
@@ -129,6 +148,11 @@ pub trait Network: Module + Clone {
     fn with_weight_layers(self, layers: &[WeightLayerView]) -> Result<Self, String>;
     /// Σ θ² over every weight layer (the L2 penalty of binary-dropout training).
     fn theta_squared(&self) -> Tensor<1>;
+    /// The evaluation pass as a layer list, where every layer is one [`EvalLayer`] can
+    /// describe (`None` otherwise: VGG-like's padding and batch norm).
+    fn eval_layers(&self) -> Option<EvalLayers> {
+        None
+    }
     /// The batch-norm layers, input to output (none for the LeNets).
     fn norm_layers(&self) -> Vec<NormLayerView> {
         Vec::new()

@@ -1,11 +1,13 @@
-//! How the method's operations execute on a device, decided in one place.
+//! The seam between the method and the devices: one function per operation of a training step,
+//! each running either its composed form or the CPU backend's kernel, decided here and nowhere
+//! else.
 //!
-//! Every operation of a training step has a composed form: burn's tensor operations, written
-//! from the formulas of `docs/method.md`, differentiated by burn's autodiff, and run on any
-//! backend without leaving the device. On the CPU backend (Flex) most also have a host kernel:
-//! one pass over host memory that fuses what the composed form does in many (the fused LRT
-//! dense and convolution, the KL pass, pooling, noise, Adam). [`execution`] says which of the
-//! two runs; nothing else asks which backend a tensor lives on.
+//! Every operation has a composed form: burn's tensor operations, written from the formulas of
+//! `docs/method.md`, differentiated by burn's autodiff, and run on any backend without leaving
+//! the device; it is the readable reference and the oracle of the kernels' tests. On the CPU
+//! backend (Flex) each also has a host kernel in the `cpu_kernels` crate: one pass over host
+//! memory that fuses what the composed form does in many. [`execution`] says which of the two
+//! runs; nothing else asks which backend a tensor lives on.
 //!
 //! [`compose_on_this_thread`] makes the composed forms run on the CPU too, so that the generic
 //! path (the GPU's) is tested and timed on a machine without a GPU. Reading a tensor back to
@@ -13,9 +15,22 @@
 //! composed training step reads nothing back (`clippy.toml` keeps burn's own read methods out
 //! of the library code).
 
-use crate::flex_host::is_flex;
+use crate::conv::Convolution;
+use crate::dense::Matmul;
+use crate::kl::{
+    AdditiveRules, KlTerms, composed_additive_terms, composed_log_alpha_kl, composed_train_clip,
+};
+use crate::weights::{MeanGradient, TrainTerms, composed_lrt_sample, host_vec};
+use burn::optim::{Adam, AdamState, LearningRate, Optimizer};
 use burn::tensor::kind::Basic;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+pub use cpu_kernels::adam::AdamConstants;
+/// The seeds of the host noise: one stream per (seed, index), and the hash behind it.
+pub use cpu_kernels::noise::{mix, splitmix};
+use cpu_kernels::tensor::is_cpu;
+use cpu_kernels::{lrt_conv, lrt_dense, max_pool, noise};
 use std::cell::Cell;
 
 /// Which form of the operations runs.
@@ -34,7 +49,7 @@ thread_local! {
 
 /// The form that runs for tensors on `device`.
 pub fn execution(device: &Device) -> Execution {
-    if is_flex(device) && !composed_on_this_thread() {
+    if is_cpu(device) && !composed_on_this_thread() {
         Execution::HostKernels
     } else {
         Execution::Composed
@@ -83,6 +98,210 @@ pub fn read_back<const D: usize, K: Basic>(tensor: Tensor<D, K>) -> TensorData {
 /// How many tensors this thread has read back through [`read_back`].
 pub fn read_backs() -> u64 {
     READ_BACKS.with(Cell::get)
+}
+
+/// ζ ~ N(0, 1) of `shape`: from `seed` on the host (a pure function of it), from the device's
+/// own generator when composed (seeded per epoch by the training loop; `seed` unused).
+pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    match execution(device) {
+        Execution::HostKernels => noise::standard_normal(shape, seed, device),
+        Execution::Composed => Tensor::random(shape, Distribution::Normal(0.0, 1.0), device),
+    }
+}
+
+/// Binary (inverted) dropout: x ⊙ m / p with m ~ Bernoulli(p) per element, p = `keep`, the
+/// mask drawn as [`standard_normal`] draws. E\[output\] = x, so evaluation uses x unchanged.
+pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
+    match execution(&x.device()) {
+        Execution::HostKernels => noise::binary_dropout(x, keep, seed),
+        Execution::Composed => {
+            let mask = Tensor::random(x.dims(), Distribution::Bernoulli(keep), &x.device());
+            x * mask * (1.0 / keep) as f32
+        }
+    }
+}
+
+/// Gaussian dropout: x ⊙ r with r ~ N(1, α) per element, α = (1 − p)/p for p = `keep` (the
+/// mean and variance of binary dropout's r). E\[output\] = x.
+pub fn gaussian_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
+    match execution(&x.device()) {
+        Execution::HostKernels => noise::gaussian_dropout(x, keep, seed),
+        Execution::Composed => {
+            let std = ((1.0 - keep) / keep).sqrt() as f32;
+            let noise =
+                Tensor::random(x.dims(), Distribution::Normal(1.0, std as f64), &x.device());
+            x * noise
+        }
+    }
+}
+
+/// The dense LRT sample x·μ + √((x ⊙ x)·v + 1e-8) ⊙ ζ + b, ζ drawn from `noise_seed`.
+pub fn lrt_dense(
+    x: Tensor<2>,
+    mean: Tensor<2>,
+    variance: Tensor<2>,
+    bias: Tensor<1>,
+    noise_seed: u64,
+) -> Tensor<2> {
+    let device = x.device();
+    match execution(&device) {
+        Execution::HostKernels => {
+            let zeta = noise::standard_normal([x.dims()[0], mean.dims()[1]], noise_seed, &device);
+            lrt_dense::lrt_dense(x, mean, variance, zeta, bias)
+        }
+        Execution::Composed => composed_lrt_sample(&Matmul, x, mean, variance, bias, noise_seed),
+    }
+}
+
+/// conv(x, w) + b, stride 1, `padding` zeros on every side.
+pub fn conv2d(x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
+    match execution(&x.device()) {
+        Execution::HostKernels => lrt_conv::conv2d(x, w, bias, padding),
+        Execution::Composed => {
+            burn::tensor::module::conv2d(x, w, Some(bias), Convolution { padding }.options())
+        }
+    }
+}
+
+/// The convolutional LRT sample conv(x, μ) + √(conv(x ⊙ x, v) + 1e-8) ⊙ ζ + b, ζ drawn from
+/// `noise_seed`; the mean's gradient may be left 0 where `mean_gradient` says it is unused.
+pub fn lrt_conv2d(
+    x: Tensor<4>,
+    mean: Tensor<4>,
+    variance: Tensor<4>,
+    bias: Tensor<1>,
+    padding: usize,
+    noise_seed: u64,
+    mean_gradient: MeanGradient,
+) -> Tensor<4> {
+    let device = x.device();
+    match execution(&device) {
+        Execution::HostKernels => {
+            let dims = lrt_conv::output_dims(x.dims(), mean.dims(), padding);
+            let zeta = noise::standard_normal(dims, noise_seed, &device);
+            lrt_conv::lrt_conv2d(x, mean, variance, zeta, bias, padding, mean_gradient)
+        }
+        Execution::Composed => composed_lrt_sample(
+            &Convolution { padding },
+            x,
+            mean,
+            variance,
+            bias,
+            noise_seed,
+        ),
+    }
+}
+
+/// 2×2 max pooling with stride 2 of x `[B, C, H, W]` (H and W even) to `[B, C, H/2, W/2]`; the
+/// gradient goes to each window's first maximum.
+pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
+    match execution(&x.device()) {
+        Execution::HostKernels => max_pool::max_pool_2x2(x),
+        Execution::Composed => max_pool2d(x, MaxPoolOptions::new([2, 2])),
+    }
+}
+
+/// The training terms of a Sparse VD layer in the additive parameterization (θ, log σ²) under
+/// `rules`: the mean (θ after the train clip at `mask_threshold`, if on), the LRT variance and
+/// Σ KL, each differentiable with respect to θ and log σ² (see [`crate::kl`]).
+pub(crate) fn sparse_vd_terms<const D: usize>(
+    theta: Tensor<D>,
+    log_sigma2: Tensor<D>,
+    rules: AdditiveRules,
+    mask_threshold: Option<f64>,
+) -> TrainTerms<D> {
+    if execution(&theta.device()) == Execution::Composed {
+        let terms = composed_additive_terms(theta.clone(), log_sigma2, rules, mask_threshold);
+        return TrainTerms {
+            mean: composed_train_clip(theta, terms.log_alpha, mask_threshold),
+            mean_gradient: MeanGradient::Everywhere,
+            variance: terms.variance,
+            kl: terms.kl,
+        };
+    }
+    let theta_values = host_vec(theta.clone());
+    let mut terms = KlTerms::additive(
+        &theta_values,
+        &host_vec(log_sigma2.clone()),
+        rules,
+        mask_threshold,
+    );
+    let (mean, mean_gradient) =
+        host_train_clip(&terms, theta.clone(), &theta_values, mask_threshold);
+    TrainTerms {
+        mean,
+        mean_gradient,
+        variance: terms.variance_tensor(theta.clone(), log_sigma2.clone()),
+        kl: terms.into_tensor(theta, log_sigma2),
+    }
+}
+
+/// The training terms of a Sparse VD layer in the original parameterization (θ, log α): the
+/// mean (θ after the train clip, if on), the variance α·θ² and Σ KL, from the learned log α
+/// (unclipped) and its clipped value `clipped_log_alpha`.
+pub(crate) fn log_alpha_terms<const D: usize>(
+    theta: Tensor<D>,
+    learned_log_alpha: Tensor<D>,
+    clipped_log_alpha: Tensor<D>,
+    mask_threshold: Option<f64>,
+) -> TrainTerms<D> {
+    let variance = clipped_log_alpha.clone().exp() * theta.clone().square();
+    if execution(&theta.device()) == Execution::Composed {
+        return TrainTerms {
+            mean: composed_train_clip(theta, clipped_log_alpha, mask_threshold),
+            mean_gradient: MeanGradient::Everywhere,
+            variance,
+            kl: composed_log_alpha_kl(learned_log_alpha),
+        };
+    }
+    let terms = KlTerms::of_log_alpha(&host_vec(learned_log_alpha.clone()));
+    let theta_values = match mask_threshold {
+        Some(_) => host_vec(theta.clone()),
+        None => Vec::new(),
+    };
+    let (mean, mean_gradient) =
+        host_train_clip(&terms, theta.clone(), &theta_values, mask_threshold);
+    TrainTerms {
+        mean,
+        mean_gradient,
+        variance,
+        kl: terms.into_tensor(theta, learned_log_alpha),
+    }
+}
+
+/// θ after the train clip by the host KL pass's log α, and where its gradient is used.
+fn host_train_clip<const D: usize>(
+    terms: &KlTerms,
+    theta: Tensor<D>,
+    theta_values: &[f32],
+    mask_threshold: Option<f64>,
+) -> (Tensor<D>, MeanGradient) {
+    match mask_threshold {
+        Some(t) => (
+            terms.train_clipped(theta, theta_values, t),
+            MeanGradient::WhereNonzero,
+        ),
+        None => (theta, MeanGradient::Everywhere),
+    }
+}
+
+/// One Adam step with β₁, β₂, ε = `constants`: burn's `Adam` (`composed`, built with the same
+/// constants) or the one-pass update.
+pub fn adam_step<const D: usize>(
+    composed: &Adam,
+    constants: AdamConstants,
+    lr: LearningRate,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+    state: Option<AdamState<D>>,
+) -> (Tensor<D>, Option<AdamState<D>>) {
+    match execution(&tensor.device()) {
+        Execution::HostKernels => {
+            let (tensor, state) = cpu_kernels::adam::step(constants, lr, tensor, grad, state);
+            (tensor, Some(state))
+        }
+        Execution::Composed => composed.step(lr, tensor, grad, state),
+    }
 }
 
 #[cfg(test)]

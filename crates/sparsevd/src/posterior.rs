@@ -85,8 +85,12 @@ impl LogAlphaInit {
             LogAlphaInit::FromLogSigma2 { log_sigma2 } => theta
                 .iter()
                 .map(|&t| {
-                    crate::kl::additive_log_alpha(t, log_sigma2 as f32, crate::kl::LOG_ALPHA_EPS)
-                        .clamp(-CLIP, CLIP)
+                    cpu_kernels::kl::additive_log_alpha(
+                        t,
+                        log_sigma2 as f32,
+                        crate::kl::LOG_ALPHA_EPS,
+                    )
+                    .clamp(-CLIP, CLIP)
                 })
                 .collect(),
         }

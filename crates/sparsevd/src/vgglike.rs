@@ -9,10 +9,10 @@
 
 use crate::conv::{Conv2d, Conv2dConfig};
 use crate::dense::{Dense, DenseConfig};
-use crate::max_pool::max_pool_2x2;
 use crate::mode::{
     Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
 };
+use crate::ops::max_pool_2x2;
 use crate::posterior::Posterior;
 use crate::weights::host_vec;
 use burn::config::Config;

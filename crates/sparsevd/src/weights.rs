@@ -2,19 +2,15 @@
 //! variational forward pass that dense and convolutional layers share; they differ only in the
 //! linear map applied.
 
-use crate::kl::{
-    AdditiveRules, KlTerms, LOG_ALPHA_CLIP, composed_additive_terms, composed_log_alpha_kl,
-    kl_kingma, log_alpha,
-};
+use crate::kl::{LOG_ALPHA_CLIP, additive_rules, kl_kingma, log_alpha};
 use crate::mode::{ForwardMode, WeightLayerView};
-use crate::noise::standard_normal;
-use crate::ops::{host_kernels, read_back};
+use crate::ops::{log_alpha_terms, read_back, sparse_vd_terms, standard_normal};
 use crate::posterior::{Posterior, VD_LOG_ALPHA_MAX};
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
-
-/// Added under the square root of the LRT variance so that its gradient stays finite.
-pub(crate) const VARIANCE_EPS: f64 = 1e-8;
+pub use cpu_kernels::MeanGradient;
+// ε under the square root of the LRT variance, √(δ + ε), so that its gradient stays finite.
+use cpu_kernels::VARIANCE_EPS;
 
 /// θ (any shape with one output-unit axis), the noise parameter of the [`Posterior`] (log σ²
 /// of θ's shape for Sparse VD; log α of θ's shape, per unit or per layer for the log α
@@ -27,7 +23,7 @@ pub(crate) const VARIANCE_EPS: f64 = 1e-8;
 ///   seed); the bias never enters δ. Sparse VD takes the variance in the form of its
 ///   [`crate::LrtVariance`] (σ² = exp(log σ²), or exp(clip(log α))·W² as the authors' code,
 ///   with its rules per [`MapKind`]); the log α posteriors take α·θ²;
-/// - evaluation: A(x, θ ⊙ [log α < threshold]) + b, deterministic.
+/// - evaluation: A(x, θ ⊙ \[log α < threshold\]) + b, deterministic.
 #[derive(Module, Debug)]
 pub struct VariationalWeights<const D: usize> {
     pub theta: Param<Tensor<D>>,
@@ -41,7 +37,7 @@ pub struct VariationalWeights<const D: usize> {
 }
 
 /// The linear map of a layer. The authors' code differs between the two in where ε enters
-/// log α and whether the LRT variance sees the train clip ([`AdditiveRules`]).
+/// log α and whether the LRT variance sees the train clip ([`crate::kl::AdditiveRules`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
     /// x·θ, θ `[inputs, units]`.
@@ -88,18 +84,6 @@ pub trait LinearMap<const E: usize, const D: usize> {
     }
 }
 
-/// Where the gradient of the LRT mean is used (see [`LinearMap::lrt_sample`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MeanGradient {
-    /// At every weight.
-    Everywhere,
-    /// Only where the mean is nonzero: after the train clip the mean is 0 exactly at the removed
-    /// weights ([`KlTerms::train_clipped`]), whose gradient the clip discards. LeNet-5's second
-    /// convolution has 94 % of its weights removed by epoch 21, and ∂θ there is then a few
-    /// hundred dot products instead of a matrix product.
-    WhereNonzero,
-}
-
 /// [`LinearMap::lrt_sample`] from two applications of the map and burn's elementwise operations.
 pub fn composed_lrt_sample<const E: usize, const D: usize>(
     map: &(impl LinearMap<E, D> + ?Sized),
@@ -124,11 +108,11 @@ fn along_units<const E: usize>(bias: Tensor<1>) -> Tensor<E> {
 
 /// What a training pass needs from the posterior: the mean (θ after the train clip) and where its
 /// gradient is used, σ² and Σ KL.
-struct TrainTerms<const D: usize> {
-    mean: Tensor<D>,
-    mean_gradient: MeanGradient,
-    variance: Tensor<D>,
-    kl: Tensor<1>,
+pub(crate) struct TrainTerms<const D: usize> {
+    pub mean: Tensor<D>,
+    pub mean_gradient: MeanGradient,
+    pub variance: Tensor<D>,
+    pub kl: Tensor<1>,
 }
 
 impl<const D: usize> VariationalWeights<D> {
@@ -213,77 +197,19 @@ impl<const D: usize> VariationalWeights<D> {
         let theta = self.theta.val();
         let shape = theta.dims();
         let noise = |p: &Option<Param<Tensor<D>>>| p.as_ref().map(Param::val).expect("built so");
-        // The mean and where its gradient is used: the train clip discards it at removed weights.
-        let clip = |terms: &KlTerms, theta_values: &[f32]| match mask_threshold {
-            Some(t) => (
-                terms.train_clipped(theta.clone(), theta_values, t),
-                MeanGradient::WhereNonzero,
-            ),
-            None => (theta.clone(), MeanGradient::Everywhere),
-        };
         match self.posterior {
-            Posterior::SparseVd { variance, .. } => {
-                let rules = AdditiveRules::new(variance, self.kind);
-                let log_sigma2 = noise(&self.log_sigma2);
-                if !host_kernels(&theta.device()) {
-                    let terms =
-                        composed_additive_terms(theta.clone(), log_sigma2, rules, mask_threshold);
-                    let mean = match mask_threshold {
-                        Some(t) => theta.mask_fill(terms.log_alpha.greater_equal_elem(t), 0.0),
-                        None => theta,
-                    };
-                    return TrainTerms {
-                        mean,
-                        mean_gradient: MeanGradient::Everywhere,
-                        variance: terms.variance,
-                        kl: terms.kl,
-                    };
-                }
-                let theta_values = host_vec(theta.clone());
-                let mut terms = KlTerms::additive(
-                    &theta_values,
-                    &host_vec(log_sigma2.clone()),
-                    rules,
-                    mask_threshold,
-                );
-                let (mean, mean_gradient) = clip(&terms, &theta_values);
-                TrainTerms {
-                    mean,
-                    mean_gradient,
-                    variance: terms.variance_tensor(theta.clone(), log_sigma2.clone()),
-                    kl: terms.into_tensor(theta, log_sigma2),
-                }
-            }
-            Posterior::SparseVdLogAlpha { .. } if !host_kernels(&theta.device()) => {
-                let log_alpha = self.learned_log_alpha();
-                let mean = match mask_threshold {
-                    Some(t) => theta
-                        .clone()
-                        .mask_fill(log_alpha.clone().greater_equal_elem(t), 0.0),
-                    None => theta.clone(),
-                };
-                TrainTerms {
-                    mean,
-                    mean_gradient: MeanGradient::Everywhere,
-                    variance: log_alpha.exp() * theta.square(),
-                    kl: composed_log_alpha_kl(noise(&self.log_alpha)),
-                }
-            }
-            Posterior::SparseVdLogAlpha { .. } => {
-                let log_alpha = noise(&self.log_alpha);
-                let terms = KlTerms::of_log_alpha(&host_vec(log_alpha.clone()));
-                let theta_values = match mask_threshold {
-                    Some(_) => host_vec(theta.clone()),
-                    None => Vec::new(),
-                };
-                let (mean, mean_gradient) = clip(&terms, &theta_values);
-                TrainTerms {
-                    mean,
-                    mean_gradient,
-                    variance: self.learned_log_alpha().exp() * theta.clone().square(),
-                    kl: terms.into_tensor(theta, log_alpha),
-                }
-            }
+            Posterior::SparseVd { variance, .. } => sparse_vd_terms(
+                theta,
+                noise(&self.log_sigma2),
+                additive_rules(variance, self.kind),
+                mask_threshold,
+            ),
+            Posterior::SparseVdLogAlpha { .. } => log_alpha_terms(
+                theta,
+                noise(&self.log_alpha),
+                self.learned_log_alpha(),
+                mask_threshold,
+            ),
             Posterior::VariationalDropout { .. } => {
                 let log_alpha = self.learned_log_alpha();
                 let sharing =
@@ -327,7 +253,7 @@ impl<const D: usize> VariationalWeights<D> {
             Posterior::SparseVd { variance, .. } => Some(log_alpha(
                 theta,
                 self.log_sigma2.as_ref().map(Param::val).expect("built so"),
-                AdditiveRules::new(variance, self.kind).forward_eps,
+                additive_rules(variance, self.kind).forward_eps,
             )),
             Posterior::SparseVdLogAlpha { .. } | Posterior::VariationalDropout { .. } => {
                 Some(self.learned_log_alpha().expand(theta.dims()))

@@ -2,7 +2,7 @@
 //! fused operations (LRT dense and conv, 2×2 max pool, the slope of the KL terms) meet burn's
 //! `Backward` machinery.
 
-use crate::flex_host::FlexTensor;
+use crate::tensor::FlexTensor;
 use burn::backend::Flex;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -1,5 +1,5 @@
 //! f32 tensors of the CPU backend (Flex) as host slices, for the operations this crate runs on
-//! the host ([`crate::cpu_conv`], [`crate::max_pool`], the runner's Adam).
+//! the host, and [`is_cpu`]: whether a device's tensors are such tensors.
 
 use burn::backend::{BackendTypes, DispatchDevice, Flex};
 use burn::tensor::{DType, Device, Shape, TensorData};
@@ -7,8 +7,8 @@ use burn::tensor::{DType, Device, Shape, TensorData};
 pub type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
 
 /// Whether tensors on `device` are the CPU backend's (with or without autodiff), so that the
-/// host kernels apply.
-pub(crate) fn is_flex(device: &Device) -> bool {
+/// host kernels apply. The method's ops seam is the one caller outside this crate's tests.
+pub fn is_cpu(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)
@@ -47,6 +47,16 @@ pub fn dims<const D: usize>(t: &FlexTensor) -> [usize; D] {
 
 pub fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// The values of `tensor` as host f32 (for tests).
+#[cfg(test)]
+pub(crate) fn host_vec<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("converted to f32 just above")
 }
 
 #[cfg(test)]

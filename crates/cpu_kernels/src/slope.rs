@@ -6,12 +6,11 @@
 //! three times per Sparse VD layer. Composed from burn's operations each is a subtraction, a
 //! product (and a sum) forward and as many backward steps, every one a pass over the layer's
 //! weights. On the CPU backend it is one operation here: the forward pass returns `value`
-//! itself, the backward pass is one product. Other backends keep the composed form.
+//! itself, the backward pass is one product.
 
-use crate::flex_host::{FlexTensor, contiguous, tensor, values};
 use crate::host_op::host_op;
-use crate::ops::host_kernels;
-use crate::vector_math::{with_simd, zeros};
+use crate::simd::{with_simd, zeros};
+use crate::tensor::{FlexTensor, contiguous, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -23,7 +22,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 #[backend_extension(Flex, Autodiff)]
-pub trait HostGradientBackend: Backend {
+pub trait SlopeBackend: Backend {
     /// `value`, differentiated as the identity with respect to `value` and as `slope` (x's
     /// shape) with respect to `x`; see [`plus_zero_with_slope`].
     fn plus_zero_with_slope(
@@ -34,7 +33,8 @@ pub trait HostGradientBackend: Backend {
 }
 
 /// `value + (x − x̄) ⊙ slope`, x̄ detached: `value` with ∂/∂x = `slope`. `value` has either x's
-/// number of elements (an elementwise slope) or one (the slope of a sum over x).
+/// number of elements (an elementwise slope) or one (the slope of a sum over x). Only for
+/// tensors on the CPU backend.
 pub fn plus_zero_with_slope<const E: usize, const D: usize>(
     value: Tensor<E>,
     x: Tensor<D>,
@@ -45,23 +45,14 @@ pub fn plus_zero_with_slope<const E: usize, const D: usize>(
         count == x_count || count == 1,
         "plus_zero_with_slope: value has {count} elements, x has {x_count}"
     );
-    if host_kernels(&value.device()) {
-        return Tensor::from_dispatch(<Dispatch as HostGradientBackend>::plus_zero_with_slope(
-            value.into_dispatch(),
-            x.into_dispatch(),
-            slope.into_dispatch(),
-        ));
-    }
-    let zero = (x.clone() - x.detach()) * slope;
-    let dims = value.dims();
-    value
-        + match count {
-            1 if x_count > 1 => zero.sum().reshape(dims),
-            _ => zero.reshape(dims),
-        }
+    Tensor::from_dispatch(<Dispatch as SlopeBackend>::plus_zero_with_slope(
+        value.into_dispatch(),
+        x.into_dispatch(),
+        slope.into_dispatch(),
+    ))
 }
 
-impl HostGradientBackend for Flex {
+impl SlopeBackend for Flex {
     fn plus_zero_with_slope(
         value: FloatTensor<Self>,
         _x: FloatTensor<Self>,
@@ -114,7 +105,7 @@ impl Backward<Flex, 2> for SlopeBackward {
     }
 }
 
-impl<C: CheckpointStrategy> HostGradientBackend for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> SlopeBackend for Autodiff<Flex, C> {
     fn plus_zero_with_slope(
         value: FloatTensor<Self>,
         x: FloatTensor<Self>,
@@ -130,7 +121,7 @@ impl<C: CheckpointStrategy> HostGradientBackend for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::host_vec;
+    use crate::tensor::host_vec;
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// Output and gradients equal the composed form's, for an elementwise slope and for the

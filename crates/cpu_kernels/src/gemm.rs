@@ -1,5 +1,5 @@
 //! Row-major matrix products on host slices through the `gemm` crate (the one burn's CPU backend
-//! uses), for the fused CPU operations ([`crate::cpu_conv`], [`crate::cpu_dense`]).
+//! uses), for the fused CPU operations ([`crate::lrt_conv`], [`crate::lrt_dense`]).
 
 pub use ::gemm::Parallelism;
 

@@ -1,5 +1,5 @@
 //! Convolutions as single operations with their own backward pass on the CPU backend (Flex),
-//! stride 1, the symbols of [`crate::weights::VariationalWeights`]:
+//! stride 1, the symbols of the method crate's `VariationalWeights`:
 //! - [`conv2d`]: γ = conv(x, θ) + b, the plain (point-posterior) layer and every evaluation
 //!   pass;
 //! - [`lrt_conv2d`]: the LRT sample γ + √(δ + 1e-8) ⊙ ζ with δ = conv(x ⊙ x, σ²).
@@ -11,13 +11,13 @@
 //! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
 //! about half of a LeNet-5 training step. Here the patches are built once per pass, shared by the
 //! mean and the variance path and by all the gradients ([`kernels`]). Other backends keep burn's
-//! operations ([`crate::ops::execution`] decides).
+//! operations (the method's ops seam decides).
 
 mod kernels;
 
-use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
+use crate::MeanGradient;
 use crate::host_op::host_op;
-use crate::weights::MeanGradient;
+use crate::tensor::{FlexTensor, contiguous, dims, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 /// Stride-1 convolutions with `padding` zeros on every side and a bias per output channel.
 #[backend_extension(Flex, Autodiff)]
-pub trait CpuConvBackend: Backend {
+pub trait ConvBackend: Backend {
     /// conv(x, θ) + b for x `[B, C, H, W]`, θ `[O, C, k, k]` and b `[O]`.
     fn conv2d(
         x: FloatTensor<Self>,
@@ -54,10 +54,10 @@ pub trait CpuConvBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The plain convolution (see [`CpuConvBackend::conv2d`]); only for tensors on the CPU backend
-/// ([`crate::ops::execution`]).
+/// The plain convolution (see [`ConvBackend::conv2d`]); only for tensors on the CPU backend
+/// (the method's ops seam decides).
 pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuConvBackend>::conv2d(
+    Tensor::from_dispatch(<Dispatch as ConvBackend>::conv2d(
         x.into_dispatch(),
         mean.into_dispatch(),
         bias.into_dispatch(),
@@ -65,8 +65,8 @@ pub fn conv2d(x: Tensor<4>, mean: Tensor<4>, bias: Tensor<1>, padding: usize) ->
     ))
 }
 
-/// The LRT sample (see [`CpuConvBackend::lrt_conv2d`]); only for tensors on the CPU backend
-/// ([`crate::ops::execution`]).
+/// The LRT sample (see [`ConvBackend::lrt_conv2d`]); only for tensors on the CPU backend
+/// (the method's ops seam decides).
 pub fn lrt_conv2d(
     x: Tensor<4>,
     mean: Tensor<4>,
@@ -76,7 +76,7 @@ pub fn lrt_conv2d(
     padding: usize,
     mean_gradient: MeanGradient,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuConvBackend>::lrt_conv2d(
+    Tensor::from_dispatch(<Dispatch as ConvBackend>::lrt_conv2d(
         x.into_dispatch(),
         mean.into_dispatch(),
         variance.into_dispatch(),
@@ -150,7 +150,7 @@ fn forward(
     (tensor(output, shape.output_dims()), shape, saved)
 }
 
-impl CpuConvBackend for Flex {
+impl ConvBackend for Flex {
     fn conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -232,7 +232,7 @@ impl<const N: usize> Backward<Flex, N> for ConvBackward {
     }
 }
 
-impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> ConvBackend for Autodiff<Flex, C> {
     fn conv2d(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -294,7 +294,7 @@ impl<C: CheckpointStrategy> CpuConvBackend for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::host_vec;
+    use crate::tensor::host_vec;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Distribution, TensorData};
@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn fused_sample_and_gradients_match_the_composed_operations() {
         let device = Device::flex().autodiff();
-        assert!(crate::ops::host_kernels(&device));
+        assert!(crate::tensor::is_cpu(&device));
         let every_eighth = Tensor::<1>::from_data(
             TensorData::new((0..72).map(|i| u8::from(i % 8 == 0) as f32).collect(), [72]),
             &device,

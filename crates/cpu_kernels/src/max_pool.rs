@@ -1,15 +1,13 @@
 //! 2×2 max pooling with stride 2 (LeNet-5's and VGG-like's pooling): y[h, w] = max over the
 //! window x[2h..2h+2, 2w..2w+2] of each plane; the gradient goes to the window's first maximum.
 //!
-//! On the CPU backend (Flex) this runs as one host operation that keeps the winner of each window
-//! as a byte; burn's general pooling kept an i64 index per output and scattered the gradient
-//! back one element at a time, about a tenth of a LeNet-5 training step. Other backends use
-//! burn's `max_pool2d`.
+//! One host operation that keeps the winner of each window as a byte; burn's general pooling
+//! (`max_pool2d`, the composed form) kept an i64 index per output and scattered the gradient back
+//! one element at a time, about a tenth of a LeNet-5 training step.
 
-use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
 use crate::host_op::host_op;
-use crate::ops::host_kernels;
-use crate::vector_math::zeros;
+use crate::simd::zeros;
+use crate::tensor::{FlexTensor, contiguous, dims, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,16 +16,12 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// 2×2 max pooling with stride 2 of x `[B, C, H, W]` (H and W even) to `[B, C, H/2, W/2]`.
+/// 2×2 max pooling with stride 2 of x `[B, C, H, W]` (H and W even) to `[B, C, H/2, W/2]`;
+/// only for tensors on the CPU backend.
 pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
-    if !host_kernels(&x.device()) {
-        return max_pool2d(x, MaxPoolOptions::new([2, 2]));
-    }
     Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::max_pool_2x2(
         x.into_dispatch(),
     ))
@@ -138,7 +132,9 @@ impl<C: CheckpointStrategy> MaxPoolBackend for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::host_vec;
+    use crate::tensor::host_vec;
+    use burn::tensor::module::max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// Output and gradient equal burn's max_pool2d, ties included (both take the first maximum).

@@ -1,5 +1,5 @@
 //! The dense LRT sample as one operation with its own backward pass on the CPU backend (Flex),
-//! the symbols of [`crate::weights::VariationalWeights`]: for x `[B, I]`, θ and σ² `[I, O]`,
+//! the symbols of the method crate's `VariationalWeights`: for x `[B, I]`, θ and σ² `[I, O]`,
 //! ζ `[B, O]` and b `[O]`,
 //!
 //! - forward: γ = x·θ, δ = (x ⊙ x)·σ², output (γ + √(δ + ε) ⊙ ζ) + b;
@@ -11,10 +11,10 @@
 //! backward steps, each allocating and passing over `[B, O]`: a quarter of a LeNet-300-100 step.
 //! Other backends keep the composed form.
 
-use crate::flex_host::{FlexTensor, contiguous, dims, tensor, values};
-use crate::host_gemm::{Matrix, Parallelism, gemm};
+use crate::gemm::{Matrix, Parallelism, gemm};
 use crate::host_op::host_op;
-use crate::vector_math::zeros;
+use crate::simd::zeros;
+use crate::tensor::{FlexTensor, contiguous, dims, tensor, values};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,10 +25,10 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use std::sync::Arc;
 
-const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
+const VARIANCE_EPS: f32 = crate::VARIANCE_EPS as f32;
 
 #[backend_extension(Flex, Autodiff)]
-pub trait CpuDenseBackend: Backend {
+pub trait LrtDenseBackend: Backend {
     /// (x·θ + √((x ⊙ x)·σ² + 1e-8) ⊙ ζ) + b; see the module documentation.
     fn lrt_dense(
         x: FloatTensor<Self>,
@@ -39,8 +39,8 @@ pub trait CpuDenseBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The dense LRT sample (see [`CpuDenseBackend::lrt_dense`]); only for tensors on the CPU
-/// backend ([`crate::ops::execution`]).
+/// The dense LRT sample (see [`LrtDenseBackend::lrt_dense`]); only for tensors on the CPU
+/// backend (the method's ops seam decides).
 pub fn lrt_dense(
     x: Tensor<2>,
     mean: Tensor<2>,
@@ -48,7 +48,7 @@ pub fn lrt_dense(
     zeta: Tensor<2>,
     bias: Tensor<1>,
 ) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as CpuDenseBackend>::lrt_dense(
+    Tensor::from_dispatch(<Dispatch as LrtDenseBackend>::lrt_dense(
         x.into_dispatch(),
         mean.into_dispatch(),
         variance.into_dispatch(),
@@ -125,7 +125,7 @@ fn forward(
     (tensor(output, [batch, units]), saved)
 }
 
-impl CpuDenseBackend for Flex {
+impl LrtDenseBackend for Flex {
     fn lrt_dense(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -214,7 +214,7 @@ impl Backward<Flex, 4> for DenseBackward {
     }
 }
 
-impl<C: CheckpointStrategy> CpuDenseBackend for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> LrtDenseBackend for Autodiff<Flex, C> {
     fn lrt_dense(
         x: FloatTensor<Self>,
         mean: FloatTensor<Self>,
@@ -244,7 +244,7 @@ impl<C: CheckpointStrategy> CpuDenseBackend for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::host_vec;
+    use crate::tensor::host_vec;
     use burn::tensor::{Device, Distribution};
 
     /// The fused sample and its four gradients equal burn's composed operations.

@@ -1,11 +1,6 @@
-//! Training noise: ζ ~ N(0, 1) for the local reparameterization trick, and binary and Gaussian
-//! dropout masks.
-//!
-//! In composed execution ([`crate::ops`]) the device's own generator draws them, so that the
-//! noise never crosses from host to device; the training loop seeds it at the start of every
-//! epoch (burn's generators are per backend, so such runs are reproducible per backend), and
-//! the `seed` arguments are not used. With the host kernels, noise is drawn on the host as
-//! follows, a pure function of `seed`.
+//! Training noise on the host: ζ ~ N(0, 1) for the local reparameterization trick, and binary
+//! and Gaussian dropout masks, each a pure function of its `seed`. (The composed forms draw from
+//! the device's own generator instead, so that noise never crosses from host to device.)
 //!
 //! burn's `random_like` draws one value at a time through ChaCha12 and a per-value sampler
 //! (about 13 ns a value here): 15 % of a LeNet-5 training step, which needs 1.5 M values. This
@@ -15,9 +10,8 @@
 //! (2.4 ms per million values on one thread here, against 5.0 ms for rand_distr's Ziggurat,
 //! which draws one f64 at a time).
 
-use crate::ops::host_kernels;
-use crate::vector_math::{ln, whole_number_bits, with_simd, zeros};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use crate::simd::{ln, whole_number_bits, with_simd, zeros};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
@@ -28,9 +22,6 @@ const BLOCK: usize = 1 << 14;
 
 /// A tensor of independent standard normal values, determined by `seed`.
 pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
-    if !host_kernels(device) {
-        return Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
-    }
     draw(shape, seed, device, fill_standard_normal)
 }
 
@@ -38,10 +29,6 @@ pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &De
 /// mask determined by `seed`. E[output] = x, so evaluation uses x unchanged.
 pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let scale = (1.0 / keep) as f32;
-    if !host_kernels(&x.device()) {
-        let mask = Tensor::random(x.dims(), Distribution::Bernoulli(keep), &x.device());
-        return x * mask * scale;
-    }
     let mask = draw(x.dims(), seed, &x.device(), |rng, block| {
         for m in block {
             *m = if rng.random::<f64>() < keep {
@@ -58,10 +45,6 @@ pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Ten
 /// mean and variance of binary dropout's r), drawn from `seed`. E[output] = x.
 pub fn gaussian_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let std = ((1.0 - keep) / keep).sqrt() as f32;
-    if !host_kernels(&x.device()) {
-        let noise = Tensor::random(x.dims(), Distribution::Normal(1.0, std as f64), &x.device());
-        return x * noise;
-    }
     let noise = draw(x.dims(), seed, &x.device(), |rng, block| {
         fill_standard_normal(rng, block);
         block.iter_mut().for_each(|r| *r = 1.0 + std * *r);
@@ -189,7 +172,7 @@ pub fn splitmix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::host_vec;
+    use crate::tensor::host_vec;
 
     #[test]
     fn values_are_standard_normal() {

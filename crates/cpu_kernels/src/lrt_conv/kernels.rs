@@ -16,13 +16,13 @@
 //! uses it only there ([`MeanGradient::WhereNonzero`]): one dot product g_o·P_j per kept weight,
 //! summed over a group of images in 16 lanes ([`SparseRows::add_sampled_lanes`]).
 
-use crate::host_gemm::{Matrix, Parallelism, gemm};
-use crate::host_sparse::{Lanes, SparseRows};
-use crate::vector_math::with_simd;
-use crate::weights::MeanGradient;
+use crate::MeanGradient;
+use crate::gemm::{Matrix, Parallelism, gemm};
+use crate::simd::with_simd;
+use crate::sparse_rows::{Lanes, SparseRows};
 use rayon::prelude::*;
 
-const VARIANCE_EPS: f32 = crate::weights::VARIANCE_EPS as f32;
+const VARIANCE_EPS: f32 = crate::VARIANCE_EPS as f32;
 
 /// Images per group of the backward pass's weight-gradient sums (see [`backward`]).
 const IMAGES_PER_GROUP: usize = 10;
@@ -121,7 +121,7 @@ pub fn forward(
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let noisy = noise.is_some();
     let sparse_mean = SparseRows::of_sparse(mean, patch);
-    let mut output = crate::vector_math::zeros(shape.batch * image_out);
+    let mut output = crate::simd::zeros(shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_image(&mut delta_factor, shape.batch);
     output
@@ -131,7 +131,7 @@ pub fn forward(
         .for_each_init(
             || {
                 (
-                    crate::vector_math::zeros(patch * positions),
+                    crate::simd::zeros(patch * positions),
                     zeros_if(noisy, patch * positions),
                     zeros_if(noisy, image_out),
                 )
@@ -245,7 +245,7 @@ pub fn backward(
         let p = &s.patches;
         let g = &grad[b * image_out..][..image_out];
         for (db, g) in sums.bias.iter_mut().zip(g.chunks(positions)) {
-            *db += crate::vector_math::sum(g);
+            *db += crate::simd::sum(g);
         }
         let by_position = |data| Matrix::row_major(data, positions);
         let by_patch = |data| Matrix::row_major(data, patch);
@@ -401,7 +401,7 @@ impl WeightGrads {
 
 /// `len` zeros where a call needs the buffer, an empty one where it does not.
 fn zeros_if(needed: bool, len: usize) -> Vec<f32> {
-    crate::vector_math::zeros(if needed { len } else { 0 })
+    crate::simd::zeros(if needed { len } else { 0 })
 }
 
 /// `buffer` as one mutable chunk per image, or `None` for every image when it is empty (a
@@ -426,7 +426,7 @@ impl Scratch {
     fn new(shape: ConvShape, noisy: bool, need_x: bool) -> Self {
         let patches = shape.patch() * shape.positions();
         Self {
-            patches: crate::vector_math::zeros(patches),
+            patches: crate::simd::zeros(patches),
             squares: zeros_if(noisy, patches),
             delta_grad: zeros_if(noisy, shape.image_out()),
             mean_part: zeros_if(need_x, patches),

@@ -75,7 +75,7 @@ impl SparseRows {
     }
 
     /// dst `[rows, n]` = self·rhs for a row-major rhs `[columns, n]`. Inline it into a
-    /// [`crate::vector_math::with_simd`] closure for wide vectors.
+    /// [`crate::simd::with_simd`] closure for wide vectors.
     #[inline(always)]
     pub fn times(&self, rhs: &[f32], dst: &mut [f32]) {
         let n = rhs.len() / self.columns;
@@ -94,7 +94,7 @@ impl SparseRows {
     }
 
     /// dst `[columns, n]` = selfᵀ·rhs for a row-major rhs `[rows, n]`. Inline it into a
-    /// [`crate::vector_math::with_simd`] closure for wide vectors.
+    /// [`crate::simd::with_simd`] closure for wide vectors.
     #[inline(always)]
     pub fn transpose_times(&self, rhs: &[f32], dst: &mut [f32]) {
         let n = dst.len() / self.columns;
@@ -120,7 +120,7 @@ impl SparseRows {
     /// `[rows, n]` and b `[columns, n]`, added to `lanes` (one per nonzero entry, in order):
     /// lanes[k] += a_r ⊙ b_c folded to 16 lanes for the k-th nonzero entry (r, c).
     /// [`SparseRows::add_lane_sums_transposed`] turns the lanes into the product. Inline it into a
-    /// [`crate::vector_math::with_simd`] closure for wide vectors.
+    /// [`crate::simd::with_simd`] closure for wide vectors.
     #[inline(always)]
     pub fn add_sampled_lanes(&self, a: &[f32], b: &[f32], lanes: &mut [Lanes]) {
         let n = a.len() / self.rows();
