@@ -339,4 +339,96 @@ mod tests {
         assert_eq!(data.try_to_vec::<f32>().ok(), Some(vec![1.0; 3]));
         assert_eq!(read_backs(), before + 1);
     }
+
+    /// Each deterministic operation gives the same values and gradients in both forms: the
+    /// composed form is the kernels' oracle through the seam too, not only in their own tests.
+    #[test]
+    fn both_forms_agree() {
+        use crate::kl::additive_rules;
+        use crate::posterior::LrtVariance;
+        use crate::weights::MapKind;
+        let device = Device::flex().autodiff();
+        let random = |shape: [usize; 4], std: f64| {
+            Tensor::<4>::random(shape, Distribution::Normal(0.0, std), &device)
+        };
+        let (x, w) = (random([2, 3, 8, 8], 1.0), random([4, 3, 3, 3], 0.3));
+        let bias = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device);
+        // log σ² spread over both clip regions and the interior.
+        let log_sigma2 = random([4, 3, 3, 3], 6.0) - 6.0;
+        let rules = additive_rules(LrtVariance::ClippedAlpha, MapKind::Convolution);
+        let run = || {
+            let (x, w, s) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                log_sigma2.clone().require_grad(),
+            );
+            let pooled = max_pool_2x2(conv2d(x.clone(), w.clone(), bias.clone(), 1));
+            let terms = sparse_vd_terms(w.clone(), s.clone(), rules, Some(3.0));
+            let loss = (pooled.clone() * pooled.clone()).sum()
+                + (terms.mean.clone() * terms.variance.clone()).sum()
+                + terms.kl.clone();
+            let grads = loss.backward();
+            let grad = |t: &Tensor<4>| host_vec(t.grad(&grads).expect("tracked"));
+            [
+                host_vec(pooled),
+                host_vec(terms.mean),
+                host_vec(terms.variance),
+                host_vec(terms.kl),
+                grad(&x),
+                grad(&w),
+                grad(&s),
+            ]
+        };
+        let kernels = run();
+        let composed = {
+            let _composed = compose_on_this_thread();
+            run()
+        };
+        let names = [
+            "pool(conv)",
+            "mean",
+            "variance",
+            "Σ KL",
+            "∂x",
+            "∂θ",
+            "∂log σ²",
+        ];
+        for ((name, a), b) in names.iter().zip(&kernels).zip(&composed) {
+            assert_eq!(a.len(), b.len(), "{name}");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{name}[{i}]: kernels {a}, composed {b}"
+                );
+            }
+        }
+    }
+
+    /// One Adam step in both forms: the kernel is burn's Adam to the bit.
+    #[test]
+    fn adam_forms_agree() {
+        let device = Device::flex();
+        let constants = AdamConstants {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+        };
+        let composed = burn::optim::AdamConfig::new().with_epsilon(1e-8).build();
+        let param = Tensor::<2>::random([30, 7], Distribution::Normal(0.0, 1.0), &device);
+        let grad = Tensor::<2>::random([30, 7], Distribution::Normal(0.0, 0.1), &device);
+        let step = || {
+            adam_step(
+                &composed,
+                constants,
+                1e-3,
+                param.clone(),
+                grad.clone(),
+                None,
+            )
+            .0
+        };
+        let kernel = host_vec(step());
+        let _composed = compose_on_this_thread();
+        assert_eq!(kernel, host_vec(step()));
+    }
 }
