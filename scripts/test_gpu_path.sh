@@ -13,5 +13,8 @@ if [ -z "$(lavapipe)" ]; then
     apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
 export VK_ICD_FILENAMES=$(lavapipe) XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+# Kernel autotuning times every candidate kernel on first use; on a software driver that is
+# minutes of CPU spent choosing among kernels that are all slow.
+export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 cargo test -p harness --features "${FEATURE:-wgpu}" --test generic_path -- --nocapture \
     --test-threads 1 "$@"
