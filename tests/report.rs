@@ -73,6 +73,7 @@ fn report_embeds_every_table_and_figure() {
         "lenet300_training.png",
         "lenet5_sparse_vd_first_layer.png",
         "kl_approximation.png",
+        "vgg_cifar10_short_removed_per_layer.png",
     ] {
         assert!(
             images.iter().any(|i| i.ends_with(expected)),

@@ -406,6 +406,64 @@ pub fn first_layer_masks(
     Ok(written)
 }
 
+/// % of weights removed in each weight layer, input to output, for every variant whose finished
+/// runs removed any (a seed sweep's mean with its std as a band): where the net was pruned
+/// hardest. The paper's claim for VGG-like is that the later, wider layers are.
+pub fn removed_per_layer(
+    exp: &LoadedExperiment,
+    results_dir: &Path,
+    figures_dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let dir = results_dir.join(&exp.spec.name);
+    let mut series = Vec::new();
+    let mut shortened = false;
+    for index in 0..exp.spec.variants.len() {
+        let runs = runner::seeds::finished_runs(&exp.spec, &dir, index)?;
+        let removed = runs.removed_per_layer();
+        if removed.iter().all(|s| s.mean == 0.0) {
+            continue;
+        }
+        shortened |= runs.runs.iter().any(|r| r.summary.shortened);
+        let mut label = exp.spec.variants[index].name.clone();
+        if runs.sweep {
+            label += &format!(" (mean ± std, n = {})", runs.runs.len());
+        }
+        series.push(Series {
+            label,
+            points: (1..)
+                .map(f64::from)
+                .zip(removed.iter().map(|s| s.mean))
+                .collect(),
+            spread: match runs.runs.len() {
+                1 => Vec::new(),
+                _ => removed.iter().map(|s| s.std).collect(),
+            },
+        });
+    }
+    if series.is_empty() {
+        return Ok(Vec::new());
+    }
+    let figure = LineFigure {
+        title: format!(
+            "{}: % of weights removed per layer{}",
+            exp.spec.name,
+            shortened_label(shortened)
+        ),
+        x_label: "weight layer, input to output".into(),
+        panels: vec![Panel {
+            y_label: "% of weights removed".into(),
+            log_y: false,
+            series,
+            legend: Corner::UpperLeft,
+        }],
+    };
+    write(
+        &figure,
+        figures_dir,
+        &format!("{}_removed_per_layer", exp.spec.name),
+    )
+}
+
 /// The paper's VGG-like figure: test error of the binary-dropout (dense) net and of Sparse VD,
 /// and Sparse VD's compression, against the width multiplier k; ours from the finished variants
 /// beside the paper's values (read off its figure). Nothing for other nets or random-label runs.

@@ -444,6 +444,7 @@ fn draw_figures(
         figures::training_curves(exp, results_dir, figures_dir)?,
         figures::first_layer_masks(exp, results_dir, figures_dir)?,
         figures::width_sweep(exp, results_dir, figures_dir)?,
+        figures::removed_per_layer(exp, results_dir, figures_dir)?,
         figures::parameterization(exp, results_dir, figures_dir)?,
     ]
     .into_iter()

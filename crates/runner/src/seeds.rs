@@ -102,22 +102,10 @@ impl VariantRuns {
     /// shortened if any run is; `None` without finished runs.
     pub fn mean_summary(&self) -> Option<Summary> {
         let first = &self.runs.first()?.summary;
-        let layers: Vec<Vec<f64>> = self
-            .runs
+        let removed = self
+            .removed_per_layer()
             .iter()
-            .map(|r| {
-                r.summary
-                    .removed_pct_per_layer
-                    .split(';')
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
-            .collect();
-        let removed = (0..layers[0].len())
-            .map(|l| {
-                let per_run: Vec<f64> = layers.iter().filter_map(|r| r.get(l).copied()).collect();
-                format!("{:.2}", spread(&per_run).mean)
-            })
+            .map(|s| format!("{:.2}", s.mean))
             .collect::<Vec<_>>()
             .join(";");
         let train: Vec<f64> = self
@@ -134,6 +122,29 @@ impl VariantRuns {
             train_error_pct: (!train.is_empty()).then(|| spread(&train).mean),
             ..first.clone()
         })
+    }
+
+    /// % of weights removed per layer, input to output: mean and std over the runs (the first
+    /// run's layer count; empty without finished runs).
+    pub fn removed_per_layer(&self) -> Vec<Spread> {
+        let layers: Vec<Vec<f64>> = self
+            .runs
+            .iter()
+            .map(|r| {
+                r.summary
+                    .removed_pct_per_layer
+                    .split(';')
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .collect();
+        let count = layers.first().map_or(0, Vec::len);
+        (0..count)
+            .map(|l| {
+                let per_run: Vec<f64> = layers.iter().filter_map(|r| r.get(l).copied()).collect();
+                spread(&per_run)
+            })
+            .collect()
     }
 
     /// `2.31` for one run, `2.31 ± 0.07` over several (`decimals` after the point).
