@@ -11,6 +11,10 @@
 //!   path adds, with g_δ = g ⊙ ζ / (2√(δ + ε)), ∂σ² = Σ_images g_δ·(P ⊙ P)ᵀ and 2P ⊙ (σ²ᵀ·g_δ)
 //!   inside the col2im.
 //!
+//! A convolution with small maps runs on tiles of images instead (see [`images_per_tile`]): the
+//! patches of a tile's images side by side, P `[C·k², tile·L]`, so that every product above is
+//! wide enough for the gemm's kernels.
+//!
 //! When at most a quarter of θ is nonzero (θ after the train clip), θ·P and θᵀ·g visit only the
 //! nonzero weights ([`SparseRows`]) instead of running the gemm, and so does ∂θ when the caller
 //! uses it only there ([`MeanGradient::WhereNonzero`]): one dot product g_o·P_j per kept weight,
@@ -26,6 +30,24 @@ const VARIANCE_EPS: f32 = crate::VARIANCE_EPS as f32;
 
 /// Images per group of the backward pass's weight-gradient sums (see [`backward`]).
 const IMAGES_PER_GROUP: usize = 10;
+
+/// The fewest columns (output positions of a tile's images) a tile's products should have.
+const MIN_COLUMNS: usize = 64;
+
+/// Images per tile: one, unless an image has fewer than [`MIN_COLUMNS`] output positions; then
+/// the largest divisor of the batch up to the count that reaches it, so that every tile has the
+/// same shape. VGG-like's last six convolutions have 16 and 4 positions per image: a product
+/// with 4 columns runs the gemm at a small fraction of its speed, and θ is packed again for each
+/// one. LeNet-5's convolutions (576 and 64 positions) run one image per tile.
+fn images_per_tile(shape: ConvShape) -> usize {
+    let wanted = MIN_COLUMNS
+        .div_ceil(shape.positions())
+        .min(shape.batch.max(1));
+    (1..=wanted)
+        .rev()
+        .find(|t| shape.batch.is_multiple_of(*t))
+        .unwrap_or(1)
+}
 
 /// The geometry of one convolution with stride 1 and the same zero padding on every side.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,35 +140,50 @@ pub fn forward(
     bias: &[f32],
     noise: Option<VariancePath>,
 ) -> (Vec<f32>, Saved) {
+    forward_in_tiles(shape, images_per_tile(shape), x, mean, bias, noise)
+}
+
+fn forward_in_tiles(
+    shape: ConvShape,
+    tile: usize,
+    x: &[f32],
+    mean: &[f32],
+    bias: &[f32],
+    noise: Option<VariancePath>,
+) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
+    let columns = tile * positions;
     let noisy = noise.is_some();
     let sparse_mean = SparseRows::of_sparse(mean, patch);
     let mut output = crate::simd::zeros(shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
-    let factors = per_image(&mut delta_factor, shape.batch);
+    let factors = per_tile(&mut delta_factor, shape.batch / tile);
     output
-        .par_chunks_mut(image_out)
+        .par_chunks_mut(tile * image_out)
         .zip(factors)
         .enumerate()
         .for_each_init(
             || {
+                let products = shape.channels_out * columns;
                 (
-                    crate::simd::zeros(patch * positions),
-                    zeros_if(noisy, patch * positions),
-                    zeros_if(noisy, image_out),
+                    crate::simd::zeros(patch * columns),
+                    zeros_if(noisy, patch * columns),
+                    crate::simd::zeros(products),
+                    zeros_if(noisy, products),
                 )
             },
-            |(p, squares, delta), (b, (out, factor))| {
-                im2col(shape, &x[b * shape.image()..][..shape.image()], p);
+            |(p, squares, gamma, delta), (t, (out, mut factor))| {
+                let first = t * tile;
+                im2col(shape, tile, &x[first * shape.image()..], p);
                 let rows = |data| Matrix::row_major(data, patch);
-                let cols = |data| Matrix::row_major(data, positions);
+                let cols = |data| Matrix::row_major(data, columns);
                 match &sparse_mean {
                     Some(sparse) => with_simd(
                         #[inline(always)]
-                        || sparse.times(p, out),
+                        || sparse.times(p, gamma),
                     ),
                     None => gemm(
-                        out,
+                        gamma,
                         false,
                         rows(mean),
                         cols(p),
@@ -154,8 +191,7 @@ pub fn forward(
                         Parallelism::None,
                     ),
                 }
-                let out_rows = out.chunks_mut(positions).zip(bias);
-                if let (Some(noise), Some(factor)) = (noise, factor) {
+                if let Some(noise) = noise {
                     with_simd(
                         #[inline(always)]
                         || {
@@ -173,27 +209,33 @@ pub fn forward(
                         shape.channels_out,
                         Parallelism::None,
                     );
-                    let zeta = &noise.zeta[b * image_out..][..image_out];
-                    let noise_rows = factor.chunks_mut(positions).zip(delta.chunks(positions));
-                    for (((out, &bias), (factor, delta)), zeta) in
-                        out_rows.zip(noise_rows).zip(zeta.chunks(positions))
-                    {
+                }
+                // Output row (image g, channel o) is the product's columns of image g in row o.
+                for (g, out) in out.chunks_mut(image_out).enumerate() {
+                    let image_rows = out.chunks_mut(positions).zip(bias).enumerate();
+                    for (o, (out, &bias)) in image_rows {
+                        let at = o * columns + g * positions;
+                        let gamma = &gamma[at..][..positions];
+                        let (Some(noise), Some(factor)) = (noise, factor.as_deref_mut()) else {
+                            out.iter_mut().zip(gamma).for_each(|(o, &m)| *o = m + bias);
+                            continue;
+                        };
+                        let row = g * image_out + o * positions;
+                        let factor = &mut factor[row..][..positions];
+                        let zeta = &noise.zeta[first * image_out + row..][..positions];
+                        let delta = &delta[at..][..positions];
                         with_simd(
                             #[inline(always)]
                             || {
-                                for (((o, f), &d), &z) in
-                                    out.iter_mut().zip(factor).zip(delta).zip(zeta)
+                                for ((((o, f), &m), &d), &z) in
+                                    out.iter_mut().zip(factor).zip(gamma).zip(delta).zip(zeta)
                                 {
                                     let std = (d + VARIANCE_EPS).sqrt();
-                                    *o = (*o + std * z) + bias;
+                                    *o = (m + std * z) + bias;
                                     *f = z / (2.0 * std);
                                 }
                             },
                         );
-                    }
-                } else {
-                    for (out, &bias) in out_rows {
-                        out.iter_mut().for_each(|o| *o += bias);
                     }
                 }
             },
@@ -226,28 +268,40 @@ pub fn backward(
     need_x: bool,
     mean_gradient: MeanGradient,
 ) -> Grads {
-    let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
+    let tile = images_per_tile(shape);
+    backward_in_tiles(shape, tile, inputs, saved, grad, need_x, mean_gradient)
+}
+
+fn backward_in_tiles(
+    shape: ConvShape,
+    tile: usize,
+    inputs: Inputs,
+    saved: &Saved,
+    grad: &[f32],
+    need_x: bool,
+    mean_gradient: MeanGradient,
+) -> Grads {
+    let (patch, image_out) = (shape.patch(), shape.image_out());
+    let columns = tile * shape.positions();
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
-    let images = per_image(&mut x_grad, shape.batch);
+    let tiles = per_tile(&mut x_grad, shape.batch / tile);
     let Inputs { x, mean, variance } = inputs;
     let noisy = variance.is_some();
     let sampled_mean = match mean_gradient {
         MeanGradient::WhereNonzero => saved.sparse_mean.as_ref(),
         MeanGradient::Everywhere => None,
     };
-    // Adds image b's terms to `sums` and, when `dx` is given, writes its ∂x there.
-    let add_image = |sums: &mut WeightGrads, s: &mut Scratch, b: usize, dx: Option<&mut [f32]>| {
-        im2col(
-            shape,
-            &x[b * shape.image()..][..shape.image()],
-            &mut s.patches,
-        );
+    // Adds tile t's terms to `sums` and, when `dx` is given, writes its ∂x there.
+    let add_tile = |sums: &mut WeightGrads, s: &mut Scratch, t: usize, dx: Option<&mut [f32]>| {
+        let first = t * tile;
+        im2col(shape, tile, &x[first * shape.image()..], &mut s.patches);
         let p = &s.patches;
-        let g = &grad[b * image_out..][..image_out];
-        for (db, g) in sums.bias.iter_mut().zip(g.chunks(positions)) {
+        let outputs = first * image_out..(first + tile) * image_out;
+        let g = side_by_side(shape, &grad[outputs.clone()], &mut s.grad);
+        for (db, g) in sums.bias.iter_mut().zip(g.chunks(columns)) {
             *db += crate::simd::sum(g);
         }
-        let by_position = |data| Matrix::row_major(data, positions);
+        let by_position = |data| Matrix::row_major(data, columns);
         let by_patch = |data| Matrix::row_major(data, patch);
         match sampled_mean {
             Some(sparse) => with_simd(
@@ -264,7 +318,7 @@ pub fn backward(
             ),
         }
         if noisy {
-            let factor = &saved.delta_factor[b * image_out..][..image_out];
+            let factor = side_by_side(shape, &saved.delta_factor[outputs], &mut s.factor);
             with_simd(
                 #[inline(always)]
                 || {
@@ -320,21 +374,21 @@ pub fn backward(
                 },
             );
         }
-        col2im(shape, &s.mean_part, dx);
+        col2im(shape, tile, &s.mean_part, dx);
     };
-    // Fixed groups of images, each summed in order and the groups' sums added in order, so that
+    // Fixed groups of tiles, each summed in order and the groups' sums added in order, so that
     // the gradients do not depend on how rayon's threads split the work (a `fold`'s splits do).
-    // The scratch holds nothing between images, so each split of the work keeps its own.
-    let group_sums: Vec<WeightGrads> = images
+    // The scratch holds nothing between tiles, so each split of the work keeps its own.
+    let group_sums: Vec<WeightGrads> = tiles
         .into_par_iter()
         .enumerate()
-        .chunks(IMAGES_PER_GROUP)
+        .chunks((IMAGES_PER_GROUP / tile).max(1))
         .map_init(
-            || Scratch::new(shape, noisy, need_x),
+            || Scratch::new(shape, tile, noisy, need_x),
             |scratch, group| {
                 let mut sums = WeightGrads::zeros(shape, noisy, sampled_mean);
-                for (b, dx) in group {
-                    add_image(&mut sums, scratch, b, dx);
+                for (t, dx) in group {
+                    add_tile(&mut sums, scratch, t, dx);
                 }
                 if let Some(sparse) = sampled_mean {
                     sparse.add_lane_sums_transposed(&sums.mean_lanes, &mut sums.mean);
@@ -355,6 +409,22 @@ pub fn backward(
         bias: total.bias,
         variance: noisy.then(|| by_output(&total.variance)),
     }
+}
+
+/// A tile's per-image outputs `[tile, O, L]` as one matrix `[O, tile·L]`, the images' columns
+/// side by side in row o as in the tile's patches; a one-image tile's are already that matrix.
+fn side_by_side<'a>(shape: ConvShape, images: &'a [f32], buffer: &'a mut [f32]) -> &'a [f32] {
+    let (positions, image_out) = (shape.positions(), shape.image_out());
+    let tile = images.len() / image_out;
+    if tile == 1 {
+        return images;
+    }
+    for (g, image) in images.chunks(image_out).enumerate() {
+        for (o, row) in image.chunks(positions).enumerate() {
+            buffer[(o * tile + g) * positions..][..positions].copy_from_slice(row);
+        }
+    }
+    buffer
 }
 
 /// The transpose `[columns, rows]` of a row-major `[rows, columns]` matrix.
@@ -404,68 +474,86 @@ fn zeros_if(needed: bool, len: usize) -> Vec<f32> {
     crate::simd::zeros(if needed { len } else { 0 })
 }
 
-/// `buffer` as one mutable chunk per image, or `None` for every image when it is empty (a
+/// `buffer` as one mutable chunk per tile, or `None` for every tile when it is empty (a
 /// buffer the call does not need).
-fn per_image(buffer: &mut [f32], batch: usize) -> Vec<Option<&mut [f32]>> {
+fn per_tile(buffer: &mut [f32], tiles: usize) -> Vec<Option<&mut [f32]>> {
     if buffer.is_empty() {
-        return (0..batch).map(|_| None).collect();
+        return (0..tiles).map(|_| None).collect();
     }
-    buffer.chunks_mut(buffer.len() / batch).map(Some).collect()
+    buffer.chunks_mut(buffer.len() / tiles).map(Some).collect()
 }
 
-/// Buffers one image's backward step writes into; empty where the call does not need them.
+/// Buffers one tile's backward step writes into; empty where the call does not need them (the
+/// side-by-side copies of ∂output and of the ∂δ factors only for tiles of several images).
 struct Scratch {
     patches: Vec<f32>,
     squares: Vec<f32>,
+    grad: Vec<f32>,
+    factor: Vec<f32>,
     delta_grad: Vec<f32>,
     mean_part: Vec<f32>,
     variance_part: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(shape: ConvShape, noisy: bool, need_x: bool) -> Self {
-        let patches = shape.patch() * shape.positions();
+    fn new(shape: ConvShape, tile: usize, noisy: bool, need_x: bool) -> Self {
+        let patches = shape.patch() * shape.positions() * tile;
+        let outputs = shape.image_out() * tile;
         Self {
             patches: crate::simd::zeros(patches),
             squares: zeros_if(noisy, patches),
-            delta_grad: zeros_if(noisy, shape.image_out()),
+            grad: zeros_if(tile > 1, outputs),
+            factor: zeros_if(noisy && tile > 1, outputs),
+            delta_grad: zeros_if(noisy, outputs),
             mean_part: zeros_if(need_x, patches),
             variance_part: zeros_if(noisy && need_x, patches),
         }
     }
 }
 
-/// Writes the patches of one image `[C, H, W]` as rows `[C·k², L]` into `patches`: row (c, i,
-/// j), column (h, w) holds x[c, h + i − pad, w + j − pad], zero outside the image. Only the
-/// entries inside the image are written: those outside are the same for every image, so
-/// `patches` must hold zeros there (as a buffer of zeros reused for one shape does).
-fn im2col(shape: ConvShape, image: &[f32], patches: &mut [f32]) {
+/// Writes the patches of a tile's `tile` images `[C, H, W]` (from the start of `images`) side by
+/// side as rows `[C·k², tile·L]` into `patches`: row (c, i, j), column (g, h, w) holds image g's
+/// x[c, h + i − pad, w + j − pad], zero outside the image. Only the entries inside the image are
+/// written: those outside are the same for every tile, so `patches` must hold zeros there (as a
+/// buffer of zeros reused for one shape and tile does).
+fn im2col(shape: ConvShape, tile: usize, images: &[f32], patches: &mut [f32]) {
     let (out_width, width) = (shape.out_width(), shape.width);
-    for_each_tap(shape, |tap| {
-        let n = tap.columns.len();
-        let patch_rows = &mut patches[tap.patch_start + tap.columns.start..];
-        let image_rows = &image[tap.image_start + tap.image_column..];
-        for r in 0..tap.rows {
-            copy_row(
-                &mut patch_rows[r * out_width..][..n],
-                &image_rows[r * width..][..n],
-            );
-        }
-    });
+    let columns = tile * shape.positions();
+    for (g, image) in images.chunks(shape.image()).take(tile).enumerate() {
+        let image_columns = g * shape.positions();
+        for_each_tap(shape, |tap| {
+            let n = tap.columns.len();
+            let start = tap.patch_row * columns + image_columns + tap.position + tap.columns.start;
+            let patch_rows = &mut patches[start..];
+            let image_rows = &image[tap.image_start + tap.image_column..];
+            for r in 0..tap.rows {
+                copy_row(
+                    &mut patch_rows[r * out_width..][..n],
+                    &image_rows[r * width..][..n],
+                );
+            }
+        });
+    }
 }
 
-/// The adjoint of [`im2col`]: every patch entry added back to the pixel it was copied from.
-fn col2im(shape: ConvShape, patches: &[f32], image: &mut [f32]) {
+/// The adjoint of [`im2col`]: every patch entry added back to the pixel of the tile's image it
+/// was copied from.
+fn col2im(shape: ConvShape, tile: usize, patches: &[f32], images: &mut [f32]) {
     let (out_width, width) = (shape.out_width(), shape.width);
-    for_each_tap(shape, |tap| {
-        let n = tap.columns.len();
-        let patch_rows = &patches[tap.patch_start + tap.columns.start..];
-        let image_rows = &mut image[tap.image_start + tap.image_column..];
-        for r in 0..tap.rows {
-            let segment = &mut image_rows[r * width..][..n];
-            add_row(segment, &patch_rows[r * out_width..]);
-        }
-    });
+    let columns = tile * shape.positions();
+    for (g, image) in images.chunks_mut(shape.image()).enumerate() {
+        let image_columns = g * shape.positions();
+        for_each_tap(shape, |tap| {
+            let n = tap.columns.len();
+            let start = tap.patch_row * columns + image_columns + tap.position + tap.columns.start;
+            let patch_rows = &patches[start..];
+            let image_rows = &mut image[tap.image_start + tap.image_column..];
+            for r in 0..tap.rows {
+                let segment = &mut image_rows[r * width..][..n];
+                add_row(segment, &patch_rows[r * out_width..]);
+            }
+        });
+    }
 }
 
 /// `dst` ← `src` for two slices of one length. The row segments of [`im2col`] are a few values
@@ -520,8 +608,10 @@ fn add_row(dst: &mut [f32], src: &[f32]) {
 /// from h₀, each with the output columns `columns`, read from image rows h₀ + i − pad onwards and
 /// image columns `image_column` onwards.
 struct Tap {
-    /// The offset of output row h₀ in the patches: ((c·k + i)·k + j)·L + h₀·W'.
-    patch_start: usize,
+    /// The patch row (c·k + i)·k + j.
+    patch_row: usize,
+    /// The offset of output row h₀ in an image's L positions: h₀·W'.
+    position: usize,
     /// The offset of image row h₀ + i − pad of channel c in the image: (c·H + h₀ + i − pad)·W.
     image_start: usize,
     rows: usize,
@@ -551,7 +641,8 @@ fn for_each_tap(shape: ConvShape, mut visit: impl FnMut(Tap)) {
                     continue;
                 }
                 visit(Tap {
-                    patch_start: ((c * k + i) * k + j) * shape.positions() + rows.start * out_width,
+                    patch_row: (c * k + i) * k + j,
+                    position: rows.start * out_width,
                     image_start: (c * shape.height + rows.start + i - pad) * shape.width,
                     rows: rows.len(),
                     image_column: columns.start + j - pad,
@@ -582,7 +673,7 @@ mod tests {
             };
             let image: Vec<f32> = (0..shape.image()).map(|i| i as f32 + 1.0).collect();
             let mut patches = vec![0.0; shape.patch() * shape.positions()];
-            im2col(shape, &image, &mut patches);
+            im2col(shape, 1, &image, &mut patches);
             let (k, out_width) = (shape.kernel, shape.out_width());
             for (row, patch_row) in patches.chunks(shape.positions()).enumerate() {
                 let (c, i, j) = (row / (k * k), row / k % k, row % k);
@@ -596,6 +687,99 @@ mod tests {
                         _ => 0.0,
                     };
                     assert_eq!(value, pixel, "{shape:?}, row {row}, column {column}");
+                }
+            }
+        }
+    }
+
+    /// Tiles of several images only where an image has fewer than 64 output positions, each
+    /// tile the same size.
+    #[test]
+    fn tiles_widen_only_small_maps() {
+        let shape = |side: usize, batch: usize| ConvShape {
+            batch,
+            channels_in: 8,
+            height: side,
+            width: side,
+            channels_out: 8,
+            kernel: 3,
+            padding: 1,
+        };
+        assert_eq!(images_per_tile(shape(32, 100)), 1);
+        assert_eq!(images_per_tile(shape(8, 100)), 1);
+        assert_eq!(images_per_tile(shape(4, 100)), 4);
+        assert_eq!(images_per_tile(shape(2, 100)), 10);
+        assert_eq!(images_per_tile(shape(2, 97)), 1);
+        assert_eq!(images_per_tile(shape(2, 3)), 3);
+    }
+
+    /// Products over tiles of images side by side give the numbers of one image at a time, up
+    /// to float rounding (the weight-gradient sums run in another order): outputs, ∂δ factors
+    /// and every gradient, with θ dense and with θ sparse enough for the sparse products.
+    #[test]
+    fn tiles_give_the_numbers_of_single_images() {
+        let shape = ConvShape {
+            batch: 12,
+            channels_in: 5,
+            height: 4,
+            width: 4,
+            channels_out: 6,
+            kernel: 3,
+            padding: 1,
+        };
+        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
+        let x: Vec<f32> = (0..shape.batch * shape.image()).map(value).collect();
+        let weights = shape.channels_out * shape.patch();
+        let dense: Vec<f32> = (0..weights).map(|i| value(i + 3)).collect();
+        let sparse: Vec<f32> = (0..weights)
+            .map(|i| if i % 5 == 0 { value(i + 3) } else { 0.0 })
+            .collect();
+        let variance: Vec<f32> = (0..weights).map(|i| value(i + 5).abs()).collect();
+        let bias: Vec<f32> = (0..shape.channels_out).map(|i| value(i + 7)).collect();
+        let outputs = shape.batch * shape.image_out();
+        let zeta: Vec<f32> = (0..outputs).map(|i| value(i + 11)).collect();
+        let grad: Vec<f32> = (0..outputs).map(|i| value(i + 13)).collect();
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}[{i}]: {a} vs {b}"
+                );
+            }
+        };
+        for (mean, gradient) in [
+            (&dense, MeanGradient::Everywhere),
+            (&sparse, MeanGradient::WhereNonzero),
+        ] {
+            for noisy in [false, true] {
+                let run = |tile| {
+                    let noise = noisy.then_some(VariancePath {
+                        variance: &variance,
+                        zeta: &zeta,
+                    });
+                    let (out, saved) = forward_in_tiles(shape, tile, &x, mean, &bias, noise);
+                    let inputs = Inputs {
+                        x: &x,
+                        mean,
+                        variance: noisy.then_some(&variance[..]),
+                    };
+                    let g = backward_in_tiles(shape, tile, inputs, &saved, &grad, true, gradient);
+                    (out, saved.delta_factor, g)
+                };
+                let (one, tiled) = (run(1), run(4));
+                close(&tiled.0, &one.0, "output");
+                close(&tiled.1, &one.1, "∂δ factor");
+                close(
+                    tiled.2.x.as_deref().unwrap(),
+                    one.2.x.as_deref().unwrap(),
+                    "∂x",
+                );
+                close(&tiled.2.mean, &one.2.mean, "∂mean");
+                close(&tiled.2.bias, &one.2.bias, "∂bias");
+                if noisy {
+                    let variance = |g: &Grads| g.variance.clone().unwrap();
+                    close(&variance(&tiled.2), &variance(&one.2), "∂variance");
                 }
             }
         }
