@@ -6,7 +6,7 @@
 //!
 //! - [`lrt_dense`], [`lrt_conv`]: the local reparameterization sample of a dense and a
 //!   convolutional layer, and the plain convolution with bias;
-//! - [`max_pool`]: 2×2 max pooling; [`noise`]: the training noise; [`kl`]: the KL terms, the LRT
+//! - [`max_pool`]: 2×2 max pooling; [`batch_norm`]: batch norm in training with ReLU; [`noise`]: the training noise; [`kl`]: the KL terms, the LRT
 //!   variance and the train clip of a Sparse VD layer; [`slope`]: a host value given its gradient;
 //!   [`adam`]: the Adam update;
 //! - building blocks: [`tensor`] (host slices of the backend's tensors), [`gemm`] (matrix
@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod adam;
+pub mod batch_norm;
 pub mod gemm;
 mod host_op;
 pub mod kl;

@@ -21,16 +21,19 @@ use crate::kl::{
     AdditiveRules, KlTerms, composed_additive_terms, composed_log_alpha_kl, composed_train_clip,
 };
 use crate::weights::{MeanGradient, TrainTerms, composed_lrt_sample, host_vec};
+use burn::module::RunningState;
+use burn::nn::BatchNorm;
 use burn::optim::{Adam, AdamState, LearningRate, Optimizer};
+use burn::tensor::activation::relu;
 use burn::tensor::kind::Basic;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData, s};
 pub use cpu_kernels::adam::AdamConstants;
 /// The seeds of the host noise: one stream per (seed, index), and the hash behind it.
 pub use cpu_kernels::noise::{mix, splitmix};
 use cpu_kernels::tensor::is_cpu;
-use cpu_kernels::{lrt_conv, lrt_dense, max_pool, noise};
+use cpu_kernels::{batch_norm, lrt_conv, lrt_dense, max_pool, noise};
 use std::cell::Cell;
 
 /// Which form of the operations runs.
@@ -201,6 +204,35 @@ pub fn max_pool_2x2(x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// ReLU after batch norm: max(0, BN(x)) for x `[B, C, …]`. In training (an autodiff device and
+/// the layer's training flag on) BN uses the batch's statistics and updates the layer's running
+/// ones, as burn's `BatchNorm::forward` does; otherwise it uses the running statistics.
+pub fn batch_norm_relu<const D: usize>(norm: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    let training = x.device().is_autodiff() && norm.training.is_enabled();
+    match execution(&x.device()) {
+        Execution::HostKernels if training => {
+            let statistics = batch_norm::batch_statistics(x.clone());
+            let channels = norm.gamma.dims()[0];
+            let row = |r: usize| statistics.clone().slice(s![r, ..]).reshape([channels]);
+            let blend = |running: &RunningState<Tensor<1>>, batch: Tensor<1>| {
+                let updated = running.value_sync().mul_scalar(1.0 - norm.momentum)
+                    + batch.mul_scalar(norm.momentum);
+                running.update(updated.detach());
+            };
+            blend(&norm.running_mean, row(0));
+            blend(&norm.running_var, row(1));
+            batch_norm::batch_norm_relu(
+                x,
+                norm.gamma.val(),
+                norm.beta.val(),
+                statistics,
+                norm.epsilon,
+            )
+        }
+        _ => relu(norm.forward(x)),
+    }
+}
+
 /// The training terms of a Sparse VD layer in the additive parameterization (θ, log σ²) under
 /// `rules`: the mean (θ after the train clip at `mask_threshold`, if on), the LRT variance and
 /// Σ KL, each differentiable with respect to θ and log σ² (see [`crate::kl`]).
@@ -338,6 +370,69 @@ mod tests {
         let data = read_back(Tensor::<1>::ones([3], &device));
         assert_eq!(data.try_to_vec::<f32>().ok(), Some(vec![1.0; 3]));
         assert_eq!(read_backs(), before + 1);
+    }
+
+    /// Batch norm with ReLU gives the same output, gradients (x, γ, β) and running statistics
+    /// in both forms, after a convolution (`[B, C, H, W]`) and after a dense layer (`[B, C]`),
+    /// with γ and β away from 1 and 0 and inputs away from zero mean, and evaluation after it.
+    #[test]
+    fn batch_norm_relu_forms_agree() {
+        use burn::nn::BatchNormConfig;
+        let device = Device::flex().autodiff();
+        fn check<const D: usize>(shape: [usize; D], device: &Device) {
+            let channels = shape[1];
+            let x = Tensor::<D>::random(shape, Distribution::Normal(0.7, 2.0), device);
+            let weights = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device);
+            let parameter =
+                |mean| Tensor::<1>::random([channels], Distribution::Normal(mean, 0.5), device);
+            let (gamma, beta) = (parameter(1.0), parameter(0.2));
+            let run = || {
+                let mut norm = BatchNormConfig::new(channels)
+                    .with_epsilon(1e-3)
+                    .init(device);
+                norm.gamma = burn::module::Param::from_tensor(gamma.clone());
+                norm.beta = burn::module::Param::from_tensor(beta.clone());
+                let x = x.clone().require_grad();
+                let z = batch_norm_relu(&norm, x.clone());
+                let grads = (z.clone() * weights.clone()).sum().backward();
+                let evaluated = batch_norm_relu(&norm, x.clone().inner());
+                [
+                    host_vec(z),
+                    host_vec(x.grad(&grads).expect("tracked")),
+                    host_vec(norm.gamma.grad(&grads).expect("tracked")),
+                    host_vec(norm.beta.grad(&grads).expect("tracked")),
+                    host_vec(norm.running_mean.value_sync()),
+                    host_vec(norm.running_var.value_sync()),
+                    host_vec(evaluated),
+                ]
+            };
+            let kernels = run();
+            let composed = {
+                let _composed = compose_on_this_thread();
+                run()
+            };
+            let names = [
+                "z",
+                "∂x",
+                "∂γ",
+                "∂β",
+                "running μ",
+                "running σ²",
+                "evaluation",
+            ];
+            for ((name, a), b) in names.iter().zip(&kernels).zip(&composed) {
+                assert_eq!(a.len(), b.len(), "{name}");
+                assert!(a.iter().any(|&v| v != 0.0), "{name}: all zero");
+                for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{shape:?} {name}[{i}]: kernels {a}, composed {b}"
+                    );
+                }
+            }
+        }
+        check([6, 3, 5, 4], &device);
+        check([12, 5], &device);
     }
 
     /// Each deterministic operation gives the same values and gradients in both forms: the

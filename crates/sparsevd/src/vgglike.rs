@@ -12,13 +12,13 @@ use crate::dense::{Dense, DenseConfig};
 use crate::mode::{
     Dropout, ForwardMode, NetOutput, Network, NormLayerView, WeightLayerView, add_kl, find_layer,
 };
-use crate::ops::max_pool_2x2;
+use crate::ops::{batch_norm_relu, max_pool_2x2};
 use crate::posterior::Posterior;
 use crate::weights::host_vec;
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::{Device, Tensor, TensorData, activation::relu};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// The layer plan at k = 1: a conv's output width, or `None` for a 2×2 max-pool.
 const PLAN: [Option<usize>; 18] = [
@@ -151,7 +151,7 @@ impl Network for VggLike {
             }
             let (y, layer_kl) = self.convs[conv].forward(x, mode.for_layer(conv as u64));
             kl = add_kl(kl, layer_kl);
-            x = relu(self.conv_norms[conv].forward(y));
+            x = batch_norm_relu(&self.conv_norms[conv], y);
             if PLAN.get(step + 1).is_some_and(Option::is_some) {
                 let rate = if conv == 0 { 0.3 } else { 0.4 };
                 x = self.drop(x, rate, mode, conv as u64);
@@ -161,7 +161,7 @@ impl Network for VggLike {
         let x = x.reshape([batch, self.dense1.weights.theta.dims()[0]]);
         let layers = self.convs.len() as u64;
         let (x, kl1) = self.dense1.forward(x, mode.for_layer(layers));
-        let x = self.drop(relu(self.dense_norm.forward(x)), 0.5, mode, layers);
+        let x = self.drop(batch_norm_relu(&self.dense_norm, x), 0.5, mode, layers);
         let (logits, kl2) = self.dense2.forward(x, mode.for_layer(layers + 1));
         let kl = [kl1, kl2].into_iter().fold(kl, add_kl);
         NetOutput { logits, kl }
