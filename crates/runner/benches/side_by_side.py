@@ -16,7 +16,11 @@ import statistics
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-STEPS = ["step_lenet300_sparse_vd", "step_lenet5_sparse_vd"]
+STEPS = ["step_lenet300_sparse_vd", "step_lenet5_sparse_vd", "step_vgglike_k0.25_sparse_vd",
+         "step_vgglike_k0.25_binary_dropout"]
+# Criterion's filter (a regular expression) for the compared steps, and PyTorch's nets.
+STEP_FILTER = "step_lenet|step_vgglike_k0.25"
+TORCH_NETS = "lenet300,lenet5,vgglike_k0.25"
 ROUNDS = 3
 
 
@@ -63,10 +67,11 @@ def main():
     # alternated rounds, ours right before PyTorch, and each round gives its own ratio.
     rounds = []
     for _ in range(ROUNDS):
-        subprocess.run(bench + ["--", "step_lenet"], cwd=ROOT, env=env, check=True)
+        subprocess.run(bench + ["--", STEP_FILTER], cwd=ROOT, env=env, check=True)
         ours = {name: criterion_median_ms(name) for name in STEPS}
         out = subprocess.run(
-            [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2"],
+            [args.python, str(ROOT / "crates/runner/benches/pytorch_reference.py"), "--threads", "2",
+             "--nets", TORCH_NETS],
             cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout
         torch = {row["bench"]: row for row in map(json.loads, out.strip().splitlines())}
@@ -90,7 +95,9 @@ def main():
         f"- commit: {commit}; PyTorch {next(iter(rounds[0][1].values()))['torch']}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         "",
-        "## One Sparse VD training step, batch 100 (forward, N·CE + β·KL, backward, Adam)",
+        "## One training step, batch 100 (forward, N·CE + β·KL, backward, Adam)",
+        "",
+        "Sparse VD steps, and VGG-like's binary-dropout pretraining step (mean CE + l2).",
         "",
         "| bench | round | ours (burn flex) ms | PyTorch eager ms | ours / PyTorch |",
         "|---|---|---|---|---|",
