@@ -692,6 +692,37 @@ mod tests {
         }
     }
 
+    /// Inputs of one forward and backward pass of `shape`: fixed values spread over [−1, 1]
+    /// (σ² non-negative), different for each tensor.
+    struct Case {
+        x: Vec<f32>,
+        mean: Vec<f32>,
+        variance: Vec<f32>,
+        bias: Vec<f32>,
+        zeta: Vec<f32>,
+        grad: Vec<f32>,
+    }
+
+    impl Case {
+        fn of(shape: ConvShape) -> Self {
+            let values = |len: usize, offset: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| (((i + offset) * 7919) % 101) as f32 / 50.0 - 1.0)
+                    .collect()
+            };
+            let weights = shape.channels_out * shape.patch();
+            let outputs = shape.batch * shape.image_out();
+            Self {
+                x: values(shape.batch * shape.image(), 0),
+                mean: values(weights, 3),
+                variance: values(weights, 5).iter().map(|v| v.abs()).collect(),
+                bias: values(shape.channels_out, 7),
+                zeta: values(outputs, 11),
+                grad: values(outputs, 13),
+            }
+        }
+    }
+
     /// Tiles of several images only where an image has fewer than 64 output positions, each
     /// tile the same size.
     #[test]
@@ -727,18 +758,18 @@ mod tests {
             kernel: 3,
             padding: 1,
         };
-        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
-        let x: Vec<f32> = (0..shape.batch * shape.image()).map(value).collect();
-        let weights = shape.channels_out * shape.patch();
-        let dense: Vec<f32> = (0..weights).map(|i| value(i + 3)).collect();
-        let sparse: Vec<f32> = (0..weights)
-            .map(|i| if i % 5 == 0 { value(i + 3) } else { 0.0 })
+        let Case {
+            x,
+            mean: dense,
+            variance,
+            bias,
+            zeta,
+            grad,
+        } = Case::of(shape);
+        // Every fifth weight kept: sparse enough for the sparse products.
+        let sparse: Vec<f32> = (0..dense.len())
+            .map(|i| if i % 5 == 0 { dense[i] } else { 0.0 })
             .collect();
-        let variance: Vec<f32> = (0..weights).map(|i| value(i + 5).abs()).collect();
-        let bias: Vec<f32> = (0..shape.channels_out).map(|i| value(i + 7)).collect();
-        let outputs = shape.batch * shape.image_out();
-        let zeta: Vec<f32> = (0..outputs).map(|i| value(i + 11)).collect();
-        let grad: Vec<f32> = (0..outputs).map(|i| value(i + 13)).collect();
         let close = |a: &[f32], b: &[f32], what: &str| {
             assert_eq!(a.len(), b.len(), "{what}");
             for (i, (a, b)) in a.iter().zip(b).enumerate() {
@@ -798,15 +829,14 @@ mod tests {
             kernel: 3,
             padding: 1,
         };
-        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
-        let x: Vec<f32> = (0..shape.batch * shape.image()).map(value).collect();
-        let weights = shape.channels_out * shape.patch();
-        let mean: Vec<f32> = (0..weights).map(|i| value(i + 3)).collect();
-        let variance: Vec<f32> = (0..weights).map(|i| value(i + 5).abs()).collect();
-        let bias = vec![0.1; shape.channels_out];
-        let outputs = shape.batch * shape.image_out();
-        let zeta: Vec<f32> = (0..outputs).map(|i| value(i + 11)).collect();
-        let grad: Vec<f32> = (0..outputs).map(|i| value(i + 13)).collect();
+        let Case {
+            x,
+            mean,
+            variance,
+            bias,
+            zeta,
+            grad,
+        } = Case::of(shape);
         let run = |threads| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
