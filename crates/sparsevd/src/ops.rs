@@ -372,6 +372,30 @@ mod tests {
         assert_eq!(read_backs(), before + 1);
     }
 
+    /// `run` gives the same values (named by `names`, none all zero) with the kernels and under
+    /// [`compose_on_this_thread`], up to float rounding.
+    fn assert_forms_agree<const N: usize>(
+        context: &str,
+        names: [&str; N],
+        run: impl Fn() -> [Vec<f32>; N],
+    ) {
+        let kernels = run();
+        let composed = {
+            let _composed = compose_on_this_thread();
+            run()
+        };
+        for ((name, a), b) in names.iter().zip(&kernels).zip(&composed) {
+            assert_eq!(a.len(), b.len(), "{context} {name}");
+            assert!(a.iter().any(|&v| v != 0.0), "{context} {name}: all zero");
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{context} {name}[{i}]: kernels {a}, composed {b}"
+                );
+            }
+        }
+    }
+
     /// Batch norm with ReLU gives the same output, gradients (x, γ, β) and running statistics
     /// in both forms, after a convolution (`[B, C, H, W]`) and after a dense layer (`[B, C]`),
     /// with γ and β away from 1 and 0 and inputs away from zero mean, and evaluation after it.
@@ -406,11 +430,6 @@ mod tests {
                     host_vec(evaluated),
                 ]
             };
-            let kernels = run();
-            let composed = {
-                let _composed = compose_on_this_thread();
-                run()
-            };
             let names = [
                 "z",
                 "∂x",
@@ -420,16 +439,7 @@ mod tests {
                 "running σ²",
                 "evaluation",
             ];
-            for ((name, a), b) in names.iter().zip(&kernels).zip(&composed) {
-                assert_eq!(a.len(), b.len(), "{name}");
-                assert!(a.iter().any(|&v| v != 0.0), "{name}: all zero");
-                for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                        "{shape:?} {name}[{i}]: kernels {a}, composed {b}"
-                    );
-                }
-            }
+            assert_forms_agree(&format!("{shape:?}"), names, run);
         }
         check([6, 3, 5, 4], &device);
         check([12, 5], &device);
@@ -474,11 +484,6 @@ mod tests {
                 grad(&s),
             ]
         };
-        let kernels = run();
-        let composed = {
-            let _composed = compose_on_this_thread();
-            run()
-        };
         let names = [
             "pool(conv)",
             "mean",
@@ -488,15 +493,7 @@ mod tests {
             "∂θ",
             "∂log σ²",
         ];
-        for ((name, a), b) in names.iter().zip(&kernels).zip(&composed) {
-            assert_eq!(a.len(), b.len(), "{name}");
-            for (i, (a, b)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{name}[{i}]: kernels {a}, composed {b}"
-                );
-            }
-        }
+        assert_forms_agree("", names, run);
     }
 
     /// One Adam step in both forms: the kernel is burn's Adam to the bit.
