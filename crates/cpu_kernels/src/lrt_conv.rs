@@ -14,6 +14,7 @@
 //! operations (the method's ops seam decides).
 
 mod kernels;
+mod winograd;
 
 use crate::MeanGradient;
 use crate::host_op::host_op;

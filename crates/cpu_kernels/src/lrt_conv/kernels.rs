@@ -19,7 +19,12 @@
 //! nonzero weights ([`SparseRows`]) instead of running the gemm, and so does ∂θ when the caller
 //! uses it only there ([`MeanGradient::WhereNonzero`]): one dot product g_o·P_j per kept weight,
 //! summed over a group of images in 16 lanes ([`SparseRows::add_sampled_lanes`]).
+//!
+//! When θ is dense and the convolution is 3×3 with padding 1 on enough channels, Winograd's
+//! transforms replace the patches ([`winograd`]): the same products, 16 per 2×2 block of outputs
+//! instead of 36, in the transformed domain ([`Weights`] says which way a pass multiplies).
 
+use super::winograd;
 use crate::MeanGradient;
 use crate::gemm::{Matrix, Parallelism, gemm};
 use crate::simd::with_simd;
@@ -31,18 +36,22 @@ const VARIANCE_EPS: f32 = crate::VARIANCE_EPS as f32;
 /// Images per group of the backward pass's weight-gradient sums (see [`backward`]).
 const IMAGES_PER_GROUP: usize = 10;
 
-/// The fewest columns (output positions of a tile's images) a tile's products should have.
+/// The fewest columns a tile's products should have: output positions of its images, or 2×2
+/// blocks of them for Winograd's products.
 const MIN_COLUMNS: usize = 64;
 
-/// Images per tile: one, unless an image has fewer than [`MIN_COLUMNS`] output positions; then
-/// the largest divisor of the batch up to the count that reaches it, so that every tile has the
-/// same shape. VGG-like's last six convolutions have 16 and 4 positions per image: a product
-/// with 4 columns runs the gemm at a small fraction of its speed, and θ is packed again for each
-/// one. LeNet-5's convolutions (576 and 64 positions) run one image per tile.
-fn images_per_tile(shape: ConvShape) -> usize {
-    let wanted = MIN_COLUMNS
-        .div_ceil(shape.positions())
-        .min(shape.batch.max(1));
+/// Images per tile: one, unless an image has fewer than [`MIN_COLUMNS`] columns; then the
+/// largest divisor of the batch up to the count that reaches it, so that every tile has the same
+/// shape. VGG-like's last six convolutions have 16 and 4 positions per image: a product with 4
+/// columns runs the gemm at a small fraction of its speed, and θ is packed again for each one.
+/// LeNet-5's convolutions (576 and 64 positions) run one image per tile.
+fn images_per_tile(shape: ConvShape, winograd: bool) -> usize {
+    let columns = if winograd {
+        winograd::blocks(shape)
+    } else {
+        shape.positions()
+    };
+    let wanted = MIN_COLUMNS.div_ceil(columns).min(shape.batch.max(1));
     (1..=wanted)
         .rev()
         .find(|t| shape.batch.is_multiple_of(*t))
@@ -80,7 +89,7 @@ impl ConvShape {
         self.channels_in * self.kernel * self.kernel
     }
 
-    fn image(&self) -> usize {
+    pub fn image(&self) -> usize {
         self.channels_in * self.height * self.width
     }
 
@@ -116,8 +125,8 @@ pub struct Inputs<'a> {
 }
 
 /// What the backward pass needs from the forward pass besides its [`Inputs`]: with the variance
-/// path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it), and θ's
-/// nonzero entries when θ is sparse enough to multiply that way.
+/// path, the factor ζ / (2√(δ + ε)) that turns ∂output into ∂δ (empty without it), and how the
+/// weights multiplied.
 ///
 /// The patches P are not kept: the backward pass builds them again from x. Kept, they were one
 /// new buffer per image, 11 times x at LeNet-5's second convolution (12.8 MB per batch of 100,
@@ -128,7 +137,40 @@ pub struct Inputs<'a> {
 #[derive(Debug)]
 pub struct Saved {
     pub delta_factor: Vec<f32>,
-    pub sparse_mean: Option<SparseRows>,
+    pub weights: Weights,
+}
+
+/// How a pass multiplies by the weights, chosen once per forward pass from θ and the shape.
+#[derive(Debug)]
+pub enum Weights {
+    /// The gemm on the patches.
+    Dense,
+    /// θ's nonzero entries on the patches, when at most a quarter of θ is nonzero.
+    Sparse(SparseRows),
+    /// Winograd's transforms of the 3×3 convolutions with padding 1 ([`winograd`]): U of θ and
+    /// (with the variance path, else empty) of σ².
+    Winograd { mean: Vec<f32>, variance: Vec<f32> },
+}
+
+impl Weights {
+    fn of(shape: ConvShape, mean: &[f32], variance: Option<&[f32]>) -> Self {
+        if let Some(sparse) = SparseRows::of_sparse(mean, shape.patch()) {
+            return Self::Sparse(sparse);
+        }
+        if !winograd::applies(shape) {
+            return Self::Dense;
+        }
+        Self::Winograd {
+            mean: winograd::transform_weights(shape, mean),
+            variance: variance
+                .map(|v| winograd::transform_weights(shape, v))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn is_winograd(&self) -> bool {
+        matches!(self, Self::Winograd { .. })
+    }
 }
 
 /// The convolution plus bias in NCHW order, with the LRT noise when `noise` is given, and what
@@ -140,9 +182,43 @@ pub fn forward(
     bias: &[f32],
     noise: Option<VariancePath>,
 ) -> (Vec<f32>, Saved) {
-    forward_in_tiles(shape, images_per_tile(shape), x, mean, bias, noise)
+    let weights = Weights::of(shape, mean, noise.map(|n| n.variance));
+    let tile = images_per_tile(shape, weights.is_winograd());
+    forward_in_tiles(shape, tile, x, mean, bias, noise, weights)
 }
 
+/// Buffers of one tile's forward step: the patches (and their squares) or Winograd's padded
+/// images, transformed inputs (and squares) and products; the products γ and δ `[O, tile·L]`.
+struct ForwardScratch {
+    patches: Vec<f32>,
+    squares: Vec<f32>,
+    padded: Vec<f32>,
+    transformed: Vec<f32>,
+    transformed_squares: Vec<f32>,
+    winograd_products: Vec<f32>,
+    gamma: Vec<f32>,
+    delta: Vec<f32>,
+}
+
+impl ForwardScratch {
+    fn new(shape: ConvShape, tile: usize, noisy: bool, winograd: bool) -> Self {
+        let patches = zeros_if(!winograd, shape.patch() * tile * shape.positions());
+        let products = shape.channels_out * tile * shape.positions();
+        let transformed = zeros_if(winograd, winograd::transformed_len(shape, tile));
+        Self {
+            squares: zeros_if(noisy, patches.len()),
+            patches,
+            padded: zeros_if(winograd, winograd::padded_len(shape, tile)),
+            transformed_squares: zeros_if(noisy, transformed.len()),
+            transformed,
+            winograd_products: zeros_if(winograd, winograd::products_len(shape, tile)),
+            gamma: crate::simd::zeros(products),
+            delta: zeros_if(noisy, products),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn forward_in_tiles(
     shape: ConvShape,
     tile: usize,
@@ -150,11 +226,11 @@ fn forward_in_tiles(
     mean: &[f32],
     bias: &[f32],
     noise: Option<VariancePath>,
+    weights: Weights,
 ) -> (Vec<f32>, Saved) {
     let (patch, positions, image_out) = (shape.patch(), shape.positions(), shape.image_out());
     let columns = tile * positions;
     let noisy = noise.is_some();
-    let sparse_mean = SparseRows::of_sparse(mean, patch);
     let mut output = crate::simd::zeros(shape.batch * image_out);
     let mut delta_factor = zeros_if(noisy, shape.batch * image_out);
     let factors = per_tile(&mut delta_factor, shape.batch / tile);
@@ -163,53 +239,65 @@ fn forward_in_tiles(
         .zip(factors)
         .enumerate()
         .for_each_init(
-            || {
-                let products = shape.channels_out * columns;
-                (
-                    crate::simd::zeros(patch * columns),
-                    zeros_if(noisy, patch * columns),
-                    crate::simd::zeros(products),
-                    zeros_if(noisy, products),
-                )
-            },
-            |(p, squares, gamma, delta), (t, (out, mut factor))| {
+            || ForwardScratch::new(shape, tile, noisy, weights.is_winograd()),
+            |s, (t, (out, mut factor))| {
                 let first = t * tile;
-                im2col(shape, tile, &x[first * shape.image()..], p);
+                let images = &x[first * shape.image()..][..tile * shape.image()];
                 let rows = |data| Matrix::row_major(data, patch);
                 let cols = |data| Matrix::row_major(data, columns);
-                match &sparse_mean {
-                    Some(sparse) => with_simd(
-                        #[inline(always)]
-                        || sparse.times(p, gamma),
-                    ),
-                    None => gemm(
-                        gamma,
-                        false,
-                        rows(mean),
-                        cols(p),
-                        shape.channels_out,
-                        Parallelism::None,
-                    ),
+                if let Weights::Winograd { mean, variance } = &weights {
+                    winograd::pad(shape, images, &mut s.padded, false);
+                    winograd::transform_input(shape, &s.padded, &mut s.transformed);
+                    if noisy {
+                        winograd::pad(shape, images, &mut s.padded, true);
+                        let squares = &mut s.transformed_squares;
+                        winograd::transform_input(shape, &s.padded, squares);
+                    }
+                    let products = &mut s.winograd_products;
+                    winograd::products(shape, mean, &s.transformed, products);
+                    winograd::transform_output(shape, products, &mut s.gamma);
+                    if noisy {
+                        winograd::products(shape, variance, &s.transformed_squares, products);
+                        winograd::transform_output(shape, products, &mut s.delta);
+                    }
+                } else {
+                    let p = &mut s.patches;
+                    im2col(shape, tile, images, p);
+                    match &weights {
+                        Weights::Sparse(sparse) => with_simd(
+                            #[inline(always)]
+                            || sparse.times(p, &mut s.gamma),
+                        ),
+                        _ => gemm(
+                            &mut s.gamma,
+                            false,
+                            rows(mean),
+                            cols(p),
+                            shape.channels_out,
+                            Parallelism::None,
+                        ),
+                    }
+                    if let Some(noise) = noise {
+                        with_simd(
+                            #[inline(always)]
+                            || {
+                                s.squares
+                                    .iter_mut()
+                                    .zip(p.iter())
+                                    .for_each(|(q, v)| *q = v * v)
+                            },
+                        );
+                        gemm(
+                            &mut s.delta,
+                            false,
+                            rows(noise.variance),
+                            cols(&s.squares),
+                            shape.channels_out,
+                            Parallelism::None,
+                        );
+                    }
                 }
-                if let Some(noise) = noise {
-                    with_simd(
-                        #[inline(always)]
-                        || {
-                            squares
-                                .iter_mut()
-                                .zip(p.iter())
-                                .for_each(|(s, v)| *s = v * v)
-                        },
-                    );
-                    gemm(
-                        delta,
-                        false,
-                        rows(noise.variance),
-                        cols(squares),
-                        shape.channels_out,
-                        Parallelism::None,
-                    );
-                }
+                let (gamma, delta) = (&s.gamma, &s.delta);
                 // Output row (image g, channel o) is the product's columns of image g in row o.
                 for (g, out) in out.chunks_mut(image_out).enumerate() {
                     let image_rows = out.chunks_mut(positions).zip(bias).enumerate();
@@ -244,7 +332,7 @@ fn forward_in_tiles(
         output,
         Saved {
             delta_factor,
-            sparse_mean,
+            weights,
         },
     )
 }
@@ -268,7 +356,7 @@ pub fn backward(
     need_x: bool,
     mean_gradient: MeanGradient,
 ) -> Grads {
-    let tile = images_per_tile(shape);
+    let tile = images_per_tile(shape, saved.weights.is_winograd());
     backward_in_tiles(shape, tile, inputs, saved, grad, need_x, mean_gradient)
 }
 
@@ -281,100 +369,53 @@ fn backward_in_tiles(
     need_x: bool,
     mean_gradient: MeanGradient,
 ) -> Grads {
-    let (patch, image_out) = (shape.patch(), shape.image_out());
-    let columns = tile * shape.positions();
+    let image_out = shape.image_out();
     let mut x_grad = zeros_if(need_x, shape.batch * shape.image());
     let tiles = per_tile(&mut x_grad, shape.batch / tile);
-    let Inputs { x, mean, variance } = inputs;
-    let noisy = variance.is_some();
-    let sampled_mean = match mean_gradient {
-        MeanGradient::WhereNonzero => saved.sparse_mean.as_ref(),
-        MeanGradient::Everywhere => None,
+    let noisy = inputs.variance.is_some();
+    let sampled_mean = match (&saved.weights, mean_gradient) {
+        (Weights::Sparse(sparse), MeanGradient::WhereNonzero) => Some(sparse),
+        _ => None,
     };
+    let winograd = saved.weights.is_winograd();
     // Adds tile t's terms to `sums` and, when `dx` is given, writes its ∂x there.
     let add_tile = |sums: &mut WeightGrads, s: &mut Scratch, t: usize, dx: Option<&mut [f32]>| {
         let first = t * tile;
-        im2col(shape, tile, &x[first * shape.image()..], &mut s.patches);
-        let p = &s.patches;
+        let images = &inputs.x[first * shape.image()..][..tile * shape.image()];
         let outputs = first * image_out..(first + tile) * image_out;
         let g = side_by_side(shape, &grad[outputs.clone()], &mut s.grad);
-        for (db, g) in sums.bias.iter_mut().zip(g.chunks(columns)) {
+        for (db, g) in sums.bias.iter_mut().zip(g.chunks(tile * shape.positions())) {
             *db += crate::simd::sum(g);
-        }
-        let by_position = |data| Matrix::row_major(data, columns);
-        let by_patch = |data| Matrix::row_major(data, patch);
-        match sampled_mean {
-            Some(sparse) => with_simd(
-                #[inline(always)]
-                || sparse.add_sampled_lanes(g, p, &mut sums.mean_lanes),
-            ),
-            None => gemm(
-                &mut sums.mean,
-                true,
-                by_position(p),
-                by_position(g).t(),
-                patch,
-                Parallelism::None,
-            ),
         }
         if noisy {
             let factor = side_by_side(shape, &saved.delta_factor[outputs], &mut s.factor);
             with_simd(
                 #[inline(always)]
                 || {
-                    s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v);
                     s.delta_grad
                         .iter_mut()
                         .zip(g.iter().zip(factor))
-                        .for_each(|(d, (g, f))| *d = g * f);
-                },
-            );
-            let (delta_grad, squares) = (by_position(&s.delta_grad), by_position(&s.squares));
-            gemm(
-                &mut sums.variance,
-                true,
-                squares,
-                delta_grad.t(),
-                patch,
-                Parallelism::None,
-            );
-        }
-        let Some(dx) = dx else { return };
-        match &saved.sparse_mean {
-            Some(sparse) => with_simd(
-                #[inline(always)]
-                || sparse.transpose_times(g, &mut s.mean_part),
-            ),
-            None => gemm(
-                &mut s.mean_part,
-                false,
-                by_patch(mean).t(),
-                by_position(g),
-                patch,
-                Parallelism::None,
-            ),
-        }
-        if let Some(variance) = variance {
-            let delta_grad = by_position(&s.delta_grad);
-            let variance = by_patch(variance).t();
-            gemm(
-                &mut s.variance_part,
-                false,
-                variance,
-                delta_grad,
-                patch,
-                Parallelism::None,
-            );
-            with_simd(
-                #[inline(always)]
-                || {
-                    for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
-                        *m += 2.0 * pv * v;
-                    }
+                        .for_each(|(d, (g, f))| *d = g * f)
                 },
             );
         }
-        col2im(shape, tile, &s.mean_part, dx);
+        let products = TileProducts {
+            shape,
+            tile,
+            inputs,
+            images,
+            grad: g,
+            delta_grad: &s.delta_grad,
+        };
+        match &saved.weights {
+            Weights::Winograd { mean, variance } => {
+                products.winograd(mean, variance, sums, &mut s.winograd, dx)
+            }
+            Weights::Sparse(sparse) => {
+                products.patches(Some(sparse), sampled_mean, sums, &mut s.patches, dx)
+            }
+            Weights::Dense => products.patches(None, None, sums, &mut s.patches, dx),
+        }
     };
     // Fixed groups of tiles, each summed in order and the groups' sums added in order, so that
     // the gradients do not depend on how rayon's threads split the work (a `fold`'s splits do).
@@ -384,9 +425,9 @@ fn backward_in_tiles(
         .enumerate()
         .chunks((IMAGES_PER_GROUP / tile).max(1))
         .map_init(
-            || Scratch::new(shape, tile, noisy, need_x),
+            || Scratch::new(shape, tile, noisy, need_x, winograd),
             |scratch, group| {
-                let mut sums = WeightGrads::zeros(shape, noisy, sampled_mean);
+                let mut sums = WeightGrads::zeros(shape, noisy, sampled_mean, winograd);
                 for (t, dx) in group {
                     add_tile(&mut sums, scratch, t, dx);
                 }
@@ -400,14 +441,162 @@ fn backward_in_tiles(
     let mut group_sums = group_sums.into_iter();
     let mut total = group_sums
         .next()
-        .unwrap_or_else(|| WeightGrads::zeros(shape, noisy, None));
+        .unwrap_or_else(|| WeightGrads::zeros(shape, noisy, None, winograd));
     group_sums.for_each(|sums| total.add(&sums));
-    let by_output = |sums_t: &[f32]| transpose(sums_t, shape.channels_out);
+    let by_output = |sums: &[f32]| {
+        if winograd {
+            winograd::weight_gradient(shape, sums)
+        } else {
+            transpose(sums, shape.channels_out)
+        }
+    };
     Grads {
         x: need_x.then_some(x_grad),
         mean: by_output(&total.mean),
         bias: total.bias,
         variance: noisy.then(|| by_output(&total.variance)),
+    }
+}
+
+/// One tile's products of the backward pass, given ∂output g and (with the variance path) g_δ,
+/// both side by side `[O, tile·L]`.
+struct TileProducts<'a> {
+    shape: ConvShape,
+    tile: usize,
+    inputs: Inputs<'a>,
+    images: &'a [f32],
+    grad: &'a [f32],
+    delta_grad: &'a [f32],
+}
+
+impl TileProducts<'_> {
+    /// The products on the patches: ∂θ += P·gᵀ (or, `sampled` from θ's nonzero entries, one dot
+    /// product per kept weight), ∂σ² += (P ⊙ P)·g_δᵀ, and ∂x = col2im(θᵀ·g + 2P ⊙ (σ²ᵀ·g_δ)),
+    /// with θᵀ·g from `sparse` θ when given.
+    fn patches(
+        &self,
+        sparse: Option<&SparseRows>,
+        sampled: Option<&SparseRows>,
+        sums: &mut WeightGrads,
+        s: &mut PatchScratch,
+        dx: Option<&mut [f32]>,
+    ) {
+        let (shape, tile, g) = (self.shape, self.tile, self.grad);
+        let (patch, columns) = (shape.patch(), tile * shape.positions());
+        im2col(shape, tile, self.images, &mut s.patches);
+        let p = &s.patches;
+        let by_position = |data| Matrix::row_major(data, columns);
+        let by_patch = |data| Matrix::row_major(data, patch);
+        match sampled {
+            Some(sparse) => with_simd(
+                #[inline(always)]
+                || sparse.add_sampled_lanes(g, p, &mut sums.mean_lanes),
+            ),
+            None => gemm(
+                &mut sums.mean,
+                true,
+                by_position(p),
+                by_position(g).t(),
+                patch,
+                Parallelism::None,
+            ),
+        }
+        if let Some(variance) = self.inputs.variance {
+            with_simd(
+                #[inline(always)]
+                || s.squares.iter_mut().zip(p).for_each(|(q, v)| *q = v * v),
+            );
+            let (delta_grad, squares) = (by_position(self.delta_grad), by_position(&s.squares));
+            gemm(
+                &mut sums.variance,
+                true,
+                squares,
+                delta_grad.t(),
+                patch,
+                Parallelism::None,
+            );
+            if dx.is_some() {
+                gemm(
+                    &mut s.variance_part,
+                    false,
+                    by_patch(variance).t(),
+                    delta_grad,
+                    patch,
+                    Parallelism::None,
+                );
+            }
+        }
+        let Some(dx) = dx else { return };
+        match sparse {
+            Some(sparse) => with_simd(
+                #[inline(always)]
+                || sparse.transpose_times(g, &mut s.mean_part),
+            ),
+            None => gemm(
+                &mut s.mean_part,
+                false,
+                by_patch(self.inputs.mean).t(),
+                by_position(g),
+                patch,
+                Parallelism::None,
+            ),
+        }
+        if self.inputs.variance.is_some() {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for ((m, v), &pv) in s.mean_part.iter_mut().zip(&s.variance_part).zip(p) {
+                        *m += 2.0 * pv * v;
+                    }
+                },
+            );
+        }
+        col2im(shape, tile, &s.mean_part, dx);
+    }
+
+    /// Winograd's products ([`winograd`]) with U of θ `mean` and of σ² `variance`: ∂U += ∂M·Vᵀ
+    /// for both paths (V of x and of x ⊙ x, ∂M of g and of g_δ), and ∂x = B(Uᵀ∂M)Bᵀ of the mean
+    /// path plus 2x ⊙ the same of the variance path.
+    fn winograd(
+        &self,
+        mean: &[f32],
+        variance: &[f32],
+        sums: &mut WeightGrads,
+        s: &mut WinogradScratch,
+        dx: Option<&mut [f32]>,
+    ) {
+        let shape = self.shape;
+        let noisy = self.inputs.variance.is_some();
+        if noisy {
+            winograd::pad(shape, self.images, &mut s.padded, true);
+            winograd::transform_input(shape, &s.padded, &mut s.transformed_squares);
+        }
+        winograd::pad(shape, self.images, &mut s.padded, false);
+        winograd::transform_input(shape, &s.padded, &mut s.transformed);
+        winograd::transform_output_gradient(shape, self.grad, &mut s.grad);
+        winograd::add_weight_products(shape, &s.grad, &s.transformed, &mut sums.mean);
+        if noisy {
+            winograd::transform_output_gradient(shape, self.delta_grad, &mut s.delta_grad);
+            let (delta_grad, squares) = (&s.delta_grad, &s.transformed_squares);
+            winograd::add_weight_products(shape, delta_grad, squares, &mut sums.variance);
+        }
+        let Some(dx) = dx else { return };
+        winograd::input_products(shape, mean, &s.grad, &mut s.input_grad);
+        winograd::scatter_input_gradient(shape, &s.input_grad, &mut s.padded_grad);
+        if noisy {
+            winograd::input_products(shape, variance, &s.delta_grad, &mut s.input_grad);
+            winograd::scatter_input_gradient(shape, &s.input_grad, &mut s.padded_squares_grad);
+            with_simd(
+                #[inline(always)]
+                || {
+                    let terms = s.padded_squares_grad.iter().zip(&s.padded);
+                    for (d, (q, x)) in s.padded_grad.iter_mut().zip(terms) {
+                        *d += 2.0 * x * q;
+                    }
+                },
+            );
+        }
+        winograd::unpad(shape, &s.padded_grad, dx);
     }
 }
 
@@ -448,8 +637,18 @@ struct WeightGrads {
 }
 
 impl WeightGrads {
-    fn zeros(shape: ConvShape, noisy: bool, sampled_mean: Option<&SparseRows>) -> Self {
-        let weights = shape.channels_out * shape.patch();
+    /// Sums in the layout of the products: `[C·k², O]`, or `[16, C, O]` with Winograd's.
+    fn zeros(
+        shape: ConvShape,
+        noisy: bool,
+        sampled_mean: Option<&SparseRows>,
+        winograd: bool,
+    ) -> Self {
+        let weights = if winograd {
+            winograd::transformed_weights_len(shape)
+        } else {
+            shape.channels_out * shape.patch()
+        };
         Self {
             mean: vec![0.0; weights],
             mean_lanes: sampled_mean.map(SparseRows::lanes).unwrap_or_default(),
@@ -486,27 +685,63 @@ fn per_tile(buffer: &mut [f32], tiles: usize) -> Vec<Option<&mut [f32]>> {
 /// Buffers one tile's backward step writes into; empty where the call does not need them (the
 /// side-by-side copies of ∂output and of the ∂δ factors only for tiles of several images).
 struct Scratch {
-    patches: Vec<f32>,
-    squares: Vec<f32>,
     grad: Vec<f32>,
     factor: Vec<f32>,
     delta_grad: Vec<f32>,
+    patches: PatchScratch,
+    winograd: WinogradScratch,
+}
+
+/// The products on the patches: the patches, their squares and the two parts of θᵀ·g.
+struct PatchScratch {
+    patches: Vec<f32>,
+    squares: Vec<f32>,
     mean_part: Vec<f32>,
     variance_part: Vec<f32>,
 }
 
+/// Winograd's products: the padded images, their transforms V (and of the squares), ∂M of g and
+/// g_δ, ∂V, and the padded gradients of x and of x ⊙ x.
+struct WinogradScratch {
+    padded: Vec<f32>,
+    transformed: Vec<f32>,
+    transformed_squares: Vec<f32>,
+    grad: Vec<f32>,
+    delta_grad: Vec<f32>,
+    input_grad: Vec<f32>,
+    padded_grad: Vec<f32>,
+    padded_squares_grad: Vec<f32>,
+}
+
 impl Scratch {
-    fn new(shape: ConvShape, tile: usize, noisy: bool, need_x: bool) -> Self {
-        let patches = shape.patch() * shape.positions() * tile;
+    fn new(shape: ConvShape, tile: usize, noisy: bool, need_x: bool, winograd: bool) -> Self {
         let outputs = shape.image_out() * tile;
+        // The lengths of the buffers of the way the products run, 0 for the other way's.
+        let only = |used: bool, len: usize| if used { len } else { 0 };
+        let patches = only(!winograd, shape.patch() * shape.positions() * tile);
+        let transformed = only(winograd, winograd::transformed_len(shape, tile));
+        let padded = only(winograd, winograd::padded_len(shape, tile));
+        let products = only(winograd, winograd::products_len(shape, tile));
         Self {
-            patches: crate::simd::zeros(patches),
-            squares: zeros_if(noisy, patches),
             grad: zeros_if(tile > 1, outputs),
             factor: zeros_if(noisy && tile > 1, outputs),
             delta_grad: zeros_if(noisy, outputs),
-            mean_part: zeros_if(need_x, patches),
-            variance_part: zeros_if(noisy && need_x, patches),
+            patches: PatchScratch {
+                patches: crate::simd::zeros(patches),
+                squares: zeros_if(noisy, patches),
+                mean_part: zeros_if(need_x, patches),
+                variance_part: zeros_if(noisy && need_x, patches),
+            },
+            winograd: WinogradScratch {
+                padded: crate::simd::zeros(padded),
+                transformed: crate::simd::zeros(transformed),
+                transformed_squares: zeros_if(noisy, transformed),
+                grad: crate::simd::zeros(products),
+                delta_grad: zeros_if(noisy, products),
+                input_grad: zeros_if(need_x, transformed),
+                padded_grad: zeros_if(need_x, padded),
+                padded_squares_grad: zeros_if(noisy && need_x, padded),
+            },
         }
     }
 }
@@ -736,12 +971,17 @@ mod tests {
             kernel: 3,
             padding: 1,
         };
-        assert_eq!(images_per_tile(shape(32, 100)), 1);
-        assert_eq!(images_per_tile(shape(8, 100)), 1);
-        assert_eq!(images_per_tile(shape(4, 100)), 4);
-        assert_eq!(images_per_tile(shape(2, 100)), 10);
-        assert_eq!(images_per_tile(shape(2, 97)), 1);
-        assert_eq!(images_per_tile(shape(2, 3)), 3);
+        assert_eq!(images_per_tile(shape(32, 100), false), 1);
+        assert_eq!(images_per_tile(shape(8, 100), false), 1);
+        assert_eq!(images_per_tile(shape(4, 100), false), 4);
+        assert_eq!(images_per_tile(shape(2, 100), false), 10);
+        assert_eq!(images_per_tile(shape(2, 97), false), 1);
+        assert_eq!(images_per_tile(shape(2, 3), false), 3);
+        // Winograd's products have a column per 2×2 block: a quarter of the positions.
+        assert_eq!(images_per_tile(shape(16, 100), true), 1);
+        assert_eq!(images_per_tile(shape(8, 100), true), 4);
+        assert_eq!(images_per_tile(shape(4, 100), true), 10);
+        assert_eq!(images_per_tile(shape(2, 100), true), 50);
     }
 
     /// Products over tiles of images side by side give the numbers of one image at a time, up
@@ -789,7 +1029,9 @@ mod tests {
                         variance: &variance,
                         zeta: &zeta,
                     });
-                    let (out, saved) = forward_in_tiles(shape, tile, &x, mean, &bias, noise);
+                    let weights = Weights::of(shape, mean, Some(&variance));
+                    let (out, saved) =
+                        forward_in_tiles(shape, tile, &x, mean, &bias, noise, weights);
                     let inputs = Inputs {
                         x: &x,
                         mean,
@@ -816,47 +1058,113 @@ mod tests {
         }
     }
 
+    /// Winograd's products give the numbers of the patches' up to float rounding, on maps of
+    /// 2×2 (one block per image), 4×4, 6×8 and 4×18 (two runs of blocks per row), one image and
+    /// several per tile: outputs, ∂δ
+    /// factors and every gradient.
+    #[test]
+    fn winograd_gives_the_numbers_of_the_patches() {
+        for (height, width, batch) in [(2, 2, 6), (4, 4, 5), (6, 8, 3), (4, 18, 2)] {
+            let shape = ConvShape {
+                batch,
+                channels_in: 33,
+                height,
+                width,
+                channels_out: 7,
+                kernel: 3,
+                padding: 1,
+            };
+            assert!(winograd::applies(shape));
+            let case = Case::of(shape);
+            for noisy in [false, true] {
+                let run = |weights: Weights, tile| {
+                    let noise = noisy.then_some(VariancePath {
+                        variance: &case.variance,
+                        zeta: &case.zeta,
+                    });
+                    let (out, saved) = forward_in_tiles(
+                        shape, tile, &case.x, &case.mean, &case.bias, noise, weights,
+                    );
+                    let inputs = Inputs {
+                        x: &case.x,
+                        mean: &case.mean,
+                        variance: noisy.then_some(&case.variance[..]),
+                    };
+                    let everywhere = MeanGradient::Everywhere;
+                    let g = backward_in_tiles(
+                        shape, tile, inputs, &saved, &case.grad, true, everywhere,
+                    );
+                    let mut values = vec![out, saved.delta_factor];
+                    values.extend([g.x.unwrap(), g.mean, g.bias]);
+                    values.extend(g.variance);
+                    values
+                };
+                let patches = run(Weights::Dense, 1);
+                let variance = noisy.then_some(&case.variance[..]);
+                for tile in [1, batch] {
+                    let transformed = run(Weights::of(shape, &case.mean, variance), tile);
+                    assert_eq!(transformed.len(), patches.len());
+                    let names = ["output", "∂δ factor", "∂x", "∂mean", "∂bias", "∂variance"];
+                    for ((a, b), name) in transformed.iter().zip(&patches).zip(names) {
+                        assert_eq!(a.len(), b.len(), "{name}");
+                        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                                "{name}[{i}] of {shape:?}, tile {tile}, noisy {noisy}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The weight gradients are summed in fixed groups of images, so a run is bit-identical
-    /// whatever the number of threads (and however rayon's threads share the work).
+    /// whatever the number of threads (and however rayon's threads share the work), with the
+    /// patches and with Winograd's products.
     #[test]
     fn backward_does_not_depend_on_the_thread_count() {
-        let shape = ConvShape {
-            batch: 23,
-            channels_in: 3,
-            height: 9,
-            width: 9,
-            channels_out: 4,
-            kernel: 3,
-            padding: 1,
-        };
-        let Case {
-            x,
-            mean,
-            variance,
-            bias,
-            zeta,
-            grad,
-        } = Case::of(shape);
-        let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
-            pool.install(|| {
-                let noise = VariancePath {
-                    variance: &variance,
-                    zeta: &zeta,
-                };
-                let (_, saved) = forward(shape, &x, &mean, &bias, Some(noise));
-                let inputs = Inputs {
-                    x: &x,
-                    mean: &mean,
-                    variance: Some(&variance),
-                };
-                let g = backward(shape, inputs, &saved, &grad, true, MeanGradient::Everywhere);
-                (g.x, g.mean, g.bias, g.variance)
-            })
-        };
-        assert_eq!(run(1), run(3));
+        for (channels_in, side) in [(3, 9), (32, 4)] {
+            let shape = ConvShape {
+                batch: 23,
+                channels_in,
+                height: side,
+                width: side,
+                channels_out: 4,
+                kernel: 3,
+                padding: 1,
+            };
+            assert_eq!(winograd::applies(shape), channels_in == 32);
+            let Case {
+                x,
+                mean,
+                variance,
+                bias,
+                zeta,
+                grad,
+            } = Case::of(shape);
+            let run = |threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool");
+                pool.install(|| {
+                    let noise = VariancePath {
+                        variance: &variance,
+                        zeta: &zeta,
+                    };
+                    let (_, saved) = forward(shape, &x, &mean, &bias, Some(noise));
+                    let inputs = Inputs {
+                        x: &x,
+                        mean: &mean,
+                        variance: Some(&variance),
+                    };
+                    let everywhere = MeanGradient::Everywhere;
+                    let g = backward(shape, inputs, &saved, &grad, true, everywhere);
+                    (g.x, g.mean, g.bias, g.variance)
+                })
+            };
+            assert_eq!(run(1), run(3), "{shape:?}");
+        }
     }
 }
