@@ -60,9 +60,9 @@ pub struct AdditiveRules {
 /// while β = 0, and at removed weights generally. The closed form (exactly 0 for ε = 0) freezes
 /// them instead and trains measurably differently (LeNet-300-100, one epoch at β = 0: 28.5 /
 /// 23.9 / 17.0 % removed per layer with the closed form, 23.9 / 16.8 / 8.9 % with this sum,
-/// 23.3 / 16.0 / 8.7 % with [`composed_additive_terms`] under burn's autodiff).
+/// 23.3 / 16.0 / 8.7 % with `sparsevd::kl::composed_additive_terms` under burn's autodiff).
 ///
-/// Why not burn's autodiff ([`composed_additive_terms`] is that form, and the reference the
+/// Why not burn's autodiff (`sparsevd::kl::composed_additive_terms` is that form, and the reference the
 /// tests hold this pass to): the KL as a chain of ~15 elementwise tensor ops and their backward
 /// steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was 14 % of a
 /// LeNet-5 step and more than half of a LeNet-300-100 step.
@@ -463,7 +463,7 @@ struct WeightTerm {
 }
 
 /// ℓ = log σ² − log(θ² + ε): one weight's log α in the additive parameterization, before the
-/// clip (θ² + ε floored at the smallest normal f32, as in [`log_alpha`]).
+/// clip (θ² + ε floored at the smallest normal f32, as in `sparsevd::kl::log_alpha`).
 #[inline(always)]
 pub fn additive_log_alpha(theta: f32, log_sigma2: f32, eps: f32) -> f32 {
     log_sigma2 - simd::ln((theta * theta + eps).max(f32::MIN_POSITIVE))

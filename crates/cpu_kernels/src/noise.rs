@@ -26,7 +26,7 @@ pub fn standard_normal<const D: usize>(shape: [usize; D], seed: u64, device: &De
 }
 
 /// Binary (inverted) dropout: x ⊙ m / p with m ~ Bernoulli(p) per element, p = `keep`, the
-/// mask determined by `seed`. E[output] = x, so evaluation uses x unchanged.
+/// mask determined by `seed`. E\[output\] = x, so evaluation uses x unchanged.
 pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let scale = (1.0 / keep) as f32;
     let mask = draw(x.dims(), seed, &x.device(), |rng, block| {
@@ -42,7 +42,7 @@ pub fn binary_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Ten
 }
 
 /// Gaussian dropout: x ⊙ r with r ~ N(1, α) per element, α = (1 − p)/p for p = `keep` (the
-/// mean and variance of binary dropout's r), drawn from `seed`. E[output] = x.
+/// mean and variance of binary dropout's r), drawn from `seed`. E\[output\] = x.
 pub fn gaussian_dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     let std = ((1.0 - keep) / keep).sqrt() as f32;
     let noise = draw(x.dims(), seed, &x.device(), |rng, block| {

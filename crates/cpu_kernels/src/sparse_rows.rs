@@ -33,7 +33,7 @@ const LANES: usize = 16;
 
 impl SparseRows {
     /// The nonzero entries of `matrix` (`columns` wide), or `None` when more than
-    /// [`MAX_DENSITY`] of its entries are nonzero.
+    /// `MAX_DENSITY` (a quarter) of its entries are nonzero.
     pub fn of_sparse(matrix: &[f32], columns: usize) -> Option<Self> {
         assert_eq!(matrix.len() % columns, 0, "SparseRows: not a matrix");
         let nonzero = matrix.iter().filter(|&&v| v != 0.0).count();
@@ -118,7 +118,7 @@ impl SparseRows {
 
     /// The sampled product a·bᵀ at this matrix's nonzero entries only, for row-major a
     /// `[rows, n]` and b `[columns, n]`, added to `lanes` (one per nonzero entry, in order):
-    /// lanes[k] += a_r ⊙ b_c folded to 16 lanes for the k-th nonzero entry (r, c).
+    /// lanes\[k\] += a_r ⊙ b_c folded to 16 lanes for the k-th nonzero entry (r, c).
     /// [`SparseRows::add_lane_sums_transposed`] turns the lanes into the product. Inline it into a
     /// [`crate::simd::with_simd`] closure for wide vectors.
     #[inline(always)]
@@ -161,7 +161,7 @@ impl SparseRows {
         }
     }
 
-    /// dstᵀ `[columns, rows]` (the transpose of this matrix's shape) += the sum of lanes[k] at
+    /// dstᵀ `[columns, rows]` (the transpose of this matrix's shape) += the sum of lanes\[k\] at
     /// the k-th nonzero entry, for lanes from [`SparseRows::add_sampled_lanes`], added by halves.
     pub fn add_lane_sums_transposed(&self, lanes: &[Lanes], dst_t: &mut [f32]) {
         assert_eq!(

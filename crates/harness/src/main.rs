@@ -178,7 +178,7 @@ struct Folders {
     /// Data cache folder [default: $HARNESS_DATA_DIR, else data/ at the repository root].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Results root; each experiment writes <results-dir>/<name>/<variant>/ (and seed_<n>/
+    /// Results root; each experiment writes RESULTS_DIR/NAME/VARIANT/ (and seed_N/
     /// below it in a seed sweep).
     #[arg(long, default_value = "results")]
     results_dir: PathBuf,

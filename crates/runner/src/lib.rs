@@ -69,7 +69,7 @@ pub struct RunOptions {
     pub device: Device,
     /// Backend name for provenance, e.g. "flex".
     pub backend: String,
-    /// The device in words for provenance, e.g. "CPU: <model>" or a GPU's name.
+    /// The device in words for provenance, e.g. "CPU: AMD EPYC" or a GPU's name.
     pub device_description: String,
     pub data_dir: PathBuf,
     /// Results go to `<results_dir>/<experiment name>/<variant>/` (and `seed_<n>/` below it in a

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sparsevd::AlphaSharing;
 
 impl LoadedExperiment {
-    /// sha256 of what decides how `run` trains ([`TrainingSpec`]): unlike the file's hash it
+    /// sha256 of what decides how `run` trains (the `TrainingSpec`): unlike the file's hash it
     /// stays the same when names, comments, paper rows, tolerances or other variants change,
     /// so that such edits leave finished runs current. A seed sweep's run hashes as the file
     /// with that one `seed` would: adding seeds leaves the runs of the old seed current.
