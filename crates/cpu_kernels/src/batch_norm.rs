@@ -11,7 +11,8 @@
 //! burn's batch norm is composed from general operations: each mean over a channel first swaps
 //! the batch and channel axes into a contiguous copy, and forward and backward make about a dozen
 //! passes over the activation (a tenth of a VGG-like training step, with the ReLU); here the
-//! forward pass reads x twice and writes z once, the backward pass reads twice and writes once.
+//! forward pass reads x twice and writes z once, the backward pass masks ∂z once and reads that
+//! and x twice (sums, then ∂x).
 
 use crate::host_op::host_op;
 use crate::simd::{with_simd, zeros};
