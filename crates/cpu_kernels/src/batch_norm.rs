@@ -207,15 +207,9 @@ fn backward(state: &State, grad: &FlexTensor) -> [FlexTensor; 3] {
     let count = (x.len() / channels.max(1)) as f32;
     let planes = |plane: usize| plane * positions..(plane + 1) * positions;
     // g = ∂z where z > 0.
-    let mut masked = zeros(x.len());
-    masked
-        .par_chunks_mut(positions)
-        .zip(grad.par_chunks(positions).zip(z.par_chunks(positions)))
-        .for_each(|(g, (grad, z))| {
-            for (g, (&grad, &z)) in g.iter_mut().zip(grad.iter().zip(z)) {
-                *g = if z > 0.0 { grad } else { 0.0 };
-            }
-        });
+    let masked: Vec<f32> = (grad.par_iter().zip(z))
+        .map(|(&g, &z)| if z > 0.0 { g } else { 0.0 })
+        .collect();
     let beta_grad = per_channel_sums(&masked, channels, positions, |g, _, _| {
         lane_sum(g, g, |g, _| f64::from(g))
     });

@@ -62,9 +62,9 @@ pub struct AdditiveRules {
 /// 23.9 / 17.0 % removed per layer with the closed form, 23.9 / 16.8 / 8.9 % with this sum,
 /// 23.3 / 16.0 / 8.7 % with `sparsevd::kl::composed_additive_terms` under burn's autodiff).
 ///
-/// Why not burn's autodiff (`sparsevd::kl::composed_additive_terms` is that form, and the reference the
-/// tests hold this pass to): the KL as a chain of ~15 elementwise tensor ops and their backward
-/// steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was 14 % of a
+/// Why not burn's autodiff (`sparsevd::kl::composed_additive_terms` is that form, and the
+/// reference the tests hold this pass to): the KL as a chain of ~15 elementwise tensor ops and
+/// their backward steps took 14.2 ms for 400,000 weights (LeNet-5's dense1, 2 threads), which was 14 % of a
 /// LeNet-5 step and more than half of a LeNet-300-100 step.
 #[derive(Debug, Clone)]
 pub struct KlTerms {

@@ -10,8 +10,8 @@
 //! burn's convolution builds the image patches (im2col) for the forward pass and again for each
 //! gradient; composed from it the LRT sample costs four convolutions forward and four backward,
 //! about half of a LeNet-5 training step. Here the patches are built once per pass, shared by the
-//! mean and the variance path and by all the gradients (the private `kernels` module). Other backends keep burn's
-//! operations (the method's ops seam decides).
+//! mean and the variance path and by all the gradients (the private `kernels` module). Other
+//! backends keep burn's operations (the method's ops seam decides).
 
 mod kernels;
 mod winograd;
