@@ -16,6 +16,9 @@ import statistics
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+# Where criterion writes its estimates: under cargo's target folder, wherever CARGO_TARGET_DIR
+# puts it.
+CRITERION = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "criterion"
 STEPS = ["step_lenet300_sparse_vd", "step_lenet5_sparse_vd", "step_vgglike_k0.25_sparse_vd",
          "step_vgglike_k0.25_binary_dropout"]
 # Criterion's filter (a regular expression) for the compared steps, and PyTorch's nets.
@@ -25,7 +28,7 @@ ROUNDS = 3
 
 
 def criterion_median_ms(name):
-    path = ROOT / "target" / "criterion" / name / "new" / "estimates.json"
+    path = CRITERION / name / "new" / "estimates.json"
     return json.loads(path.read_text())["median"]["point_estimate"] / 1e6
 
 
@@ -60,7 +63,7 @@ def main():
     commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     # Only this run's benches: criterion keeps the folders of benches that no longer exist.
-    shutil.rmtree(ROOT / "target" / "criterion", ignore_errors=True)
+    shutil.rmtree(CRITERION, ignore_errors=True)
     bench = ["cargo", "bench", "-p", "runner", "--bench", "training"]
     subprocess.run(bench, cwd=ROOT, env=env, check=True)
     # The machine's speed drifts by tens of percent over minutes, so the compared steps run in
@@ -81,7 +84,7 @@ def main():
     for _ in range(ROUNDS):
         subprocess.run(bench + ["--", "infer_"], cwd=ROOT, env=env, check=True)
         inference_rounds.append(inference_medians())
-    all_benches = sorted(p.name for p in (ROOT / "target" / "criterion").iterdir() if (p / "new").is_dir())
+    all_benches = sorted(p.name for p in (CRITERION).iterdir() if (p / "new").is_dir())
     lines = [
         "# Performance: training step against PyTorch, and the benches",
         "",

@@ -22,7 +22,8 @@
 //!
 //! When θ is dense and the convolution is 3×3 with padding 1 on enough channels, Winograd's
 //! transforms replace the patches ([`winograd`]): the same products, 16 per 2×2 block of outputs
-//! instead of 36, in the transformed domain ([`Weights`] says which way a pass multiplies).
+//! instead of 36 and 36 per 4×4 block instead of 144, in the transformed domain ([`Weights`] says
+//! which way a pass multiplies).
 
 use super::winograd;
 use crate::MeanGradient;
@@ -36,8 +37,8 @@ const VARIANCE_EPS: f32 = crate::VARIANCE_EPS as f32;
 /// Images per group of the backward pass's weight-gradient sums (see [`backward`]).
 const IMAGES_PER_GROUP: usize = 10;
 
-/// The fewest columns a tile's products should have: output positions of its images, or 2×2
-/// blocks of them for Winograd's products.
+/// The fewest columns a tile's products should have: output positions of its images, or blocks
+/// of them for Winograd's products.
 const MIN_COLUMNS: usize = 64;
 
 /// Images per tile: one, unless an image has fewer than [`MIN_COLUMNS`] columns; then the
@@ -977,11 +978,14 @@ mod tests {
         assert_eq!(images_per_tile(shape(2, 100), false), 10);
         assert_eq!(images_per_tile(shape(2, 97), false), 1);
         assert_eq!(images_per_tile(shape(2, 3), false), 3);
-        // Winograd's products have a column per 2×2 block: a quarter of the positions.
-        assert_eq!(images_per_tile(shape(16, 100), true), 1);
-        assert_eq!(images_per_tile(shape(8, 100), true), 4);
-        assert_eq!(images_per_tile(shape(4, 100), true), 10);
+        // Winograd's products have a column per block: 4×4 outputs where the sides are
+        // multiples of 4 (a sixteenth of the positions), else 2×2 (a quarter).
+        assert_eq!(images_per_tile(shape(32, 100), true), 1);
+        assert_eq!(images_per_tile(shape(16, 100), true), 4);
+        assert_eq!(images_per_tile(shape(8, 100), true), 10);
+        assert_eq!(images_per_tile(shape(4, 100), true), 50);
         assert_eq!(images_per_tile(shape(2, 100), true), 50);
+        assert_eq!(images_per_tile(shape(6, 100), true), 5);
     }
 
     /// Products over tiles of images side by side give the numbers of one image at a time, up
@@ -1058,13 +1062,13 @@ mod tests {
         }
     }
 
-    /// Winograd's products give the numbers of the patches' up to float rounding, on maps of
-    /// 2×2 (one block per image), 4×4, 6×8 and 4×18 (two runs of blocks per row), one image and
-    /// several per tile: outputs, ∂δ
-    /// factors and every gradient.
+    /// Winograd's products give the numbers of the patches' up to float rounding, one image and
+    /// several per tile, for outputs, ∂δ factors and every gradient: with 2×2 blocks on maps of
+    /// 2×2 (one block per image), 6×8 and 4×18 (several runs of blocks per row), with 4×4 blocks
+    /// on maps of 4×4 (one block) and 8×12 (several rows and columns of blocks).
     #[test]
     fn winograd_gives_the_numbers_of_the_patches() {
-        for (height, width, batch) in [(2, 2, 6), (4, 4, 5), (6, 8, 3), (4, 18, 2)] {
+        for (height, width, batch) in [(2, 2, 6), (6, 8, 3), (4, 18, 2), (4, 4, 5), (8, 12, 2)] {
             let shape = ConvShape {
                 batch,
                 channels_in: 33,

@@ -1,35 +1,39 @@
-//! Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016) for the 3×3 convolutions with
+//! Winograd's minimal filtering F(m×m, 3×3) (Lavin & Gray 2016) for the 3×3 convolutions with
 //! padding 1 on maps of even side and at least [`MIN_CHANNELS`] input channels (ten of VGG-like's
-//! thirteen convolutions at k = 0.25, twelve at k = 1). Each 2×2 block of outputs
-//! is computed from the 4×4 block d of padded input around it as
+//! thirteen convolutions at k = 0.25, twelve at k = 1). Each m×m block of outputs is computed
+//! from the t×t block d of padded input around it (t = m + 2) as
 //!
 //!   Y = Aᵀ [(G θ Gᵀ) ⊙ (Bᵀ d B)] A,
 //!
-//! with Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]],
-//! G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]] and Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]].
-//! Summed over the input channels, the product at each of the 16 points ξ of the 4×4 transform
-//! is a matrix product, M_ξ = V_ξ·U_ξ `[N, O]` with V = BᵀdB `[16, N, C]` over a tile's N
-//! blocks and U = GθGᵀ `[16, C, O]`: 16 multiplications per block and channel pair instead of
-//! the 36 of the four outputs' patches. The gradients are the adjoints of the same three linear
-//! maps, with ∂M = A ∂Y Aᵀ: ∂U_ξ = V_ξᵀ·∂M_ξ and ∂θ = Gᵀ ∂U G; ∂V_ξ = ∂M_ξ·U_ξᵀ and
-//! ∂d = B ∂V Bᵀ, added over the blocks that overlap. The LRT variance path is the same
-//! convolution of x ⊙ x with σ².
+//! with Bᵀ `[t, t]`, G `[t, 3]` and Aᵀ `[m, t]` the matrices of F(2×2, 3×3) or F(4×4, 3×3)
+//! ([`Minimal`]; maps whose sides are multiples of 4 take the larger blocks). Summed over the
+//! input channels, the product at each of the t² points ξ of the transform is a matrix product,
+//! M_ξ = V_ξ·U_ξ `[N, O]` with V = BᵀdB `[t², N, C]` over a tile's N blocks and U = GθGᵀ
+//! `[t², C, O]`: t² multiplications per block and channel pair instead of the 9m² of its outputs'
+//! patches, 16 instead of 36 with m = 2 and 36 instead of 144 with m = 4. The gradients are the
+//! adjoints of the same three linear maps, with ∂M = A ∂Y Aᵀ: ∂U_ξ = V_ξᵀ·∂M_ξ and
+//! ∂θ = Gᵀ ∂U G; ∂V_ξ = ∂M_ξ·U_ξᵀ and ∂d = B ∂V Bᵀ, added over the blocks that overlap. The LRT
+//! variance path is the same convolution of x ⊙ x with σ².
 //!
-//! Used from [`MIN_CHANNELS`] input channels, where it pays. A VGG-like k = 0.25 step (criterion,
-//! 2 threads, alternated in one binary with and without it, two rounds) took 298–308 ms against
-//! 319–330 ms with Sparse VD and 174–185 against 194–210 ms with binary dropout; per layer
-//! (100 images, one thread, forward + backward) 31 against 43 ms at 64 channels on 8×8 maps,
-//! 12 against 19 ms at 128 channels on 2×2, even at 32 channels, and slower below (27 against
-//! 24 ms at 16 channels on 16×16), where the transforms cost more than the products save. The
-//! products round differently from the patches'; the tests of [`super::kernels`] hold the two
-//! within 1e-4.
+//! Used from [`MIN_CHANNELS`] input channels, where it pays. With F(2×2) only, a VGG-like
+//! k = 0.25 step (criterion, 2 threads, alternated in one binary with and without it, two rounds)
+//! took 298–308 ms against 319–330 ms with Sparse VD and 174–185 against 194–210 ms with binary
+//! dropout; per layer (100 images, one thread, forward + backward) 31 against 43 ms at 64
+//! channels on 8×8 maps, 12 against 19 ms at 128 channels on 2×2, even at 32 channels, and slower
+//! below (27 against 24 ms at 16 channels on 16×16), where the transforms cost more than the
+//! products save. F(4×4) on the maps whose sides are multiples of 4 (32×32 to 4×4; the 2×2 maps
+//! keep F(2×2)) took, against F(2×2) everywhere (`harness bench`, 2 threads, alternated, every
+//! other job paused), 153–154 against 193–201 ms per Sparse VD step and 88–89 against 107–110 ms
+//! per binary-dropout step in two rounds, and 201–208 against 230–251 and 111–131 against
+//! 129–143 ms in three rounds on the same machine later, when it was slower. It does not pay at
+//! 16 input channels either: a Sparse VD step took 171–199 ms with the two 16-channel
+//! convolutions on F(4×4), 160–181 ms without. The products round differently from the patches' (the larger blocks more: their
+//! transforms have entries up to 8 and ⅙); the tests of [`super::kernels`] hold the two within
+//! 1e-4.
 
 use super::kernels::ConvShape;
 use crate::gemm::{Matrix, Parallelism, gemm};
 use crate::simd::with_simd;
-
-/// The points of the 4×4 transform.
-const POINTS: usize = 16;
 
 /// The fewest input channels for which the transform is used (see the measurements above).
 const MIN_CHANNELS: usize = 32;
@@ -44,24 +48,104 @@ pub fn applies(shape: ConvShape) -> bool {
         && shape.channels_in >= MIN_CHANNELS
 }
 
-/// Blocks of 2×2 outputs per image.
+/// One of Winograd's minimal algorithms F(m×m, 3×3), with t = m + 2.
+trait Minimal<const M: usize, const T: usize> {
+    /// Bᵀ `[t, t]`: the transform of an input block.
+    const INPUT: [[f32; T]; T];
+    /// G `[t, 3]`: the transform of a 3×3 kernel.
+    const KERNEL: [[f32; 3]; T];
+    /// Aᵀ `[m, t]`: from the products back to an output block.
+    const OUTPUT: [[f32; T]; M];
+}
+
+/// F(m×m, 3×3) for blocks of m×m outputs.
+struct F<const M: usize>;
+
+impl Minimal<2, 4> for F<2> {
+    const INPUT: [[f32; 4]; 4] = [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ];
+    const KERNEL: [[f32; 3]; 4] = [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ];
+    const OUTPUT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+}
+
+impl Minimal<4, 6> for F<4> {
+    const INPUT: [[f32; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const KERNEL: [[f32; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    const OUTPUT: [[f32; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+}
+
+/// Runs `$call` with the const parameters of the algorithm a shape takes: F(4×4) where both
+/// sides of the maps are multiples of 4, else F(2×2).
+macro_rules! with_minimal {
+    ($shape:expr, $call:ident($($arg:expr),* $(,)?)) => {
+        if side($shape) == 4 {
+            $call::<4, 6, F<4>>($($arg),*)
+        } else {
+            $call::<2, 4, F<2>>($($arg),*)
+        }
+    };
+}
+
+/// The side m of the blocks of outputs.
+fn side(shape: ConvShape) -> usize {
+    if shape.height.is_multiple_of(4) && shape.width.is_multiple_of(4) {
+        4
+    } else {
+        2
+    }
+}
+
+/// The points of the transform, t².
+fn points(shape: ConvShape) -> usize {
+    (side(shape) + 2).pow(2)
+}
+
+/// Blocks of outputs per image.
 pub fn blocks(shape: ConvShape) -> usize {
-    shape.height / 2 * (shape.width / 2)
+    shape.height / side(shape) * (shape.width / side(shape))
 }
 
-/// The length of V `[16, N, C]` for a tile of `tile` images.
+/// The length of V `[t², N, C]` for a tile of `tile` images.
 pub fn transformed_len(shape: ConvShape, tile: usize) -> usize {
-    POINTS * shape.channels_in * tile * blocks(shape)
+    points(shape) * shape.channels_in * tile * blocks(shape)
 }
 
-/// The length of U `[16, C, O]`.
+/// The length of U `[t², C, O]`.
 pub fn transformed_weights_len(shape: ConvShape) -> usize {
-    POINTS * shape.channels_out * shape.channels_in
+    points(shape) * shape.channels_out * shape.channels_in
 }
 
-/// The length of M `[16, N, O]` for a tile of `tile` images.
+/// The length of M `[t², N, O]` for a tile of `tile` images.
 pub fn products_len(shape: ConvShape, tile: usize) -> usize {
-    POINTS * shape.channels_out * tile * blocks(shape)
+    points(shape) * shape.channels_out * tile * blocks(shape)
 }
 
 /// The length of a padded channels-last tile `[tile, H + 2, W + 2, C]`.
@@ -69,94 +153,175 @@ pub fn padded_len(shape: ConvShape, tile: usize) -> usize {
     tile * shape.channels_in * (shape.height + 2) * (shape.width + 2)
 }
 
-/// F x Fᵀ for a square block x, where `f` multiplies a vector by F. (Plain loops: with
-/// `array::from_fn` and `map` the weights' transforms were 6 % of a VGG-like step, not inlined.)
-#[inline(always)]
-fn both_axes<const I: usize, const J: usize>(
-    x: [[f32; I]; I],
-    f: impl Fn([f32; I]) -> [f32; J],
-) -> [[f32; J]; J] {
-    let mut rows = [[0.0; J]; I];
-    for i in 0..I {
-        rows[i] = f(x[i]);
-    }
-    let mut out = [[0.0; J]; J];
-    for b in 0..J {
-        let mut column = [0.0; I];
-        for i in 0..I {
-            column[i] = rows[i][b];
+/// The transpose of a matrix, for the adjoints.
+const fn transposed<const I: usize, const J: usize>(m: [[f32; I]; J]) -> [[f32; J]; I] {
+    let mut t = [[0.0; J]; I];
+    let mut j = 0;
+    while j < J {
+        let mut i = 0;
+        while i < I {
+            t[i][j] = m[j][i];
+            i += 1;
         }
-        let column = f(column);
-        for a in 0..J {
-            out[a][b] = column[a];
-        }
+        j += 1;
     }
-    out
+    t
 }
 
-#[inline(always)]
-fn times_g(w: [f32; 3]) -> [f32; 4] {
-    let half = [0.5 * w[0], 0.5 * w[1], 0.5 * w[2]];
-    [
-        w[0],
-        half[0] + half[1] + half[2],
-        half[0] - half[1] + half[2],
-        w[2],
-    ]
-}
-
-#[inline(always)]
-fn times_g_t(u: [f32; 4]) -> [f32; 3] {
-    [
-        u[0] + 0.5 * (u[1] + u[2]),
-        0.5 * (u[1] - u[2]),
-        0.5 * (u[1] + u[2]) + u[3],
-    ]
-}
-
-/// U = GθGᵀ `[16, C, O]` for weights θ `[O, C, 3, 3]`.
+/// U = GθGᵀ `[t², C, O]` for weights θ `[O, C, 3, 3]`.
 pub fn transform_weights(shape: ConvShape, weights: &[f32]) -> Vec<f32> {
+    with_minimal!(shape, transform_weights_with(shape, weights))
+}
+
+fn transform_weights_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    weights: &[f32],
+) -> Vec<f32> {
     let (outs, ins) = (shape.channels_out, shape.channels_in);
-    let mut u = vec![0.0; POINTS * outs * ins];
-    for (pair, w) in weights.chunks_exact(9).enumerate() {
-        let (o, c) = (pair / ins, pair % ins);
-        let mut block = [[0.0; 3]; 3];
-        for (k, &value) in w.iter().enumerate() {
-            block[k / 3][k % 3] = value;
-        }
-        let block = both_axes(block, times_g);
-        for (point, &value) in block.iter().flatten().enumerate() {
-            u[(point * ins + c) * outs + o] = value;
-        }
-    }
+    let mut u = vec![0.0; T * T * ins * outs];
+    // One input channel's kernels θ[i][j] and G along their rows, s[i][b], as vectors over O.
+    let mut theta = vec![0.0; 9 * outs];
+    let mut s = vec![0.0; 3 * T * outs];
+    with_simd(
+        #[inline(always)]
+        || {
+            for c in 0..ins {
+                for (o, kernels) in weights.chunks_exact(9 * ins).enumerate() {
+                    for (k, &w) in kernels[9 * c..][..9].iter().enumerate() {
+                        theta[k * outs + o] = w;
+                    }
+                }
+                for i in 0..3 {
+                    let theta = rows::<3>(&theta, 3 * i * outs, outs, outs);
+                    let s = rows_mut::<T>(&mut s, i * T * outs, outs, outs);
+                    combine(&W::KERNEL, theta, s, outs);
+                }
+                for b in 0..T {
+                    let s = rows::<3>(&s, b * outs, T * outs, outs);
+                    let u = rows_mut::<T>(&mut u, (b * ins + c) * outs, T * ins * outs, outs);
+                    combine(&W::KERNEL, s, u, outs);
+                }
+            }
+        },
+    );
     u
 }
 
-/// ∂θ = Gᵀ ∂U G `[O, C, 3, 3]` for ∂U `[16, C, O]`.
+/// ∂θ = Gᵀ ∂U G `[O, C, 3, 3]` for ∂U `[t², C, O]`.
 pub fn weight_gradient(shape: ConvShape, du: &[f32]) -> Vec<f32> {
+    with_minimal!(shape, weight_gradient_with(shape, du))
+}
+
+fn weight_gradient_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    du: &[f32],
+) -> Vec<f32> {
     let (outs, ins) = (shape.channels_out, shape.channels_in);
+    let g = const { transposed(W::KERNEL) };
     let mut gradient = vec![0.0; 9 * outs * ins];
-    for (pair, gradient) in gradient.chunks_exact_mut(9).enumerate() {
-        let (o, c) = (pair / ins, pair % ins);
-        let mut block = [[0.0; 4]; 4];
-        for (point, value) in block.iter_mut().flatten().enumerate() {
-            *value = du[(point * ins + c) * outs + o];
-        }
-        let block = both_axes(block, times_g_t);
-        gradient
-            .iter_mut()
-            .zip(block.iter().flatten())
-            .for_each(|(g, &v)| *g = v);
-    }
+    // For one input channel, Gᵀ down the columns of ∂U, s[i][b], then along the rows, ∂θ[i][j],
+    // as vectors over O.
+    let mut s = vec![0.0; 3 * T * outs];
+    let mut theta = vec![0.0; 9 * outs];
+    with_simd(
+        #[inline(always)]
+        || {
+            for c in 0..ins {
+                for b in 0..T {
+                    let du = rows::<T>(du, (b * ins + c) * outs, T * ins * outs, outs);
+                    let s = rows_mut::<3>(&mut s, b * outs, T * outs, outs);
+                    combine(&g, du, s, outs);
+                }
+                for i in 0..3 {
+                    let s = rows::<T>(&s, i * T * outs, outs, outs);
+                    let theta = rows_mut::<3>(&mut theta, 3 * i * outs, outs, outs);
+                    combine(&g, s, theta, outs);
+                }
+                for (o, kernels) in gradient.chunks_exact_mut(9 * ins).enumerate() {
+                    for (k, g) in kernels[9 * c..][..9].iter_mut().enumerate() {
+                        *g = theta[k * outs + o];
+                    }
+                }
+            }
+        },
+    );
     gradient
 }
 
 // The transforms of the inputs and outputs below work on whole vectors of channels: the padded
-// tile is channels-last, `[tile, H + 2, W + 2, C]`, the transforms `[16, N, C]` and `[16, N, O]`,
+// tile is channels-last, `[tile, H + 2, W + 2, C]`, the transforms `[t², N, C]` and `[t², N, O]`,
 // and each line of their arithmetic runs over the C (or O) channels of one block, so that it
 // vectorises whatever the size of the maps. Along the rows of blocks instead (channels-first),
 // the rows of VGG-like's small maps are one to eight blocks long, and the transforms cost more
 // than the products save.
+
+/// Channels per step of [`combine`]: one AVX-512 register.
+const LANES: usize = 16;
+
+/// `outputs[j] = Σ_i m[j][i]·inputs[i]` for vectors of `len` channels and a constant matrix m.
+/// Once inlined, m's zero entries cost nothing and its ±1 entries no multiplication (each sum
+/// starts from −0, which added to a term is the term), and each step's I inputs and J sums stay
+/// in registers.
+#[inline(always)]
+fn combine<const I: usize, const J: usize>(
+    m: &[[f32; I]; J],
+    inputs: [&[f32]; I],
+    mut outputs: [&mut [f32]; J],
+    len: usize,
+) {
+    let mut start = 0;
+    while start + LANES <= len {
+        combine_at::<I, J, LANES>(m, &inputs, &mut outputs, start);
+        start += LANES;
+    }
+    while start < len {
+        combine_at::<I, J, 1>(m, &inputs, &mut outputs, start);
+        start += 1;
+    }
+}
+
+/// [`combine`] on the `L` channels from `start`.
+#[inline(always)]
+fn combine_at<const I: usize, const J: usize, const L: usize>(
+    m: &[[f32; I]; J],
+    inputs: &[&[f32]; I],
+    outputs: &mut [&mut [f32]; J],
+    start: usize,
+) {
+    let mut x = [[0.0; L]; I];
+    for (x, input) in x.iter_mut().zip(inputs) {
+        x.copy_from_slice(&input[start..][..L]);
+    }
+    for (output, row) in outputs.iter_mut().zip(m) {
+        let mut y = [-0.0; L];
+        for (&c, x) in row.iter().zip(&x) {
+            if c != 0.0 {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y += c * x;
+                }
+            }
+        }
+        output[start..][..L].copy_from_slice(&y);
+    }
+}
+
+/// `K` slices of `len` values from `data[start + k·step..]`, k = 0..K.
+#[inline(always)]
+fn rows<const K: usize>(data: &[f32], start: usize, step: usize, len: usize) -> [&[f32]; K] {
+    std::array::from_fn(|k| &data[start + k * step..][..len])
+}
+
+/// [`rows`], mutable (`step` ≥ `len`, so that they do not overlap).
+#[inline(always)]
+fn rows_mut<const K: usize>(
+    data: &mut [f32],
+    start: usize,
+    step: usize,
+    len: usize,
+) -> [&mut [f32]; K] {
+    let mut chunks = data[start..].chunks_mut(step);
+    std::array::from_fn(|_| &mut chunks.next().expect("K rows inside the buffer")[..len])
+}
 
 /// A tile's images `[tile, C, H, W]` (or their squares) with a border of one zero,
 /// channels-last `[tile, H + 2, W + 2, C]`, into `padded`, whose border must hold zeros (as a
@@ -195,81 +360,62 @@ pub fn unpad(shape: ConvShape, padded: &[f32], images: &mut [f32]) {
     }
 }
 
-/// Calls `visit(n, image, row, column)` for every block n = (g, i, j) of a tile of `n` blocks:
-/// its image g and the output row 2i and column 2j of its top-left output.
-fn each_block(shape: ConvShape, n: usize, mut visit: impl FnMut(usize, usize, usize, usize)) {
-    let per_row = shape.width / 2;
+/// Calls `visit(n, image, row, column)` for every block n = (g, i, j) of a tile of `n` blocks of
+/// M×M outputs: its image g and the output row M·i and column M·j of its top-left output.
+#[inline(always)]
+fn each_block<const M: usize>(
+    shape: ConvShape,
+    n: usize,
+    mut visit: impl FnMut(usize, usize, usize, usize),
+) {
+    let (per_image, per_row) = (blocks(shape), shape.width / M);
     for block in 0..n {
-        let (g, within) = (block / blocks(shape), block % blocks(shape));
-        visit(block, g, 2 * (within / per_row), 2 * (within % per_row));
+        let (g, within) = (block / per_image, block % per_image);
+        visit(block, g, M * (within / per_row), M * (within % per_row));
     }
 }
 
-/// `out[k] = f(a[k], b[k])` over the shortest of the three.
-#[inline(always)]
-fn each(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-        *o = f(a, b);
-    }
-}
-
-/// `out[k] = f(a[k], b[k], c[k])` over the shortest of the four.
-#[inline(always)]
-fn each3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
-        *o = f(a, b, c);
-    }
-}
-
-/// Four slices of `len` values from `data[start + k·step..]`, k = 0..4.
-#[inline(always)]
-fn four(data: &[f32], start: usize, step: usize, len: usize) -> [&[f32]; 4] {
-    [0, 1, 2, 3].map(|k| &data[start + k * step..][..len])
-}
-
-/// V = BᵀdB `[16, N, C]` of every 4×4 block d of the padded tile, block n = (g, i, j) of image
-/// g with outputs at rows 2i, 2i + 1 and columns 2j, 2j + 1.
+/// V = BᵀdB `[t², N, C]` of every t×t block d of the padded tile, block n = (g, i, j) of image
+/// g with outputs at rows m·i … m·i + m − 1 and the same columns from m·j.
 pub fn transform_input(shape: ConvShape, padded: &[f32], v: &mut [f32]) {
+    with_minimal!(shape, transform_input_with(shape, padded, v))
+}
+
+fn transform_input_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    padded: &[f32],
+    v: &mut [f32],
+) {
     let channels = shape.channels_in;
     let padded_width = shape.width + 2;
     let padded_image = (shape.height + 2) * padded_width * channels;
-    let stride = v.len() / POINTS;
-    // Bᵀ along the block's rows: t[r][b] for its four rows r.
-    let mut t = vec![0.0; 16 * channels];
+    let stride = v.len() / (T * T);
+    // Bᵀ along the block's rows: t[r][b] for its rows r; then Bᵀ down the columns.
+    let mut t = vec![0.0; T * T * channels];
     with_simd(
         #[inline(always)]
         || {
-            each_block(shape, stride / channels, |n, g, row, column| {
-                for r in 0..4 {
+            each_block::<M>(shape, stride / channels, |n, g, row, column| {
+                for r in 0..T {
                     let start = g * padded_image + ((row + r) * padded_width + column) * channels;
-                    let [d0, d1, d2, d3] = four(padded, start, channels, channels);
-                    let t = &mut t[4 * r * channels..][..4 * channels];
-                    let (t01, t23) = t.split_at_mut(2 * channels);
-                    let (t0, t1) = t01.split_at_mut(channels);
-                    let (t2, t3) = t23.split_at_mut(channels);
-                    each(t0, d0, d2, |a, b| a - b);
-                    each(t1, d1, d2, |a, b| a + b);
-                    each(t2, d2, d1, |a, b| a - b);
-                    each(t3, d1, d3, |a, b| a - b);
+                    let d = rows::<T>(padded, start, channels, channels);
+                    let t = rows_mut::<T>(&mut t, r * T * channels, channels, channels);
+                    combine(&W::INPUT, d, t, channels);
                 }
-                // Bᵀ down the columns: point (a, b) from t[0..4][b].
-                for b in 0..4 {
-                    let [t0, t1, t2, t3] = four(&t, b * channels, 4 * channels, channels);
-                    let at = |a: usize| (4 * a + b) * stride + n * channels;
-                    each(&mut v[at(0)..][..channels], t0, t2, |x, y| x - y);
-                    each(&mut v[at(1)..][..channels], t1, t2, |x, y| x + y);
-                    each(&mut v[at(2)..][..channels], t2, t1, |x, y| x - y);
-                    each(&mut v[at(3)..][..channels], t1, t3, |x, y| x - y);
+                for b in 0..T {
+                    let t = rows::<T>(&t, b * channels, T * channels, channels);
+                    let v = rows_mut::<T>(v, b * stride + n * channels, T * stride, channels);
+                    combine(&W::INPUT, t, v, channels);
                 }
             });
         },
     );
 }
 
-/// M_ξ = V_ξ·U_ξ `[16, N, O]`.
+/// M_ξ = V_ξ·U_ξ `[t², N, O]`.
 pub fn products(shape: ConvShape, u: &[f32], v: &[f32], m: &mut [f32]) {
     let (outs, ins) = (shape.channels_out, shape.channels_in);
-    let n = v.len() / (POINTS * ins);
+    let n = v.len() / (points(shape) * ins);
     for ((m, u), v) in m
         .chunks_mut(n * outs)
         .zip(u.chunks(ins * outs))
@@ -280,10 +426,10 @@ pub fn products(shape: ConvShape, u: &[f32], v: &[f32], m: &mut [f32]) {
     }
 }
 
-/// ∂U_ξ += V_ξᵀ·∂M_ξ `[16, C, O]`.
+/// ∂U_ξ += V_ξᵀ·∂M_ξ `[t², C, O]`.
 pub fn add_weight_products(shape: ConvShape, dm: &[f32], v: &[f32], du: &mut [f32]) {
     let (outs, ins) = (shape.channels_out, shape.channels_in);
-    let n = v.len() / (POINTS * ins);
+    let n = v.len() / (points(shape) * ins);
     for ((du, dm), v) in du
         .chunks_mut(ins * outs)
         .zip(dm.chunks(n * outs))
@@ -294,10 +440,10 @@ pub fn add_weight_products(shape: ConvShape, dm: &[f32], v: &[f32], du: &mut [f3
     }
 }
 
-/// ∂V_ξ = ∂M_ξ·U_ξᵀ `[16, N, C]`.
+/// ∂V_ξ = ∂M_ξ·U_ξᵀ `[t², N, C]`.
 pub fn input_products(shape: ConvShape, u: &[f32], dm: &[f32], dv: &mut [f32]) {
     let (outs, ins) = (shape.channels_out, shape.channels_in);
-    let n = dm.len() / (POINTS * outs);
+    let n = dm.len() / (points(shape) * outs);
     for ((dv, u), dm) in dv
         .chunks_mut(n * ins)
         .zip(u.chunks(ins * outs))
@@ -314,32 +460,38 @@ fn output_at(shape: ConvShape, g: usize, row: usize, column: usize, r: usize, s:
     g * shape.height * shape.width + (row + r) * shape.width + column + s
 }
 
-/// Y = AᵀMA of every block of M `[16, N, O]`, into the tile's outputs side by side
+/// Y = AᵀMA of every block of M `[t², N, O]`, into the tile's outputs side by side
 /// `[O, tile·H·W]` (row o, column g·H·W + position).
 pub fn transform_output(shape: ConvShape, m: &[f32], out: &mut [f32]) {
+    with_minimal!(shape, transform_output_with(shape, m, out))
+}
+
+fn transform_output_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    m: &[f32],
+    out: &mut [f32],
+) {
     let outs = shape.channels_out;
-    let (stride, columns) = (m.len() / POINTS, out.len() / outs);
-    // Aᵀ down the columns, s[r][b], then along the rows, y[r][s].
-    let mut sums = vec![0.0; 8 * outs];
-    let mut y = vec![0.0; 4 * outs];
+    let (stride, columns) = (m.len() / (T * T), out.len() / outs);
+    // Aᵀ down the columns, s[a][b], then along the rows, y[a][c].
+    let mut sums = vec![0.0; M * T * outs];
+    let mut y = vec![0.0; M * M * outs];
     with_simd(
         #[inline(always)]
         || {
-            each_block(shape, stride / outs, |n, g, row, column| {
-                for b in 0..4 {
-                    let [m0, m1, m2, m3] = four(m, b * stride + n * outs, 4 * stride, outs);
-                    let (s0, s1) = sums.split_at_mut(4 * outs);
-                    each3(&mut s0[b * outs..][..outs], m0, m1, m2, |x, y, z| x + y + z);
-                    each3(&mut s1[b * outs..][..outs], m1, m2, m3, |x, y, z| x - y - z);
+            each_block::<M>(shape, stride / outs, |n, g, row, column| {
+                for b in 0..T {
+                    let m = rows::<T>(m, b * stride + n * outs, T * stride, outs);
+                    let sums = rows_mut::<M>(&mut sums, b * outs, T * outs, outs);
+                    combine(&W::OUTPUT, m, sums, outs);
                 }
-                for r in 0..2 {
-                    let [s0, s1, s2, s3] = four(&sums, 4 * r * outs, outs, outs);
-                    let (y0, y1) = y[2 * r * outs..][..2 * outs].split_at_mut(outs);
-                    each3(y0, s0, s1, s2, |x, y, z| x + y + z);
-                    each3(y1, s1, s2, s3, |x, y, z| x - y - z);
+                for a in 0..M {
+                    let sums = rows::<T>(&sums, a * T * outs, outs, outs);
+                    let y = rows_mut::<M>(&mut y, a * M * outs, outs, outs);
+                    combine(&W::OUTPUT, sums, y, outs);
                 }
                 for (k, y) in y.chunks_exact(outs).enumerate() {
-                    let at = output_at(shape, g, row, column, k / 2, k % 2);
+                    let at = output_at(shape, g, row, column, k / M, k % M);
                     let outputs = out[at..].iter_mut().step_by(columns);
                     outputs.zip(y).for_each(|(o, &y)| *o = y);
                 }
@@ -348,81 +500,85 @@ pub fn transform_output(shape: ConvShape, m: &[f32], out: &mut [f32]) {
     );
 }
 
-/// ∂M = A ∂Y Aᵀ `[16, N, O]` of every 2×2 block of the side-by-side ∂Y `[O, tile·H·W]`.
+/// ∂M = A ∂Y Aᵀ `[t², N, O]` of every block of the side-by-side ∂Y `[O, tile·H·W]`.
 pub fn transform_output_gradient(shape: ConvShape, dy: &[f32], dm: &mut [f32]) {
+    with_minimal!(shape, transform_output_gradient_with(shape, dy, dm))
+}
+
+fn transform_output_gradient_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    dy: &[f32],
+    dm: &mut [f32],
+) {
     let outs = shape.channels_out;
-    let (stride, columns) = (dm.len() / POINTS, dy.len() / outs);
-    // The block's ∂Y channels-last, y[r][s]; A along the rows, u[r][b]; A down the columns.
-    let mut y = vec![0.0; 4 * outs];
-    let mut u = vec![0.0; 8 * outs];
+    let (stride, columns) = (dm.len() / (T * T), dy.len() / outs);
+    let a = const { transposed(W::OUTPUT) };
+    // The block's ∂Y channels-last, y[r][c]; A along the rows, u[r][b]; A down the columns.
+    let mut y = vec![0.0; M * M * outs];
+    let mut u = vec![0.0; M * T * outs];
     with_simd(
         #[inline(always)]
         || {
-            each_block(shape, stride / outs, |n, g, row, column| {
+            each_block::<M>(shape, stride / outs, |n, g, row, column| {
                 for (k, y) in y.chunks_exact_mut(outs).enumerate() {
-                    let at = output_at(shape, g, row, column, k / 2, k % 2);
+                    let at = output_at(shape, g, row, column, k / M, k % M);
                     let grads = dy[at..].iter().step_by(columns);
                     y.iter_mut().zip(grads).for_each(|(y, &d)| *y = d);
                 }
-                for r in 0..2 {
-                    let (y0, y1) = y[2 * r * outs..][..2 * outs].split_at(outs);
-                    let u = &mut u[4 * r * outs..][..4 * outs];
-                    let (u01, u23) = u.split_at_mut(2 * outs);
-                    let (u0, u1) = u01.split_at_mut(outs);
-                    let (u2, u3) = u23.split_at_mut(outs);
-                    u0.copy_from_slice(y0);
-                    each(u1, y0, y1, |a, b| a + b);
-                    each(u2, y0, y1, |a, b| a - b);
-                    each(u3, y0, y1, |_, b| -b);
+                for r in 0..M {
+                    let y = rows::<M>(&y, r * M * outs, outs, outs);
+                    let u = rows_mut::<T>(&mut u, r * T * outs, outs, outs);
+                    combine(&a, y, u, outs);
                 }
-                for b in 0..4 {
-                    let (u0, u1) = (&u[b * outs..][..outs], &u[(4 + b) * outs..][..outs]);
-                    let at = |a: usize| (4 * a + b) * stride + n * outs;
-                    dm[at(0)..][..outs].copy_from_slice(u0);
-                    each(&mut dm[at(1)..][..outs], u0, u1, |x, y| x + y);
-                    each(&mut dm[at(2)..][..outs], u0, u1, |x, y| x - y);
-                    each(&mut dm[at(3)..][..outs], u0, u1, |_, y| -y);
+                for b in 0..T {
+                    let u = rows::<M>(&u, b * outs, T * outs, outs);
+                    let dm = rows_mut::<T>(dm, b * stride + n * outs, T * stride, outs);
+                    combine(&a, u, dm, outs);
                 }
             });
         },
     );
 }
 
-/// Adds B ∂V Bᵀ of every block of ∂V `[16, N, C]` to the padded channels-last gradient of the
+/// Adds B ∂V Bᵀ of every block of ∂V `[t², N, C]` to the padded channels-last gradient of the
 /// tile (zeroed first), where the blocks overlap.
 pub fn scatter_input_gradient(shape: ConvShape, dv: &[f32], padded: &mut [f32]) {
+    with_minimal!(shape, scatter_input_gradient_with(shape, dv, padded))
+}
+
+fn scatter_input_gradient_with<const M: usize, const T: usize, W: Minimal<M, T>>(
+    shape: ConvShape,
+    dv: &[f32],
+    padded: &mut [f32],
+) {
     let channels = shape.channels_in;
     let padded_width = shape.width + 2;
     let padded_image = (shape.height + 2) * padded_width * channels;
-    let stride = dv.len() / POINTS;
+    let stride = dv.len() / (T * T);
+    let b_matrix = const { transposed(W::INPUT) };
     // B down the columns, t[r][b]; then B along the rows, c[s], added to row r's pixels.
-    let mut t = vec![0.0; 16 * channels];
-    let mut c = vec![0.0; 4 * channels];
+    let mut t = vec![0.0; T * T * channels];
+    let mut c = vec![0.0; T * channels];
     padded.fill(0.0);
     with_simd(
         #[inline(always)]
         || {
-            each_block(shape, stride / channels, |n, g, row, column| {
-                for b in 0..4 {
-                    let [p0, p1, p2, p3] =
-                        four(dv, b * stride + n * channels, 4 * stride, channels);
-                    let at = |r: usize| (4 * r + b) * channels;
-                    t[at(0)..][..channels].copy_from_slice(p0);
-                    each3(&mut t[at(1)..][..channels], p1, p2, p3, |x, y, z| x - y + z);
-                    each3(&mut t[at(2)..][..channels], p1, p2, p0, |x, y, z| x + y - z);
-                    each(&mut t[at(3)..][..channels], p3, p3, |x, _| -x);
+            each_block::<M>(shape, stride / channels, |n, g, row, column| {
+                for b in 0..T {
+                    let dv = rows::<T>(dv, b * stride + n * channels, T * stride, channels);
+                    let t = rows_mut::<T>(&mut t, b * channels, T * channels, channels);
+                    combine(&b_matrix, dv, t, channels);
                 }
-                for r in 0..4 {
-                    let [t0, t1, t2, t3] = four(&t, 4 * r * channels, channels, channels);
-                    let (c01, c23) = c.split_at_mut(2 * channels);
-                    let (c0, c1) = c01.split_at_mut(channels);
-                    let (c2, c3) = c23.split_at_mut(channels);
-                    c0.copy_from_slice(t0);
-                    each3(c1, t1, t2, t3, |x, y, z| x - y + z);
-                    each3(c2, t1, t2, t0, |x, y, z| x + y - z);
-                    each(c3, t3, t3, |x, _| -x);
+                for r in 0..T {
+                    let t = rows::<T>(&t, r * T * channels, channels, channels);
+                    combine(
+                        &b_matrix,
+                        t,
+                        rows_mut::<T>(&mut c, 0, channels, channels),
+                        channels,
+                    );
                     let start = g * padded_image + ((row + r) * padded_width + column) * channels;
-                    let pixels = &mut padded[start..][..4 * channels];
+                    let pixels = &mut padded[start..][..T * channels];
                     pixels.iter_mut().zip(&c).for_each(|(p, c)| *p += c);
                 }
             });
@@ -451,24 +607,31 @@ mod tests {
 
     /// Each gradient is the adjoint of its map, ⟨F x, y⟩ = ⟨x, Fᵀ y⟩: padding and unpadding,
     /// the input transform and the scatter of ∂V, the output transform and ∂M, the weight
-    /// transform and ∂θ; so that a sign or a factor ½ wrong in one of the eight fails. Maps of
-    /// 4×6 (several blocks per row and per column), two images, three and two channels.
+    /// transform and ∂θ; so that a sign or a factor wrong in one of the eight fails. Maps of 4×6
+    /// (F(2×2)) and 8×12 (F(4×4)), several blocks per row and per column, two images, three and
+    /// two channels.
     #[test]
     fn gradients_are_the_adjoints_of_the_transforms() {
-        let shape = ConvShape {
-            batch: 2,
-            channels_in: 3,
-            height: 4,
-            width: 6,
-            channels_out: 2,
-            kernel: 3,
-            padding: 1,
-        };
+        for (height, width) in [(4, 6), (8, 12)] {
+            let shape = ConvShape {
+                batch: 2,
+                channels_in: 3,
+                height,
+                width,
+                channels_out: 2,
+                kernel: 3,
+                padding: 1,
+            };
+            adjoints_hold(shape);
+        }
+    }
+
+    fn adjoints_hold(shape: ConvShape) {
         let tile = shape.batch;
         let close = |a: f64, b: f64, what: &str| {
             assert!(
                 (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{what}: {a} vs {b}"
+                "{what} of {shape:?}: {a} vs {b}"
             );
         };
 
@@ -506,38 +669,41 @@ mod tests {
         );
     }
 
-    /// One image of 2×2 (one block), one channel in and out: V·U transformed back is the 3×3
-    /// correlation of the padded image with θ at its four outputs.
+    /// One image of one block (2×2 for F(2×2), 4×4 for F(4×4)), one channel in and out: V·U
+    /// transformed back is the 3×3 correlation of the padded image with θ at each output.
     #[test]
     fn a_block_is_the_correlation() {
-        let shape = ConvShape {
-            batch: 1,
-            channels_in: 1,
-            height: 2,
-            width: 2,
-            channels_out: 1,
-            kernel: 3,
-            padding: 1,
-        };
-        let image = [0.5, -1.25, 2.0, 0.75];
-        let theta: Vec<f32> = (0..9).map(|i| (i as f32).sin()).collect();
-        let mut padded = vec![0.0; padded_len(shape, 1)];
-        pad(shape, &image, &mut padded, false);
-        let mut v = vec![0.0; transformed_len(shape, 1)];
-        transform_input(shape, &padded, &mut v);
-        let mut m = vec![0.0; products_len(shape, 1)];
-        products(shape, &transform_weights(shape, &theta), &v, &mut m);
-        let mut y = vec![0.0; 4];
-        transform_output(shape, &m, &mut y);
-        for (at, &value) in y.iter().enumerate() {
-            let (r, s) = (at / 2, at % 2);
-            let direct: f32 = (0..9)
-                .map(|k| padded[(r + k / 3) * 4 + s + k % 3] * theta[k])
-                .sum();
-            assert!(
-                (value - direct).abs() < 1e-5,
-                "({r}, {s}): {value} vs {direct}"
-            );
+        for side in [2, 4] {
+            let shape = ConvShape {
+                batch: 1,
+                channels_in: 1,
+                height: side,
+                width: side,
+                channels_out: 1,
+                kernel: 3,
+                padding: 1,
+            };
+            let image: Vec<f32> = (0..side * side).map(|i| (i as f32 * 0.7).cos()).collect();
+            let theta: Vec<f32> = (0..9).map(|i| (i as f32).sin()).collect();
+            let mut padded = vec![0.0; padded_len(shape, 1)];
+            pad(shape, &image, &mut padded, false);
+            let mut v = vec![0.0; transformed_len(shape, 1)];
+            transform_input(shape, &padded, &mut v);
+            assert_eq!(v.len(), (side + 2).pow(2), "one block of (m + 2)² points");
+            let mut m = vec![0.0; products_len(shape, 1)];
+            products(shape, &transform_weights(shape, &theta), &v, &mut m);
+            let mut y = vec![0.0; side * side];
+            transform_output(shape, &m, &mut y);
+            for (at, &value) in y.iter().enumerate() {
+                let (r, s) = (at / side, at % side);
+                let direct: f32 = (0..9)
+                    .map(|k| padded[(r + k / 3) * (side + 2) + s + k % 3] * theta[k])
+                    .sum();
+                assert!(
+                    (value - direct).abs() < 1e-5,
+                    "F({side}×{side}) at ({r}, {s}): {value} vs {direct}"
+                );
+            }
         }
     }
 }
